@@ -1,0 +1,114 @@
+//! Step five, the wire: thin tonic services for `authzed.api.v1` that validate a request,
+//! convert it to model values (`convert`), call the store or engine, and convert back; errors
+//! become gRPC statuses in exactly one place (`status`).
+
+mod convert;
+mod error;
+mod permissions;
+mod query;
+pub mod proto;
+mod reflect;
+mod schema_service;
+mod status;
+mod validate;
+
+use std::sync::{Arc, Mutex};
+
+pub use error::{ApiError, ApiResult, Reason};
+pub use permissions::PermissionsApi;
+pub use schema_service::SchemaApi;
+
+use crate::engine::{Engine, EngineConfig};
+use crate::model::Revision;
+use crate::schema::CompiledSchema;
+use crate::store::Datastore;
+
+/// Request limits, SpiceDB's defaults unless configured.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// most updates in one WriteRelationships
+    pub max_updates_per_write: usize,
+    /// most preconditions in one write or delete
+    pub max_preconditions: usize,
+    /// highest `optional_limit` of ReadRelationships
+    pub max_read_limit: u32,
+    /// highest `optional_limit` of DeleteRelationships
+    pub max_delete_limit: u32,
+    /// highest `optional_limit` of LookupResources
+    pub max_lookup_limit: u32,
+    /// most items in one CheckBulkPermissions
+    pub max_bulk_checks: usize,
+    /// largest schema text, in bytes
+    pub max_schema_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_updates_per_write: 1000,
+            max_preconditions: 1000,
+            max_read_limit: 1000,
+            max_delete_limit: 1000,
+            max_lookup_limit: 1000,
+            max_bulk_checks: 10_000,
+            max_schema_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// The state every service shares: the store, the engine, the compiled-schema cache, the limits.
+#[derive(Debug)]
+pub struct Api {
+    store: Arc<dyn Datastore>,
+    engine: Engine,
+    limits: Limits,
+    /// the last schema compiled, keyed by the revision that wrote it
+    schema_cache: Mutex<Option<(Revision, Arc<CompiledSchema>)>>,
+    /// serialises schema writes against relationship writes, so a relationship validated
+    /// against one schema can never land after a schema change that would orphan it
+    write_gate: Mutex<()>,
+}
+
+impl Api {
+    /// Builds the shared state.
+    pub fn new(store: Arc<dyn Datastore>, engine: EngineConfig, limits: Limits) -> Arc<Api> {
+        Arc::new(Api {
+            store,
+            engine: Engine::new(engine),
+            limits,
+            schema_cache: Mutex::new(None),
+            write_gate: Mutex::new(()),
+        })
+    }
+
+    /// The compiled schema visible at `rev` (an empty schema if none was written).
+    fn schema_at(&self, rev: Revision) -> ApiResult<Arc<CompiledSchema>> {
+        let Some(stored) = self.store.read_schema(rev)? else {
+            return Ok(Arc::new(CompiledSchema::empty()));
+        };
+        if let Ok(cache) = self.schema_cache.lock() {
+            if let Some((r, s)) = cache.as_ref() {
+                if *r == stored.revision {
+                    return Ok(Arc::clone(s));
+                }
+            }
+        }
+        let compiled = Arc::new(crate::schema::compile(&stored.text)?);
+        if let Ok(mut cache) = self.schema_cache.lock() {
+            let newer = cache.as_ref().is_none_or(|(r, _)| *r < stored.revision);
+            if newer {
+                *cache = Some((stored.revision, Arc::clone(&compiled)));
+            }
+        }
+        Ok(compiled)
+    }
+}
+
+/// Runs blocking store or engine work off the async executor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("worker task failed: {e}")))?
+}

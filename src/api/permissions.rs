@@ -1,0 +1,506 @@
+//! `PermissionsService`: relationship writes, deletes, reads, bulk import/export, and the
+//! queries (check, bulk check, expand, lookups), each validated and converted here and
+//! answered by the store or the engine.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{self, now};
+use super::error::{ApiError, ApiResult, Metadata, Reason, meta};
+use super::proto::authzed::api::v1 as pb;
+use super::{Api, blocking, query, validate};
+use crate::consistency::{self, Cursor, Requirement, choose_revision};
+use crate::model::{ObjectRef, RelationshipFilter, RelationshipKey, Revision, SubjectRef};
+use crate::store::{Precondition, RelationshipUpdate, UpdateOp};
+
+/// A boxed response stream.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Responses buffered between a producer task and the client.
+const STREAM_BUFFER: usize = 128;
+/// Relationships read from the store per page when streaming.
+const PAGE_SIZE: usize = 1000;
+
+/// The tonic `PermissionsService`.
+#[derive(Debug, Clone)]
+pub struct PermissionsApi(pub Arc<Api>);
+
+impl PermissionsApi {
+    /// Wraps it for tonic's router.
+    pub fn into_server(
+        self,
+    ) -> pb::permissions_service_server::PermissionsServiceServer<PermissionsApi> {
+        pb::permissions_service_server::PermissionsServiceServer::new(self)
+    }
+}
+
+/// Encodes a relationship key as a cursor position.
+pub(super) fn key_position(k: &RelationshipKey) -> Vec<u8> {
+    let parts = [
+        k.resource.object_type.as_str(),
+        k.resource.object_id.as_str(),
+        k.relation.as_str(),
+        k.subject.object.object_type.as_str(),
+        k.subject.object.object_id.as_str(),
+        k.subject.relation.as_deref().unwrap_or(""),
+    ];
+    parts.join("\0").into_bytes()
+}
+
+/// Decodes a cursor position back into a relationship key.
+pub(super) fn position_key(p: &[u8]) -> ApiResult<RelationshipKey> {
+    let bad = || ApiError::Consistency(consistency::ConsistencyError::InvalidCursor("bad position".into()));
+    let s = std::str::from_utf8(p).map_err(|_| bad())?;
+    let parts: Vec<&str> = s.split('\0').collect();
+    let [rt, ri, rel, st, si, sr] = parts.as_slice() else {
+        return Err(bad());
+    };
+    Ok(RelationshipKey {
+        resource: ObjectRef::new(*rt, *ri),
+        relation: (*rel).to_string(),
+        subject: SubjectRef {
+            object: ObjectRef::new(*st, *si),
+            relation: if sr.is_empty() { None } else { Some((*sr).to_string()) },
+        },
+    })
+}
+
+fn filter_hash(f: &RelationshipFilter) -> u64 {
+    consistency::hash_request(&[b"read", format!("{f:?}").as_bytes()])
+}
+
+fn check_preconditions_count(api: &Api, n: usize) -> ApiResult<()> {
+    if n > api.limits.max_preconditions {
+        return Err(ApiError::invalid(
+            Reason::TooManyPreconditionsInRequest,
+            format!(
+                "precondition count of {n} is greater than maximum allowed of {}",
+                api.limits.max_preconditions
+            ),
+            meta([
+                ("precondition_count", &n.to_string()),
+                ("maximum_preconditions_allowed", &api.limits.max_preconditions.to_string()),
+            ]),
+        ));
+    }
+    Ok(())
+}
+
+fn transaction_metadata(m: Option<&prost_types::Struct>) -> ApiResult<()> {
+    use prost::Message as _;
+    if let Some(m) = m {
+        let len = m.encoded_len();
+        if len > convert::MAX_TRANSACTION_METADATA_BYTES {
+            return Err(ApiError::invalid(
+                Reason::TransactionMetadataTooLarge,
+                format!(
+                    "transaction metadata size of {len} bytes exceeds the maximum of {} bytes",
+                    convert::MAX_TRANSACTION_METADATA_BYTES
+                ),
+                Metadata::new(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn convert_preconditions(
+    ps: &[pb::Precondition],
+    path: &str,
+) -> ApiResult<Vec<Precondition>> {
+    ps.iter()
+        .enumerate()
+        .map(|(i, p)| convert::precondition(p, &format!("{path}[{i}]")))
+        .collect()
+}
+
+fn write_relationships(api: &Api, req: pb::WriteRelationshipsRequest) -> ApiResult<Revision> {
+    let n = req.updates.len();
+    if n > api.limits.max_updates_per_write {
+        return Err(ApiError::invalid(
+            Reason::TooManyUpdatesInRequest,
+            format!(
+                "update count of {n} is greater than maximum allowed of {}",
+                api.limits.max_updates_per_write
+            ),
+            meta([
+                ("update_count", &n.to_string()),
+                ("maximum_updates_allowed", &api.limits.max_updates_per_write.to_string()),
+            ]),
+        ));
+    }
+    check_preconditions_count(api, req.optional_preconditions.len())?;
+    transaction_metadata(req.optional_transaction_metadata.as_ref())?;
+    let mut updates = Vec::with_capacity(n);
+    for (i, u) in req.updates.iter().enumerate() {
+        let path = format!("updates[{i}]");
+        let op = match pb::relationship_update::Operation::try_from(u.operation) {
+            Ok(pb::relationship_update::Operation::Create) => UpdateOp::Create,
+            Ok(pb::relationship_update::Operation::Touch) => UpdateOp::Touch,
+            Ok(pb::relationship_update::Operation::Delete) => UpdateOp::Delete,
+            _ => {
+                return Err(ApiError::field(
+                    &format!("{path}.operation"),
+                    "value must be one of the defined enum values and not unspecified",
+                ));
+            }
+        };
+        let relationship =
+            convert::relationship(u.relationship.as_ref(), &format!("{path}.relationship"))?;
+        updates.push(RelationshipUpdate { op, relationship });
+    }
+    let preconditions =
+        convert_preconditions(&req.optional_preconditions, "optional_preconditions")?;
+    validate::unique_updates(updates.iter().map(|u| u.relationship.key()))?;
+
+    let _gate = api
+        .write_gate
+        .lock()
+        .map_err(|_| ApiError::Internal("write gate poisoned".into()))?;
+    let schema = api.schema_at(api.store.head_revision()?)?;
+    for u in &updates {
+        match u.op {
+            UpdateOp::Create | UpdateOp::Touch => {
+                validate::relationship_for_write(&schema, &u.relationship)?;
+            }
+            UpdateOp::Delete => {
+                let r = &u.relationship;
+                validate::relation_or_permission_exists(
+                    &schema,
+                    &r.resource.object_type,
+                    &r.relation,
+                )?;
+            }
+        }
+    }
+    for p in &preconditions {
+        validate::filter(&schema, &p.filter)?;
+    }
+    Ok(api.store.write_relationships(&preconditions, &updates, now())?)
+}
+
+fn delete_relationships(
+    api: &Api,
+    req: pb::DeleteRelationshipsRequest,
+) -> ApiResult<pb::DeleteRelationshipsResponse> {
+    let filter = convert::relationship_filter(req.relationship_filter.as_ref(), "relationship_filter")?;
+    check_preconditions_count(api, req.optional_preconditions.len())?;
+    transaction_metadata(req.optional_transaction_metadata.as_ref())?;
+    let preconditions =
+        convert_preconditions(&req.optional_preconditions, "optional_preconditions")?;
+    validate::limit(req.optional_limit, api.limits.max_delete_limit, "deleting relationships")?;
+    let _gate = api
+        .write_gate
+        .lock()
+        .map_err(|_| ApiError::Internal("write gate poisoned".into()))?;
+    let schema = api.schema_at(api.store.head_revision()?)?;
+    validate::filter(&schema, &filter)?;
+    for p in &preconditions {
+        validate::filter(&schema, &p.filter)?;
+    }
+    let limit = (req.optional_limit > 0).then_some(u64::from(req.optional_limit));
+    let outcome = api.store.delete_relationships(
+        &filter,
+        &preconditions,
+        limit,
+        req.optional_allow_partial_deletions,
+        now(),
+    )?;
+    Ok(pb::DeleteRelationshipsResponse {
+        deleted_at: Some(convert::zed_token_out(outcome.revision, api.store.unique_id())),
+        deletion_progress: if outcome.partial {
+            pb::delete_relationships_response::DeletionProgress::Partial as i32
+        } else {
+            pb::delete_relationships_response::DeletionProgress::Complete as i32
+        },
+        relationships_deleted_count: outcome.deleted,
+    })
+}
+
+/// Where a paged read starts: the revision and the key to resume after.
+struct ReadStart {
+    revision: Revision,
+    after: Option<RelationshipKey>,
+}
+
+fn read_start(
+    api: &Api,
+    consistency_req: Option<&pb::Consistency>,
+    cursor: Option<&pb::Cursor>,
+    hash: u64,
+) -> ApiResult<ReadStart> {
+    match convert::cursor_token(cursor, "optional_cursor")? {
+        Some(token) => {
+            let c = consistency::decode_cursor(&token, api.store.unique_id(), hash)?;
+            api.store.check_revision(c.revision)?;
+            Ok(ReadStart {
+                revision: c.revision,
+                after: Some(position_key(&c.position)?),
+            })
+        }
+        None => {
+            let requirement: Requirement = convert::consistency(consistency_req)?;
+            Ok(ReadStart {
+                revision: choose_revision(api.store.as_ref(), &requirement)?,
+                after: None,
+            })
+        }
+    }
+}
+
+/// Streams matching relationships page by page from a blocking task; `emit` turns one page into
+/// responses. Stops early when the client goes away.
+fn stream_relationships<T: Send + 'static>(
+    api: Arc<Api>,
+    filter: RelationshipFilter,
+    start: ReadStart,
+    limit: Option<usize>,
+    hash: u64,
+    emit: impl Fn(&Api, Vec<crate::model::Relationship>, Revision, u64) -> Vec<T> + Send + 'static,
+) -> ResponseStream<T> {
+    let (tx, rx) = mpsc::channel::<Result<T, Status>>(STREAM_BUFFER);
+    tokio::task::spawn_blocking(move || {
+        let mut after = start.after;
+        let mut remaining = limit.unwrap_or(usize::MAX);
+        let now = now();
+        while remaining > 0 {
+            let page = match api.store.query(
+                start.revision,
+                &filter,
+                after.as_ref(),
+                remaining.min(PAGE_SIZE),
+                now,
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(ApiError::from(e).into()));
+                    return;
+                }
+            };
+            remaining = remaining.saturating_sub(page.relationships.len());
+            let done = page.next.is_none();
+            after = page.next;
+            for item in emit(&api, page.relationships, start.revision, hash) {
+                if tx.blocking_send(Ok(item)).is_err() {
+                    return;
+                }
+            }
+            if done {
+                break;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+fn cursor_after(api: &Api, rev: Revision, key: &RelationshipKey, hash: u64) -> pb::Cursor {
+    pb::Cursor {
+        token: consistency::encode_cursor(
+            &Cursor {
+                revision: rev,
+                position: key_position(key),
+            },
+            api.store.unique_id(),
+            hash,
+        ),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::permissions_service_server::PermissionsService for PermissionsApi {
+    type ReadRelationshipsStream = ResponseStream<pb::ReadRelationshipsResponse>;
+    type LookupResourcesStream = ResponseStream<pb::LookupResourcesResponse>;
+    type LookupSubjectsStream = ResponseStream<pb::LookupSubjectsResponse>;
+    type ExportBulkRelationshipsStream = ResponseStream<pb::ExportBulkRelationshipsResponse>;
+
+    async fn read_relationships(
+        &self,
+        request: Request<pb::ReadRelationshipsRequest>,
+    ) -> Result<Response<Self::ReadRelationshipsStream>, Status> {
+        let req = request.into_inner();
+        let api = Arc::clone(&self.0);
+        let filter = convert::relationship_filter(req.relationship_filter.as_ref(), "relationship_filter")?;
+        validate::limit(req.optional_limit, api.limits.max_read_limit, "reading relationships")?;
+        let hash = filter_hash(&filter);
+        let (start, filter) = blocking({
+            let api = Arc::clone(&api);
+            move || {
+                let start = read_start(&api, req.consistency.as_ref(), req.optional_cursor.as_ref(), hash)?;
+                validate::filter(&*api.schema_at(start.revision)?, &filter)?;
+                Ok((start, filter))
+            }
+        })
+        .await?;
+        let limit = (req.optional_limit > 0).then_some(req.optional_limit as usize);
+        Ok(Response::new(stream_relationships(
+            api,
+            filter,
+            start,
+            limit,
+            hash,
+            |api, rels, rev, hash| {
+                let token = convert::zed_token_out(rev, api.store.unique_id());
+                rels.iter()
+                    .map(|r| pb::ReadRelationshipsResponse {
+                        read_at: Some(token.clone()),
+                        relationship: Some(convert::relationship_out(r)),
+                        after_result_cursor: Some(cursor_after(api, rev, &r.key(), hash)),
+                    })
+                    .collect()
+            },
+        )))
+    }
+
+    async fn write_relationships(
+        &self,
+        request: Request<pb::WriteRelationshipsRequest>,
+    ) -> Result<Response<pb::WriteRelationshipsResponse>, Status> {
+        let req = request.into_inner();
+        let api = Arc::clone(&self.0);
+        let rev = blocking({
+            let api = Arc::clone(&api);
+            move || write_relationships(&api, req)
+        })
+        .await?;
+        Ok(Response::new(pb::WriteRelationshipsResponse {
+            written_at: Some(convert::zed_token_out(rev, api.store.unique_id())),
+        }))
+    }
+
+    async fn delete_relationships(
+        &self,
+        request: Request<pb::DeleteRelationshipsRequest>,
+    ) -> Result<Response<pb::DeleteRelationshipsResponse>, Status> {
+        let req = request.into_inner();
+        let api = Arc::clone(&self.0);
+        Ok(Response::new(blocking(move || delete_relationships(&api, req)).await?))
+    }
+
+    async fn check_permission(
+        &self,
+        request: Request<pb::CheckPermissionRequest>,
+    ) -> Result<Response<pb::CheckPermissionResponse>, Status> {
+        let api = Arc::clone(&self.0);
+        let req = request.into_inner();
+        Ok(Response::new(blocking(move || query::check(&api, req)).await?))
+    }
+
+    async fn check_bulk_permissions(
+        &self,
+        request: Request<pb::CheckBulkPermissionsRequest>,
+    ) -> Result<Response<pb::CheckBulkPermissionsResponse>, Status> {
+        let api = Arc::clone(&self.0);
+        let req = request.into_inner();
+        Ok(Response::new(blocking(move || query::check_bulk(&api, req)).await?))
+    }
+
+    async fn expand_permission_tree(
+        &self,
+        request: Request<pb::ExpandPermissionTreeRequest>,
+    ) -> Result<Response<pb::ExpandPermissionTreeResponse>, Status> {
+        let api = Arc::clone(&self.0);
+        let req = request.into_inner();
+        Ok(Response::new(blocking(move || query::expand(&api, req)).await?))
+    }
+
+    async fn lookup_resources(
+        &self,
+        request: Request<pb::LookupResourcesRequest>,
+    ) -> Result<Response<Self::LookupResourcesStream>, Status> {
+        let api = Arc::clone(&self.0);
+        let req = request.into_inner();
+        let items = blocking(move || query::lookup_resources(&api, req)).await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(items.into_iter().map(Ok)))))
+    }
+
+    async fn lookup_subjects(
+        &self,
+        request: Request<pb::LookupSubjectsRequest>,
+    ) -> Result<Response<Self::LookupSubjectsStream>, Status> {
+        let api = Arc::clone(&self.0);
+        let req = request.into_inner();
+        let items = blocking(move || query::lookup_subjects(&api, req)).await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(items.into_iter().map(Ok)))))
+    }
+
+    async fn import_bulk_relationships(
+        &self,
+        request: Request<Streaming<pb::ImportBulkRelationshipsRequest>>,
+    ) -> Result<Response<pb::ImportBulkRelationshipsResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut updates = Vec::new();
+        while let Some(msg) = stream.message().await? {
+            for (i, r) in msg.relationships.iter().enumerate() {
+                let relationship =
+                    convert::relationship(Some(r), &format!("relationships[{i}]"))?;
+                updates.push(RelationshipUpdate {
+                    op: UpdateOp::Create,
+                    relationship,
+                });
+            }
+        }
+        let api = Arc::clone(&self.0);
+        let loaded = updates.len() as u64;
+        blocking(move || {
+            validate::unique_updates(updates.iter().map(|u| u.relationship.key()))?;
+            let _gate = api
+                .write_gate
+                .lock()
+                .map_err(|_| ApiError::Internal("write gate poisoned".into()))?;
+            let schema = api.schema_at(api.store.head_revision()?)?;
+            for u in &updates {
+                validate::relationship_for_write(&schema, &u.relationship)?;
+            }
+            api.store.write_relationships(&[], &updates, now())?;
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(pb::ImportBulkRelationshipsResponse { num_loaded: loaded }))
+    }
+
+    async fn export_bulk_relationships(
+        &self,
+        request: Request<pb::ExportBulkRelationshipsRequest>,
+    ) -> Result<Response<Self::ExportBulkRelationshipsStream>, Status> {
+        let req = request.into_inner();
+        let api = Arc::clone(&self.0);
+        validate::limit(req.optional_limit, 10_000, "exporting relationships")?;
+        let filter = match req.optional_relationship_filter.as_ref() {
+            Some(f) => convert::relationship_filter(Some(f), "optional_relationship_filter")?,
+            None => RelationshipFilter::default(),
+        };
+        let hash = consistency::hash_request(&[b"export", format!("{filter:?}").as_bytes()]);
+        let page = if req.optional_limit == 0 { 10_000 } else { req.optional_limit as usize };
+        let (start, filter) = blocking({
+            let api = Arc::clone(&api);
+            move || {
+                let start = read_start(&api, req.consistency.as_ref(), req.optional_cursor.as_ref(), hash)?;
+                Ok((start, filter))
+            }
+        })
+        .await?;
+        Ok(Response::new(stream_relationships(
+            api,
+            filter,
+            start,
+            None,
+            hash,
+            move |api, rels, rev, hash| {
+                rels.chunks(page)
+                    .filter_map(|chunk| {
+                        let last = chunk.last()?;
+                        Some(pb::ExportBulkRelationshipsResponse {
+                            after_result_cursor: Some(cursor_after(api, rev, &last.key(), hash)),
+                            relationships: chunk.iter().map(convert::relationship_out).collect(),
+                        })
+                    })
+                    .collect()
+            },
+        )))
+    }
+}

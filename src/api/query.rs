@@ -1,0 +1,411 @@
+//! The query RPCs: Check, CheckBulk, Expand, LookupResources and LookupSubjects, each
+//! validated, run by the engine at the chosen revision, and turned back into proto messages.
+
+use std::sync::Arc;
+
+use super::convert::{self, now};
+use super::error::{ApiError, ApiResult, Metadata, Reason};
+use super::proto::authzed::api::v1 as pb;
+use super::{Api, validate};
+use crate::consistency::{self, Cursor, choose_revision};
+use crate::engine::{
+    CheckRequest, CheckResult, CheckTrace, ExpandTree, Permissionship, SetOperation, Snapshot,
+};
+use crate::model::{Revision, SubjectRef};
+use crate::schema::CompiledSchema;
+
+/// The revision a query reads at, and the schema there.
+fn snapshot_parts(
+    api: &Api,
+    consistency_req: Option<&pb::Consistency>,
+) -> ApiResult<(Revision, Arc<CompiledSchema>)> {
+    let requirement = convert::consistency(consistency_req)?;
+    let rev = choose_revision(api.store.as_ref(), &requirement)?;
+    Ok((rev, api.schema_at(rev)?))
+}
+
+fn no_wildcard_subject(s: &SubjectRef) -> ApiResult<()> {
+    if s.is_wildcard() {
+        return Err(ApiError::invalid(
+            Reason::WildcardNotAllowed,
+            "wildcard subjects are not allowed in checks",
+            Metadata::new(),
+        ));
+    }
+    Ok(())
+}
+
+fn permissionship_out(p: Permissionship) -> i32 {
+    use pb::check_permission_response::Permissionship as P;
+    match p {
+        Permissionship::NoPermission => P::NoPermission as i32,
+        Permissionship::HasPermission => P::HasPermission as i32,
+        Permissionship::ConditionalPermission => P::ConditionalPermission as i32,
+    }
+}
+
+fn lookup_permissionship_out(p: Permissionship) -> i32 {
+    match p {
+        Permissionship::ConditionalPermission => {
+            pb::LookupPermissionship::ConditionalPermission as i32
+        }
+        Permissionship::HasPermission | Permissionship::NoPermission => {
+            pb::LookupPermissionship::HasPermission as i32
+        }
+    }
+}
+
+fn partial_caveat(missing: &[String]) -> Option<pb::PartialCaveatInfo> {
+    (!missing.is_empty()).then(|| pb::PartialCaveatInfo {
+        missing_required_context: missing.to_vec(),
+    })
+}
+
+fn trace_out(t: &CheckTrace) -> pb::CheckDebugTrace {
+    use pb::check_debug_trace::{PermissionType, Permissionship as TP, Resolution, SubProblems};
+    pb::CheckDebugTrace {
+        resource: Some(convert::object_out(&t.resource)),
+        permission: t.permission.clone(),
+        permission_type: match t.permission_type {
+            crate::engine::PermissionType::Permission => PermissionType::Permission as i32,
+            crate::engine::PermissionType::Relation => PermissionType::Relation as i32,
+        },
+        subject: Some(convert::subject_out(&t.subject)),
+        result: match t.result {
+            Permissionship::NoPermission => TP::NoPermission as i32,
+            Permissionship::HasPermission => TP::HasPermission as i32,
+            Permissionship::ConditionalPermission => TP::ConditionalPermission as i32,
+        },
+        caveat_evaluation_info: None,
+        duration: prost_types::Duration::try_from(t.duration).ok(),
+        resolution: Some(if t.cached {
+            Resolution::WasCachedResult(true)
+        } else {
+            Resolution::SubProblems(SubProblems {
+                traces: t.children.iter().map(trace_out).collect(),
+            })
+        }),
+        optional_expires_at: None,
+        trace_operation_id: String::new(),
+        source: "pemba".into(),
+    }
+}
+
+fn check_request(
+    resource: Option<&pb::ObjectReference>,
+    permission: &str,
+    subject: Option<&pb::SubjectReference>,
+    context: Option<&prost_types::Struct>,
+    with_tracing: bool,
+) -> ApiResult<CheckRequest> {
+    let resource = convert::resource_ref(resource, "resource")?;
+    let permission = convert::relation_name(permission, "permission")?;
+    let subject = convert::subject_ref(subject, "subject")?;
+    no_wildcard_subject(&subject)?;
+    let context = convert::request_context(context, "context")?;
+    Ok(CheckRequest {
+        resource,
+        permission,
+        subject,
+        context,
+        with_tracing,
+    })
+}
+
+fn debug_info(result: &CheckResult, schema: &CompiledSchema) -> Option<pb::DebugInformation> {
+    result.trace.as_ref().map(|t| pb::DebugInformation {
+        check: Some(trace_out(t)),
+        schema_used: schema.source.clone(),
+    })
+}
+
+/// CheckPermission.
+pub fn check(api: &Api, req: pb::CheckPermissionRequest) -> ApiResult<pb::CheckPermissionResponse> {
+    let creq = check_request(
+        req.resource.as_ref(),
+        &req.permission,
+        req.subject.as_ref(),
+        req.context.as_ref(),
+        req.with_tracing,
+    )?;
+    let (rev, schema) = snapshot_parts(api, req.consistency.as_ref())?;
+    let snap = Snapshot::new(api.store.as_ref(), &schema, rev, now());
+    let result = api.engine.check(&snap, &creq)?;
+    Ok(pb::CheckPermissionResponse {
+        checked_at: Some(convert::zed_token_out(rev, api.store.unique_id())),
+        permissionship: permissionship_out(result.permissionship),
+        partial_caveat_info: partial_caveat(&result.missing_context),
+        debug_trace: debug_info(&result, &schema),
+        optional_expires_at: result.expires_at.map(convert::timestamp_out),
+    })
+}
+
+/// CheckBulkPermissions: answers in request order, an error in one item fails only that item.
+pub fn check_bulk(
+    api: &Api,
+    req: pb::CheckBulkPermissionsRequest,
+) -> ApiResult<pb::CheckBulkPermissionsResponse> {
+    if req.items.len() > api.limits.max_bulk_checks {
+        return Err(ApiError::invalid(
+            Reason::TooManyChecksInRequest,
+            format!(
+                "check count of {} is greater than maximum allowed of {}",
+                req.items.len(),
+                api.limits.max_bulk_checks
+            ),
+            Metadata::new(),
+        ));
+    }
+    let (rev, schema) = snapshot_parts(api, req.consistency.as_ref())?;
+    let snap = Snapshot::new(api.store.as_ref(), &schema, rev, now());
+    let parsed: Vec<ApiResult<CheckRequest>> = req
+        .items
+        .iter()
+        .map(|i| {
+            check_request(
+                i.resource.as_ref(),
+                &i.permission,
+                i.subject.as_ref(),
+                i.context.as_ref(),
+                req.with_tracing,
+            )
+        })
+        .collect();
+    let valid: Vec<CheckRequest> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+    let mut answers = api.engine.check_bulk(&snap, &valid).into_iter();
+    let pairs = req
+        .items
+        .into_iter()
+        .zip(parsed)
+        .map(|(item, p)| {
+            let outcome = match p {
+                Err(e) => Err(e),
+                Ok(_) => answers
+                    .next()
+                    .unwrap_or_else(|| Err(crate::engine::EngineError::Cancelled))
+                    .map_err(ApiError::from),
+            };
+            let response = match outcome {
+                Ok(r) => pb::check_bulk_permissions_pair::Response::Item(
+                    pb::CheckBulkPermissionsResponseItem {
+                        permissionship: permissionship_out(r.permissionship),
+                        partial_caveat_info: partial_caveat(&r.missing_context),
+                        debug_trace: debug_info(&r, &schema),
+                    },
+                ),
+                Err(e) => {
+                    let status: tonic::Status = e.into();
+                    pb::check_bulk_permissions_pair::Response::Error(rpc_status(&status))
+                }
+            };
+            pb::CheckBulkPermissionsPair {
+                request: Some(item),
+                response: Some(response),
+            }
+        })
+        .collect();
+    Ok(pb::CheckBulkPermissionsResponse {
+        checked_at: Some(convert::zed_token_out(rev, api.store.unique_id())),
+        pairs,
+    })
+}
+
+/// A `google.rpc.Status` with the same code, message and details as `s`.
+fn rpc_status(s: &tonic::Status) -> tonic_types::pb::Status {
+    use prost::Message as _;
+    let details = tonic_types::pb::Status::decode(s.details())
+        .map(|d| d.details)
+        .unwrap_or_default();
+    tonic_types::pb::Status {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+        details,
+    }
+}
+
+fn expand_out(t: &ExpandTree) -> pb::PermissionRelationshipTree {
+    use pb::permission_relationship_tree::TreeType;
+    match t {
+        ExpandTree::Intermediate {
+            operation,
+            children,
+            object,
+            relation,
+            ..
+        } => pb::PermissionRelationshipTree {
+            tree_type: Some(TreeType::Intermediate(pb::AlgebraicSubjectSet {
+                operation: match operation {
+                    SetOperation::Union => pb::algebraic_subject_set::Operation::Union as i32,
+                    SetOperation::Intersection => {
+                        pb::algebraic_subject_set::Operation::Intersection as i32
+                    }
+                    SetOperation::Exclusion => {
+                        pb::algebraic_subject_set::Operation::Exclusion as i32
+                    }
+                },
+                children: children.iter().map(expand_out).collect(),
+            })),
+            expanded_object: Some(convert::object_out(object)),
+            expanded_relation: relation.clone(),
+        },
+        ExpandTree::Leaf {
+            object,
+            relation,
+            subjects,
+            ..
+        } => pb::PermissionRelationshipTree {
+            tree_type: Some(TreeType::Leaf(pb::DirectSubjectSet {
+                subjects: subjects.iter().map(convert::subject_out).collect(),
+            })),
+            expanded_object: Some(convert::object_out(object)),
+            expanded_relation: relation.clone(),
+        },
+    }
+}
+
+/// ExpandPermissionTree.
+pub fn expand(
+    api: &Api,
+    req: pb::ExpandPermissionTreeRequest,
+) -> ApiResult<pb::ExpandPermissionTreeResponse> {
+    let resource = convert::resource_ref(req.resource.as_ref(), "resource")?;
+    let permission = convert::relation_name(&req.permission, "permission")?;
+    let (rev, schema) = snapshot_parts(api, req.consistency.as_ref())?;
+    let snap = Snapshot::new(api.store.as_ref(), &schema, rev, now());
+    let tree = api.engine.expand(&snap, &resource, &permission)?;
+    Ok(pb::ExpandPermissionTreeResponse {
+        expanded_at: Some(convert::zed_token_out(rev, api.store.unique_id())),
+        tree_root: Some(expand_out(&tree)),
+    })
+}
+
+/// LookupResources: every resource of the type on which the subject has the permission, in id
+/// order, resumable with a cursor pinned to the revision of the first page.
+pub fn lookup_resources(
+    api: &Api,
+    req: pb::LookupResourcesRequest,
+) -> ApiResult<Vec<pb::LookupResourcesResponse>> {
+    let resource_type = convert::type_name(&req.resource_object_type, "resource_object_type")?;
+    let permission = convert::relation_name(&req.permission, "permission")?;
+    let subject = convert::subject_ref(req.subject.as_ref(), "subject")?;
+    let context = convert::request_context(req.context.as_ref(), "context")?;
+    validate::limit(req.optional_limit, api.limits.max_lookup_limit, "looking up resources")?;
+    let hash = consistency::hash_request(&[
+        b"lr",
+        resource_type.as_bytes(),
+        permission.as_bytes(),
+        subject.to_string().as_bytes(),
+        serde_json::Value::Object(context.clone()).to_string().as_bytes(),
+    ]);
+    let (rev, after) = match convert::cursor_token(req.optional_cursor.as_ref(), "optional_cursor")? {
+        Some(token) => {
+            let c = consistency::decode_cursor(&token, api.store.unique_id(), hash)?;
+            api.store.check_revision(c.revision)?;
+            let after = String::from_utf8(c.position).map_err(|_| {
+                ApiError::Consistency(consistency::ConsistencyError::InvalidCursor(
+                    "bad position".into(),
+                ))
+            })?;
+            (c.revision, Some(after))
+        }
+        None => {
+            let requirement = convert::consistency(req.consistency.as_ref())?;
+            (choose_revision(api.store.as_ref(), &requirement)?, None)
+        }
+    };
+    let schema = api.schema_at(rev)?;
+    let snap = Snapshot::new(api.store.as_ref(), &schema, rev, now());
+    let results =
+        api.engine
+            .lookup_resources(&snap, &resource_type, &permission, &subject, &context)?;
+    let token = convert::zed_token_out(rev, api.store.unique_id());
+    let limit = if req.optional_limit == 0 {
+        usize::MAX
+    } else {
+        req.optional_limit as usize
+    };
+    Ok(results
+        .into_iter()
+        .filter(|r| after.as_ref().is_none_or(|a| r.resource_id.as_str() > a.as_str()))
+        .take(limit)
+        .map(|r| {
+            let cursor = consistency::encode_cursor(
+                &Cursor {
+                    revision: rev,
+                    position: r.resource_id.clone().into_bytes(),
+                },
+                api.store.unique_id(),
+                hash,
+            );
+            pb::LookupResourcesResponse {
+                looked_up_at: Some(token.clone()),
+                permissionship: lookup_permissionship_out(r.permissionship),
+                partial_caveat_info: partial_caveat(&r.missing_context),
+                resource_object_id: r.resource_id,
+                after_result_cursor: Some(pb::Cursor { token: cursor }),
+            }
+        })
+        .collect())
+}
+
+/// LookupSubjects: every subject of the type with the permission on the resource; a wildcard
+/// result carries the subjects it excludes. The deprecated fields are filled too, because older
+/// clients read them.
+#[allow(deprecated, reason = "older clients read the deprecated LookupSubjectsResponse fields")]
+pub fn lookup_subjects(
+    api: &Api,
+    req: pb::LookupSubjectsRequest,
+) -> ApiResult<Vec<pb::LookupSubjectsResponse>> {
+    let resource = convert::resource_ref(req.resource.as_ref(), "resource")?;
+    let permission = convert::relation_name(&req.permission, "permission")?;
+    let subject_type = convert::type_name(&req.subject_object_type, "subject_object_type")?;
+    let subject_relation = convert::optional_relation(
+        &req.optional_subject_relation,
+        "optional_subject_relation",
+    )?;
+    let context = convert::request_context(req.context.as_ref(), "context")?;
+    if req.optional_concrete_limit != 0 {
+        return Err(ApiError::Unimplemented(
+            "concrete limit is not yet supported".into(),
+        ));
+    }
+    let include_wildcards = req.wildcard_option
+        != pb::lookup_subjects_request::WildcardOption::ExcludeWildcards as i32;
+    let (rev, schema) = snapshot_parts(api, req.consistency.as_ref())?;
+    let snap = Snapshot::new(api.store.as_ref(), &schema, rev, now());
+    let results = api.engine.lookup_subjects(
+        &snap,
+        &resource,
+        &permission,
+        &subject_type,
+        subject_relation.as_deref(),
+        &context,
+    )?;
+    let token = convert::zed_token_out(rev, api.store.unique_id());
+    Ok(results
+        .into_iter()
+        .filter(|s| include_wildcards || s.subject_id != "*")
+        .map(|s| {
+            let resolved = |r: &crate::engine::ResolvedSubject| pb::ResolvedSubject {
+                subject_object_id: r.subject_id.clone(),
+                permissionship: lookup_permissionship_out(r.permissionship),
+                partial_caveat_info: partial_caveat(&r.missing_context),
+            };
+            let excluded: Vec<pb::ResolvedSubject> =
+                s.excluded_subjects.iter().map(resolved).collect();
+            pb::LookupSubjectsResponse {
+                looked_up_at: Some(token.clone()),
+                subject_object_id: s.subject_id.clone(),
+                excluded_subject_ids: excluded
+                    .iter()
+                    .map(|e| e.subject_object_id.clone())
+                    .collect(),
+                permissionship: lookup_permissionship_out(s.permissionship),
+                partial_caveat_info: partial_caveat(&s.missing_context),
+                subject: Some(resolved(&s)),
+                excluded_subjects: excluded,
+                after_result_cursor: None,
+            }
+        })
+        .collect())
+}

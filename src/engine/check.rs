@@ -1,0 +1,967 @@
+//! Step three, graph evaluation — check: is the subject a member of `resource#relation`?
+//! Named after the Zanzibar userset rewrites, as SpiceDB's `internal/graph/check.go` is:
+//! [`Checker::check_direct`] (stored relationships, wildcards, subject sets),
+//! [`Checker::check_computed_userset`], [`Checker::check_tuple_to_userset`] (`->` / `.any`),
+//! [`Checker::check_intersection_tuple_to_userset`] (`.all`), and the set operations union,
+//! intersection and exclusion. Every nested sub-problem goes through
+//! [`Checker::dispatch_check`], which spends the depth budget and consults the memo.
+//!
+//! Results are three-valued plus caveats: `No`, `Member` (unconditional or under a caveat
+//! condition), or `Unresolved` when the answer hinges on a cycle in the data or on a path
+//! longer than the depth budget. An unresolved top-level answer is
+//! [`EngineError::MaxDepthExceeded`], which is what SpiceDB returns after following such a
+//! cycle until its depth budget runs out; a definite answer reached without going around the
+//! cycle (a member found on another branch, a non-member by an intersection) is returned as
+//! SpiceDB would.
+
+use std::time::{Duration, Instant};
+
+use crate::engine::caveats::{self, CaveatOutcome, Cond};
+use crate::engine::dispatch::{CheckMemo, Dispatcher, MemoEntry, Pager};
+use crate::engine::error::EngineResult;
+use crate::engine::validate;
+use crate::engine::{CheckRequest, CheckResult, Engine, Permissionship, Snapshot};
+use crate::model::{
+    ObjectRef, Relationship, RelationshipFilter, SubjectFilter, SubjectRef, SubjectRelationFilter,
+    Timestamp,
+};
+use crate::schema::{AllowedKind, ArrowKind, CompiledSchema, Expr, Member, Relation};
+
+/// Whether a traced sub-problem is a relation or a permission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PermissionType {
+    /// a relation (stored relationships)
+    Relation,
+    /// a permission (computed)
+    Permission,
+}
+
+/// One solved sub-problem of a traced check, with the sub-problems it dispatched; the API turns
+/// it into `CheckDebugTrace`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckTrace {
+    /// the resource checked
+    pub resource: ObjectRef,
+    /// the relation or permission checked
+    pub permission: String,
+    /// relation or permission
+    pub permission_type: PermissionType,
+    /// the subject
+    pub subject: SubjectRef,
+    /// the result (caveats not yet evaluated below the top: a caveated branch is conditional)
+    pub result: Permissionship,
+    /// true if the answer came from the request's memo of solved sub-problems
+    pub cached: bool,
+    /// time spent on this sub-problem
+    pub duration: Duration,
+    /// the sub-problems it dispatched, in order
+    pub children: Vec<CheckTrace>,
+}
+
+/// Why an outcome is unresolved, and what it depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unresolved {
+    /// the depth budget ran out somewhere below
+    pub(crate) depth_limited: bool,
+    /// the lowest dispatch-stack index of an in-progress sub-problem it reached (a cycle)
+    pub(crate) min_ref: Option<usize>,
+}
+
+impl Unresolved {
+    fn merge(a: Option<Unresolved>, b: Unresolved) -> Unresolved {
+        match a {
+            None => b,
+            Some(a) => Unresolved {
+                depth_limited: a.depth_limited || b.depth_limited,
+                min_ref: match (a.min_ref, b.min_ref) {
+                    (Some(x), Some(y)) => Some(x.min(y)),
+                    (x, None) => x,
+                    (None, y) => y,
+                },
+            },
+        }
+    }
+}
+
+/// The answer to one check sub-problem, before caveats are evaluated.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Outcome {
+    /// not a member
+    No,
+    /// a member when `cond` holds (`Cond::True`: unconditionally; never `Cond::False`)
+    Member {
+        /// the caveat condition
+        cond: Cond,
+        /// the earliest expiry among the relationships used
+        expires_at: Option<Timestamp>,
+    },
+    /// cannot be decided within the depth budget / without going around a data cycle
+    Unresolved(Unresolved),
+}
+
+impl Outcome {
+    fn yes(expires_at: Option<Timestamp>) -> Outcome {
+        Outcome::Member {
+            cond: Cond::True,
+            expires_at,
+        }
+    }
+
+    fn member(cond: Cond, expires_at: Option<Timestamp>) -> Outcome {
+        if cond.is_false() {
+            Outcome::No
+        } else {
+            Outcome::Member { cond, expires_at }
+        }
+    }
+
+    /// The permissionship a trace shows for this outcome.
+    fn permissionship(&self) -> Permissionship {
+        match self {
+            Outcome::Member { cond, .. } if cond.is_true() => Permissionship::HasPermission,
+            Outcome::Member { .. } => Permissionship::ConditionalPermission,
+            Outcome::No | Outcome::Unresolved(_) => Permissionship::NoPermission,
+        }
+    }
+}
+
+pub(crate) fn min_time(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// `sub`, reached through relationship `rel`: `rel`'s caveat and expiry apply to it.
+fn through(rel: &Relationship, sub: Outcome) -> Outcome {
+    match sub {
+        Outcome::Member { cond, expires_at } => Outcome::member(
+            Cond::of_caveat(rel.caveat.as_ref()).and(cond),
+            min_time(rel.expires_at, expires_at),
+        ),
+        other => other,
+    }
+}
+
+/// A member through relationship `rel` itself.
+fn member_by(rel: &Relationship) -> Outcome {
+    Outcome::member(Cond::of_caveat(rel.caveat.as_ref()), rel.expires_at)
+}
+
+/// Accumulates a union: stops at the first unconditional member.
+struct UnionAcc {
+    yes: Option<Option<Timestamp>>,
+    cond: Cond,
+    cond_expiry: Option<Timestamp>,
+    unresolved: Option<Unresolved>,
+}
+
+impl UnionAcc {
+    fn new() -> UnionAcc {
+        UnionAcc {
+            yes: None,
+            cond: Cond::False,
+            cond_expiry: None,
+            unresolved: None,
+        }
+    }
+
+    /// Adds one branch; true once the union is decided (an unconditional member).
+    fn add(&mut self, o: Outcome) -> bool {
+        match o {
+            Outcome::No => false,
+            Outcome::Member { cond, expires_at } if cond.is_true() => {
+                self.yes = Some(expires_at);
+                true
+            }
+            Outcome::Member { cond, expires_at } => {
+                let prev = std::mem::replace(&mut self.cond, Cond::False);
+                self.cond = prev.or(cond);
+                self.cond_expiry = min_time(self.cond_expiry, expires_at);
+                false
+            }
+            Outcome::Unresolved(u) => {
+                self.unresolved = Some(Unresolved::merge(self.unresolved, u));
+                false
+            }
+        }
+    }
+
+    fn finish(self) -> Outcome {
+        if let Some(expires_at) = self.yes {
+            return Outcome::yes(expires_at);
+        }
+        if let Some(u) = self.unresolved {
+            return Outcome::Unresolved(u);
+        }
+        Outcome::member(self.cond, self.cond_expiry)
+    }
+}
+
+/// Accumulates an intersection: stops at the first non-member.
+struct IntersectionAcc {
+    no: bool,
+    any: bool,
+    cond: Cond,
+    expiry: Option<Timestamp>,
+    unresolved: Option<Unresolved>,
+}
+
+impl IntersectionAcc {
+    fn new() -> IntersectionAcc {
+        IntersectionAcc {
+            no: false,
+            any: false,
+            cond: Cond::True,
+            expiry: None,
+            unresolved: None,
+        }
+    }
+
+    /// Adds one branch; true once the intersection is decided (a non-member).
+    fn add(&mut self, o: Outcome) -> bool {
+        self.any = true;
+        match o {
+            Outcome::No => {
+                self.no = true;
+                true
+            }
+            Outcome::Member { cond, expires_at } => {
+                let prev = std::mem::replace(&mut self.cond, Cond::True);
+                self.cond = prev.and(cond);
+                self.expiry = min_time(self.expiry, expires_at);
+                false
+            }
+            Outcome::Unresolved(u) => {
+                self.unresolved = Some(Unresolved::merge(self.unresolved, u));
+                false
+            }
+        }
+    }
+
+    fn finish(self) -> Outcome {
+        if self.no || !self.any {
+            return Outcome::No;
+        }
+        if let Some(u) = self.unresolved {
+            return Outcome::Unresolved(u);
+        }
+        Outcome::member(self.cond, self.expiry)
+    }
+}
+
+/// A trace node under construction.
+struct TraceFrame {
+    node: CheckTrace,
+    started: Instant,
+}
+
+/// Solves check sub-problems for one subject, depth-first, through the memo.
+pub(crate) struct Checker<'c, 's> {
+    d: &'c mut Dispatcher<'s>,
+    memo: &'c mut CheckMemo,
+    subject: &'c SubjectRef,
+    /// the subject's interned id in the memo
+    sid: u32,
+    /// activation ids of the sub-problems being solved, outermost first
+    stack: Vec<u64>,
+    /// for each of them, the largest height of a nested sub-problem so far
+    heights: Vec<u32>,
+    /// trace frames, if tracing
+    trace: Option<Vec<TraceFrame>>,
+    /// the finished top-level trace node
+    root_trace: Option<CheckTrace>,
+}
+
+impl<'c, 's> Checker<'c, 's> {
+    pub(crate) fn new(
+        d: &'c mut Dispatcher<'s>,
+        memo: &'c mut CheckMemo,
+        subject: &'c SubjectRef,
+        tracing: bool,
+    ) -> Self {
+        let sid = memo.subject_id(subject);
+        Checker {
+            d,
+            memo,
+            subject,
+            sid,
+            stack: Vec::new(),
+            heights: Vec::new(),
+            trace: tracing.then(Vec::new),
+            root_trace: None,
+        }
+    }
+
+    fn schema(&self) -> &'s CompiledSchema {
+        self.d.snap.schema
+    }
+
+    /// The dispatcher: every nested check sub-problem goes through here. Spends one unit of
+    /// depth budget, polls cancellation, recognises the subject itself
+    /// (`group:eng#member` is a member of `group:eng#member`), and memoizes.
+    pub(crate) fn dispatch_check(
+        &mut self,
+        resource_type: &str,
+        resource_id: &str,
+        relation: &str,
+        depth: u32,
+    ) -> EngineResult<Outcome> {
+        self.d.poll()?;
+        let s = self.subject;
+        if s.relation.as_deref() == Some(relation)
+            && s.object.object_type == resource_type
+            && s.object.object_id == resource_id
+        {
+            let o = Outcome::yes(None);
+            self.trace_leaf(resource_type, resource_id, relation, &o, false);
+            return Ok(o);
+        }
+        if depth == 0 {
+            return Ok(Outcome::Unresolved(Unresolved {
+                depth_limited: true,
+                min_ref: None,
+            }));
+        }
+        let key = (resource_type, resource_id, relation, self.sid);
+        let mut shallower = None;
+        match self.memo.get(key) {
+            Some(MemoEntry::Final { outcome, height }) if *height <= depth => {
+                let (o, h) = (outcome.clone(), *height);
+                self.bump_height(h);
+                self.trace_leaf(resource_type, resource_id, relation, &o, true);
+                return Ok(o);
+            }
+            Some(e @ MemoEntry::Final { .. }) => shallower = Some(e.clone()),
+            Some(MemoEntry::InProgress { index }) => {
+                return Ok(Outcome::Unresolved(Unresolved {
+                    depth_limited: false,
+                    min_ref: Some(*index),
+                }));
+            }
+            Some(MemoEntry::Tentative {
+                outcome,
+                height,
+                parent,
+                depth: limited_at,
+            }) => {
+                let parent_alive =
+                    parent.is_none_or(|(i, act)| self.stack.get(i).is_some_and(|a| *a == act));
+                let depth_ok = limited_at.is_none_or(|d| depth <= d);
+                if parent_alive && depth_ok {
+                    let (o, h) = (outcome.clone(), *height);
+                    self.bump_height(h);
+                    return Ok(o);
+                }
+            }
+            None => {}
+        }
+
+        let index = self.stack.len();
+        let activation = self.memo.activation();
+        self.stack.push(activation);
+        self.heights.push(0);
+        self.memo.insert(key, MemoEntry::InProgress { index });
+        self.trace_enter(resource_type, resource_id, relation);
+        let solved = self.solve(resource_type, resource_id, relation, depth);
+        self.stack.pop();
+        let height = self.heights.pop().unwrap_or(0).saturating_add(1);
+        self.bump_height(height);
+        let outcome = match solved {
+            Ok(o) => o,
+            Err(e) => {
+                match shallower {
+                    Some(previous) => self.memo.insert(key, previous),
+                    None => self.memo.remove(key),
+                }
+                if let Some(frames) = &mut self.trace {
+                    frames.pop();
+                }
+                return Err(e);
+            }
+        };
+        // A reference to this very sub-problem is resolved now that it is done.
+        let outcome = match outcome {
+            Outcome::Unresolved(u) => Outcome::Unresolved(Unresolved {
+                depth_limited: u.depth_limited,
+                min_ref: u.min_ref.filter(|m| *m < index),
+            }),
+            o => o,
+        };
+        let entry = match (&outcome, shallower) {
+            (Outcome::Unresolved(u), shallower) if u.min_ref.is_some() || u.depth_limited => {
+                match shallower {
+                    // Solved before with more depth: keep that answer for where it applies.
+                    Some(previous) => previous,
+                    None => MemoEntry::Tentative {
+                        outcome: outcome.clone(),
+                        height,
+                        parent: match u.min_ref {
+                            Some(_) => index
+                                .checked_sub(1)
+                                .and_then(|p| self.stack.get(p).map(|a| (p, *a))),
+                            None => None,
+                        },
+                        depth: u.depth_limited.then_some(depth),
+                    },
+                }
+            }
+            _ => MemoEntry::Final {
+                outcome: outcome.clone(),
+                height,
+            },
+        };
+        self.memo.insert(key, entry);
+        self.trace_exit(&outcome);
+        Ok(outcome)
+    }
+
+    /// Records that the current sub-problem needed a nested one of `height`.
+    fn bump_height(&mut self, height: u32) {
+        if let Some(top) = self.heights.last_mut() {
+            *top = (*top).max(height);
+        }
+    }
+
+    /// Solves `resource#relation` by the relation's stored relationships or the permission's
+    /// rewrite.
+    fn solve(
+        &mut self,
+        resource_type: &str,
+        resource_id: &str,
+        relation: &str,
+        depth: u32,
+    ) -> EngineResult<Outcome> {
+        let schema = self.schema();
+        let Some(def) = schema.definition(resource_type) else {
+            return Ok(Outcome::No);
+        };
+        match def.member(relation) {
+            Some(Member::Relation(r)) => self.check_direct(resource_type, resource_id, r, depth),
+            Some(Member::Permission(p)) => {
+                self.check_rewrite(resource_type, resource_id, &p.expr, depth)
+            }
+            None => Ok(Outcome::No),
+        }
+    }
+
+    /// Stored relationships of a relation: first the exact tuple with the subject (if the
+    /// relation allows the subject's type), then the subject type's wildcard (if allowed),
+    /// then every subject set the relation holds, each dispatched as a sub-problem.
+    fn check_direct(
+        &mut self,
+        resource_type: &str,
+        resource_id: &str,
+        relation: &'s Relation,
+        depth: u32,
+    ) -> EngineResult<Outcome> {
+        let subject = self.subject;
+        let subject_type = subject.object.object_type.as_str();
+        let mut acc = UnionAcc::new();
+
+        let direct_allowed = relation.allowed.iter().any(|a| {
+            a.type_name == subject_type
+                && match (&a.kind, &subject.relation) {
+                    (AllowedKind::Direct, None) => true,
+                    (AllowedKind::SubjectRelation(r), Some(s)) => r == s,
+                    _ => false,
+                }
+        });
+        if direct_allowed {
+            let filter = resource_filter(
+                resource_type,
+                resource_id,
+                &relation.name,
+                Some(SubjectFilter {
+                    subject_type: subject_type.to_string(),
+                    subject_id: Some(subject.object.object_id.clone()),
+                    relation: match &subject.relation {
+                        None => SubjectRelationFilter::Ellipsis,
+                        Some(r) => SubjectRelationFilter::Relation(r.clone()),
+                    },
+                }),
+            );
+            if let Some(rel) = self.d.first(&filter)? {
+                if acc.add(member_by(&rel)) {
+                    return Ok(acc.finish());
+                }
+            }
+        }
+
+        // As in SpiceDB, a wildcard of the subject's type matches whatever the subject's
+        // relation is.
+        let wildcard_allowed = relation
+            .allowed
+            .iter()
+            .any(|a| a.type_name == subject_type && a.kind == AllowedKind::Wildcard);
+        if wildcard_allowed {
+            let filter = resource_filter(
+                resource_type,
+                resource_id,
+                &relation.name,
+                Some(SubjectFilter {
+                    subject_type: subject_type.to_string(),
+                    subject_id: Some("*".to_string()),
+                    relation: SubjectRelationFilter::Ellipsis,
+                }),
+            );
+            if let Some(rel) = self.d.first(&filter)? {
+                if acc.add(member_by(&rel)) {
+                    return Ok(acc.finish());
+                }
+            }
+        }
+
+        let mut followed: Vec<(&str, &str)> = Vec::new();
+        for allowed in &relation.allowed {
+            let AllowedKind::SubjectRelation(subject_relation) = &allowed.kind else {
+                continue;
+            };
+            let pair = (allowed.type_name.as_str(), subject_relation.as_str());
+            if followed.contains(&pair) {
+                continue;
+            }
+            followed.push(pair);
+            let mut pager = Pager::new(resource_filter(
+                resource_type,
+                resource_id,
+                &relation.name,
+                Some(SubjectFilter {
+                    subject_type: allowed.type_name.clone(),
+                    subject_id: None,
+                    relation: SubjectRelationFilter::Relation(subject_relation.clone()),
+                }),
+            ));
+            while let Some(page) = pager.next_page(self.d)? {
+                for rel in page {
+                    let sub = self.dispatch_check(
+                        &rel.subject.object.object_type,
+                        &rel.subject.object.object_id,
+                        subject_relation,
+                        depth.saturating_sub(1),
+                    )?;
+                    if acc.add(through(&rel, sub)) {
+                        return Ok(acc.finish());
+                    }
+                }
+            }
+        }
+        Ok(acc.finish())
+    }
+
+    /// A permission's expression.
+    fn check_rewrite(
+        &mut self,
+        resource_type: &str,
+        resource_id: &str,
+        expr: &'s Expr,
+        depth: u32,
+    ) -> EngineResult<Outcome> {
+        match expr {
+            Expr::Nil => Ok(Outcome::No),
+            Expr::Self_ => {
+                let s = self.subject;
+                Ok(
+                    if s.relation.is_none()
+                        && s.object.object_type == resource_type
+                        && s.object.object_id == resource_id
+                    {
+                        Outcome::yes(None)
+                    } else {
+                        Outcome::No
+                    },
+                )
+            }
+            Expr::Computed(name) => {
+                self.check_computed_userset(resource_type, resource_id, name, depth)
+            }
+            Expr::Arrow {
+                tupleset,
+                computed,
+                kind: ArrowKind::Any,
+            } => self.check_tuple_to_userset(resource_type, resource_id, tupleset, computed, depth),
+            Expr::Arrow {
+                tupleset,
+                computed,
+                kind: ArrowKind::All,
+            } => self.check_intersection_tuple_to_userset(
+                resource_type,
+                resource_id,
+                tupleset,
+                computed,
+                depth,
+            ),
+            Expr::Union(items) => self.union(resource_type, resource_id, items, depth),
+            Expr::Intersection(items) => {
+                self.intersection(resource_type, resource_id, items, depth)
+            }
+            Expr::Exclusion(base, subtracted) => {
+                self.exclusion(resource_type, resource_id, base, subtracted, depth)
+            }
+        }
+    }
+
+    /// Another relation or permission of the same object: a dispatched sub-problem.
+    fn check_computed_userset(
+        &mut self,
+        resource_type: &str,
+        resource_id: &str,
+        relation: &str,
+        depth: u32,
+    ) -> EngineResult<Outcome> {
+        self.dispatch_check(
+            resource_type,
+            resource_id,
+            relation,
+            depth.saturating_sub(1),
+        )
+    }
+
+    /// `tupleset->computed`: a member of `computed` on any object the tupleset relation points
+    /// to (the subject's relation, if any, is ignored, as SpiceDB does; objects whose type has
+    /// no `computed` contribute nothing).
+    fn check_tuple_to_userset(
+        &mut self,
+        resource_type: &str,
+        resource_id: &str,
+        tupleset: &str,
+        computed: &str,
+        depth: u32,
+    ) -> EngineResult<Outcome> {
+        let schema = self.schema();
+        let mut acc = UnionAcc::new();
+        let mut pager = Pager::new(resource_filter(resource_type, resource_id, tupleset, None));
+        while let Some(page) = pager.next_page(self.d)? {
+            for rel in page {
+                let target_type = &rel.subject.object.object_type;
+                if !schema.has_member(target_type, computed) {
+                    continue;
+                }
+                let sub = self.dispatch_check(
+                    target_type,
+                    &rel.subject.object.object_id,
+                    computed,
+                    depth.saturating_sub(1),
+                )?;
+                if acc.add(through(&rel, sub)) {
+                    return Ok(acc.finish());
+                }
+            }
+        }
+        Ok(acc.finish())
+    }
+
+    /// `tupleset.all(computed)`: a member of `computed` on every object the tupleset relation
+    /// points to; nothing if it points nowhere, or to an object whose type lacks `computed`.
+    fn check_intersection_tuple_to_userset(
+        &mut self,
+        resource_type: &str,
+        resource_id: &str,
+        tupleset: &str,
+        computed: &str,
+        depth: u32,
+    ) -> EngineResult<Outcome> {
+        let schema = self.schema();
+        let rels = self
+            .d
+            .all(&resource_filter(resource_type, resource_id, tupleset, None))?;
+        let mut acc = IntersectionAcc::new();
+        for rel in &rels {
+            let target_type = &rel.subject.object.object_type;
+            if !schema.has_member(target_type, computed) {
+                return Ok(Outcome::No);
+            }
+            let sub = self.dispatch_check(
+                target_type,
+                &rel.subject.object.object_id,
+                computed,
+                depth.saturating_sub(1),
+            )?;
+            if acc.add(through(rel, sub)) {
+                break;
+            }
+        }
+        Ok(acc.finish())
+    }
+
+    /// `a + b + ...`: stops at the first unconditional member.
+    fn union(
+        &mut self,
+        resource_type: &str,
+        resource_id: &str,
+        items: &'s [Expr],
+        depth: u32,
+    ) -> EngineResult<Outcome> {
+        let mut acc = UnionAcc::new();
+        for e in items {
+            let o = self.check_rewrite(resource_type, resource_id, e, depth)?;
+            if acc.add(o) {
+                break;
+            }
+        }
+        Ok(acc.finish())
+    }
+
+    /// `a & b & ...`: stops at the first non-member.
+    fn intersection(
+        &mut self,
+        resource_type: &str,
+        resource_id: &str,
+        items: &'s [Expr],
+        depth: u32,
+    ) -> EngineResult<Outcome> {
+        let mut acc = IntersectionAcc::new();
+        for e in items {
+            let o = self.check_rewrite(resource_type, resource_id, e, depth)?;
+            if acc.add(o) {
+                break;
+            }
+        }
+        Ok(acc.finish())
+    }
+
+    /// `base - subtracted`. Like SpiceDB, the base is decided first: an unresolved base makes
+    /// the exclusion unresolved.
+    fn exclusion(
+        &mut self,
+        resource_type: &str,
+        resource_id: &str,
+        base: &'s Expr,
+        subtracted: &'s Expr,
+        depth: u32,
+    ) -> EngineResult<Outcome> {
+        let (base_cond, base_expiry) =
+            match self.check_rewrite(resource_type, resource_id, base, depth)? {
+                Outcome::Member { cond, expires_at } => (cond, expires_at),
+                other => return Ok(other),
+            };
+        Ok(
+            match self.check_rewrite(resource_type, resource_id, subtracted, depth)? {
+                Outcome::No => Outcome::member(base_cond, base_expiry),
+                Outcome::Member { cond, .. } => {
+                    Outcome::member(base_cond.and(cond.not()), base_expiry)
+                }
+                u @ Outcome::Unresolved(_) => u,
+            },
+        )
+    }
+
+    // ---- tracing ----
+
+    fn permission_type(&self, resource_type: &str, relation: &str) -> PermissionType {
+        match self.schema().member(resource_type, relation) {
+            Some(Member::Relation(_)) | None => PermissionType::Relation,
+            Some(Member::Permission(_)) => PermissionType::Permission,
+        }
+    }
+
+    fn trace_node(&self, resource_type: &str, resource_id: &str, relation: &str) -> CheckTrace {
+        CheckTrace {
+            resource: ObjectRef::new(resource_type, resource_id),
+            permission: relation.to_string(),
+            permission_type: self.permission_type(resource_type, relation),
+            subject: self.subject.clone(),
+            result: Permissionship::NoPermission,
+            cached: false,
+            duration: Duration::ZERO,
+            children: Vec::new(),
+        }
+    }
+
+    fn attach(&mut self, node: CheckTrace) {
+        if let Some(frames) = &mut self.trace {
+            match frames.last_mut() {
+                Some(parent) => parent.node.children.push(node),
+                None => self.root_trace = Some(node),
+            }
+        }
+    }
+
+    fn trace_enter(&mut self, resource_type: &str, resource_id: &str, relation: &str) {
+        if self.trace.is_none() {
+            return;
+        }
+        let node = self.trace_node(resource_type, resource_id, relation);
+        if let Some(frames) = &mut self.trace {
+            frames.push(TraceFrame {
+                node,
+                started: Instant::now(),
+            });
+        }
+    }
+
+    fn trace_exit(&mut self, outcome: &Outcome) {
+        let Some(frames) = &mut self.trace else {
+            return;
+        };
+        if let Some(mut frame) = frames.pop() {
+            frame.node.result = outcome.permissionship();
+            frame.node.duration = frame.started.elapsed();
+            self.attach(frame.node);
+        }
+    }
+
+    fn trace_leaf(
+        &mut self,
+        resource_type: &str,
+        resource_id: &str,
+        relation: &str,
+        outcome: &Outcome,
+        cached: bool,
+    ) {
+        if self.trace.is_none() {
+            return;
+        }
+        let mut node = self.trace_node(resource_type, resource_id, relation);
+        node.result = outcome.permissionship();
+        node.cached = cached;
+        self.attach(node);
+    }
+
+    /// The finished top-level trace, if tracing.
+    fn take_trace(&mut self) -> Option<CheckTrace> {
+        self.root_trace.take()
+    }
+}
+
+/// A filter on one resource's relation, optionally narrowed by subject.
+pub(crate) fn resource_filter(
+    resource_type: &str,
+    resource_id: &str,
+    relation: &str,
+    subject: Option<SubjectFilter>,
+) -> RelationshipFilter {
+    RelationshipFilter {
+        resource_type: Some(resource_type.to_string()),
+        resource_id: Some(resource_id.to_string()),
+        resource_id_prefix: None,
+        relation: Some(relation.to_string()),
+        subject,
+    }
+}
+
+/// Solves one top-level check to an outcome (caveats not evaluated), validating it first.
+pub(crate) fn check_outcome(
+    d: &mut Dispatcher<'_>,
+    memo: &mut CheckMemo,
+    resource: &ObjectRef,
+    permission: &str,
+    subject: &SubjectRef,
+    tracing: bool,
+) -> EngineResult<(Outcome, Option<CheckTrace>)> {
+    let max_depth = d.max_depth();
+    let mut checker = Checker::new(d, memo, subject, tracing);
+    let outcome = checker.dispatch_check(
+        &resource.object_type,
+        &resource.object_id,
+        permission,
+        max_depth,
+    )?;
+    let trace = checker.take_trace();
+    Ok((outcome, trace))
+}
+
+/// The final answer for an outcome: caveats evaluated with the request context; unresolved is
+/// [`EngineError::MaxDepthExceeded`].
+pub(crate) fn finish(
+    d: &Dispatcher<'_>,
+    outcome: Outcome,
+    context: &crate::model::Context,
+) -> EngineResult<(Permissionship, Vec<String>, Option<Timestamp>)> {
+    match outcome {
+        Outcome::No => Ok((Permissionship::NoPermission, Vec::new(), None)),
+        Outcome::Member { cond, expires_at } => match cond {
+            Cond::True => Ok((Permissionship::HasPermission, Vec::new(), expires_at)),
+            Cond::False => Ok((Permissionship::NoPermission, Vec::new(), None)),
+            Cond::Expr(e) => Ok(
+                match caveats::evaluate(&e, context, d.snap.schema, d.engine.caveats.as_ref())? {
+                    CaveatOutcome::True => (Permissionship::HasPermission, Vec::new(), expires_at),
+                    CaveatOutcome::False => (Permissionship::NoPermission, Vec::new(), None),
+                    CaveatOutcome::Missing(m) => {
+                        (Permissionship::ConditionalPermission, m, expires_at)
+                    }
+                },
+            ),
+        },
+        Outcome::Unresolved(_) => Err(d.depth_error()),
+    }
+}
+
+/// One Check, with a memo that may be shared with other checks of the same request.
+pub(crate) fn run_check(
+    engine: &Engine,
+    snap: &Snapshot<'_>,
+    memo: &mut CheckMemo,
+    req: &CheckRequest,
+) -> EngineResult<CheckResult> {
+    validate::resource_member(snap.schema, &req.resource.object_type, &req.permission)?;
+    validate::check_subject(snap.schema, &req.subject)?;
+    let mut d = Dispatcher::new(engine, snap);
+    let (outcome, trace) = check_outcome(
+        &mut d,
+        memo,
+        &req.resource,
+        &req.permission,
+        &req.subject,
+        req.with_tracing,
+    )?;
+    let (permissionship, missing_context, expires_at) = finish(&d, outcome, &req.context)?;
+    let trace = trace.map(|mut t| {
+        t.result = permissionship;
+        t
+    });
+    Ok(CheckResult {
+        permissionship,
+        missing_context,
+        expires_at,
+        trace,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn union_prefers_unconditional_and_intersection_stops_at_no() {
+        let mut u = UnionAcc::new();
+        assert!(!u.add(Outcome::No));
+        assert!(!u.add(Outcome::Unresolved(Unresolved {
+            depth_limited: false,
+            min_ref: Some(0)
+        })));
+        assert!(u.add(Outcome::yes(None)));
+        assert_eq!(u.finish(), Outcome::yes(None));
+
+        let mut i = IntersectionAcc::new();
+        assert!(!i.add(Outcome::yes(None)));
+        assert!(!i.add(Outcome::Unresolved(Unresolved {
+            depth_limited: true,
+            min_ref: None
+        })));
+        assert!(i.add(Outcome::No));
+        assert_eq!(i.finish(), Outcome::No);
+        assert_eq!(IntersectionAcc::new().finish(), Outcome::No);
+    }
+
+    #[test]
+    fn unresolved_union_stays_unresolved() {
+        let mut u = UnionAcc::new();
+        u.add(Outcome::Unresolved(Unresolved {
+            depth_limited: false,
+            min_ref: Some(3),
+        }));
+        u.add(Outcome::Unresolved(Unresolved {
+            depth_limited: true,
+            min_ref: Some(1),
+        }));
+        assert_eq!(
+            u.finish(),
+            Outcome::Unresolved(Unresolved {
+                depth_limited: true,
+                min_ref: Some(1)
+            })
+        );
+    }
+}

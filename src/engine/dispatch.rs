@@ -1,0 +1,278 @@
+//! Step three, graph evaluation — the dispatcher: the one place every sub-problem goes through.
+//! It owns the depth budget, cancellation and deadline polling, paging through the datastore,
+//! and (for checks) the per-request memo of solved sub-problems keyed by
+//! (resource, relation, subject), shared by every item of a bulk check.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::engine::check::Outcome;
+use crate::engine::error::{EngineError, EngineResult};
+use crate::engine::{Engine, Snapshot};
+use crate::model::{Relationship, RelationshipFilter, RelationshipKey, SubjectRef};
+
+/// How many relationships one store query returns at most.
+const PAGE_SIZE: usize = 1000;
+
+/// How many polls between two reads of the clock for the deadline.
+const DEADLINE_POLL_INTERVAL: u32 = 16;
+
+/// The request-wide state every traversal step shares: the snapshot, the engine's
+/// configuration, and cancellation.
+pub(crate) struct Dispatcher<'s> {
+    /// what is read
+    pub(crate) snap: &'s Snapshot<'s>,
+    /// configuration and the caveat evaluator
+    pub(crate) engine: &'s Engine,
+    /// polls since the clock was last read
+    polls: u32,
+}
+
+impl<'s> Dispatcher<'s> {
+    pub(crate) fn new(engine: &'s Engine, snap: &'s Snapshot<'s>) -> Self {
+        Dispatcher {
+            snap,
+            engine,
+            polls: 0,
+        }
+    }
+
+    /// The depth budget of a top-level request.
+    pub(crate) fn max_depth(&self) -> u32 {
+        self.engine.config.max_depth
+    }
+
+    /// The error for an exhausted depth budget.
+    pub(crate) fn depth_error(&self) -> EngineError {
+        EngineError::MaxDepthExceeded {
+            depth: self.max_depth(),
+        }
+    }
+
+    /// Stops the request if it was cancelled or its deadline passed. Cheap: an atomic load, and
+    /// a clock read every few calls.
+    pub(crate) fn poll(&mut self) -> EngineResult<()> {
+        if let Some(flag) = self.snap.cancelled {
+            if flag.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+        }
+        if let Some(deadline) = self.snap.deadline {
+            self.polls = self.polls.wrapping_add(1);
+            if self.polls % DEADLINE_POLL_INTERVAL == 1 && Instant::now() >= deadline {
+                return Err(EngineError::DeadlineExceeded);
+            }
+        }
+        Ok(())
+    }
+
+    /// One page of relationships matching `filter`, after `after`, at most `limit`.
+    fn page(
+        &mut self,
+        filter: &RelationshipFilter,
+        after: Option<&RelationshipKey>,
+        limit: usize,
+    ) -> EngineResult<crate::store::Page> {
+        self.poll()?;
+        Ok(self
+            .snap
+            .store
+            .query(self.snap.revision, filter, after, limit, self.snap.now)?)
+    }
+
+    /// The first relationship matching `filter`, if any (for exact-tuple lookups).
+    pub(crate) fn first(&mut self, filter: &RelationshipFilter) -> EngineResult<Option<Relationship>> {
+        Ok(self.page(filter, None, 1)?.relationships.into_iter().next())
+    }
+
+    /// Every relationship matching `filter`.
+    pub(crate) fn all(&mut self, filter: &RelationshipFilter) -> EngineResult<Vec<Relationship>> {
+        let mut pager = Pager::new(filter.clone());
+        let mut out = Vec::new();
+        while let Some(page) = pager.next_page(self)? {
+            out.extend(page);
+        }
+        Ok(out)
+    }
+}
+
+/// Pages through the relationships matching a filter, one store query per page, so a caller can
+/// stop early (a check stops at the first unconditional member).
+pub(crate) struct Pager {
+    filter: RelationshipFilter,
+    after: Option<RelationshipKey>,
+    done: bool,
+}
+
+impl Pager {
+    pub(crate) fn new(filter: RelationshipFilter) -> Pager {
+        Pager {
+            filter,
+            after: None,
+            done: false,
+        }
+    }
+
+    /// The next page, or `None` when all were read.
+    pub(crate) fn next_page(
+        &mut self,
+        d: &mut Dispatcher<'_>,
+    ) -> EngineResult<Option<Vec<Relationship>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = d.page(&self.filter, self.after.as_ref(), PAGE_SIZE)?;
+        match page.next {
+            Some(k) => self.after = Some(k),
+            None => self.done = true,
+        }
+        if page.relationships.is_empty() {
+            self.done = true;
+            return Ok(None);
+        }
+        Ok(Some(page.relationships))
+    }
+}
+
+// ---- the check memo ----
+
+/// The parts of a memo key: resource type, resource id, relation, interned subject.
+pub(crate) trait KeyParts {
+    fn parts(&self) -> (&str, &str, &str, u32);
+}
+
+/// An owned memo key.
+#[derive(Debug, Clone)]
+pub(crate) struct MemoKey {
+    resource_type: String,
+    resource_id: String,
+    relation: String,
+    subject: u32,
+}
+
+impl KeyParts for MemoKey {
+    fn parts(&self) -> (&str, &str, &str, u32) {
+        (
+            &self.resource_type,
+            &self.resource_id,
+            &self.relation,
+            self.subject,
+        )
+    }
+}
+
+impl KeyParts for (&str, &str, &str, u32) {
+    fn parts(&self) -> (&str, &str, &str, u32) {
+        *self
+    }
+}
+
+impl Hash for dyn KeyParts + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl PartialEq for dyn KeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyParts + '_ {}
+
+impl Hash for MemoKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl PartialEq for MemoKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for MemoKey {}
+
+impl<'a> Borrow<dyn KeyParts + 'a> for MemoKey {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
+}
+
+/// What the memo knows about one sub-problem.
+#[derive(Debug, Clone)]
+pub(crate) enum MemoEntry {
+    /// being solved right now, at this index of the dispatch stack: reaching it again is a
+    /// cycle in the data
+    InProgress { index: usize },
+    /// solved for good, needing `height` nested dispatches (reused only where that much
+    /// depth budget remains, so memoized answers never hide a depth error)
+    Final { outcome: Outcome, height: u32 },
+    /// unresolved, and only valid while the stack entry that was its parent is still active
+    /// (it assumed the sub-problems on the stack above it were unresolved) and, if it ran out
+    /// of depth, only where no more depth remains than it had
+    Tentative {
+        outcome: Outcome,
+        height: u32,
+        /// (stack index, activation id) of the parent when it was solved
+        parent: Option<(usize, u64)>,
+        /// the depth budget it had, if running out of depth made it unresolved
+        depth: Option<u32>,
+    },
+}
+
+/// Solved check sub-problems of one request (or one bulk request).
+#[derive(Debug, Default)]
+pub(crate) struct CheckMemo {
+    entries: HashMap<MemoKey, MemoEntry>,
+    subjects: HashMap<SubjectRef, u32>,
+    next_activation: u64,
+}
+
+impl CheckMemo {
+    /// The interned id of `subject`.
+    pub(crate) fn subject_id(&mut self, subject: &SubjectRef) -> u32 {
+        if let Some(id) = self.subjects.get(subject) {
+            return *id;
+        }
+        let id = u32::try_from(self.subjects.len()).unwrap_or(u32::MAX);
+        self.subjects.insert(subject.clone(), id);
+        id
+    }
+
+    /// A fresh activation id for a stack entry.
+    pub(crate) fn activation(&mut self) -> u64 {
+        self.next_activation = self.next_activation.wrapping_add(1);
+        self.next_activation
+    }
+
+    pub(crate) fn get(&self, key: (&str, &str, &str, u32)) -> Option<&MemoEntry> {
+        self.entries.get(&key as &dyn KeyParts)
+    }
+
+    pub(crate) fn insert(&mut self, key: (&str, &str, &str, u32), entry: MemoEntry) {
+        if let Some(slot) = self.entries.get_mut(&key as &dyn KeyParts) {
+            *slot = entry;
+            return;
+        }
+        let (t, i, r, s) = key;
+        self.entries.insert(
+            MemoKey {
+                resource_type: t.to_string(),
+                resource_id: i.to_string(),
+                relation: r.to_string(),
+                subject: s,
+            },
+            entry,
+        );
+    }
+
+    pub(crate) fn remove(&mut self, key: (&str, &str, &str, u32)) {
+        self.entries.remove(&key as &dyn KeyParts);
+    }
+}

@@ -1,0 +1,54 @@
+//! Step three, graph evaluation — its errors: what a check, expand or lookup can refuse or fail
+//! with. The API layer maps each variant to a gRPC status (FAILED_PRECONDITION with the
+//! `UNKNOWN_*` / `MAXIMUM_DEPTH_EXCEEDED` reasons, INVALID_ARGUMENT for wildcard subjects and
+//! caveat errors, CANCELLED / DEADLINE_EXCEEDED).
+
+use thiserror::Error;
+
+use crate::store::StoreError;
+
+/// Result alias for the engine.
+pub type EngineResult<T> = Result<T, EngineError>;
+
+/// Everything the engine can refuse or fail with.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// The request names an object type the schema does not define
+    /// (FAILED_PRECONDITION, `ERROR_REASON_UNKNOWN_DEFINITION`).
+    #[error("object definition `{0}` not found")]
+    UnknownDefinition(String),
+    /// The request names a relation or permission its type does not have
+    /// (FAILED_PRECONDITION, `ERROR_REASON_UNKNOWN_RELATION_OR_PERMISSION`).
+    #[error("relation/permission `{relation}` not found under definition `{definition}`")]
+    UnknownRelationOrPermission {
+        /// the object type
+        definition: String,
+        /// the missing relation or permission
+        relation: String,
+    },
+    /// A check (or a lookup of resources) was asked for the public wildcard `type:*` as the
+    /// subject (INVALID_ARGUMENT, `ERROR_REASON_WILDCARD_NOT_ALLOWED`).
+    #[error("cannot perform check on wildcard subject")]
+    WildcardSubjectNotAllowed,
+    /// Answering needs more nested dispatches than the depth budget allows, or depends on a
+    /// cycle in the data (FAILED_PRECONDITION, `ERROR_REASON_MAXIMUM_DEPTH_EXCEEDED`).
+    #[error(
+        "max depth exceeded: this usually indicates a recursive or too deep data dependency (depth limit {depth})"
+    )]
+    MaxDepthExceeded {
+        /// the configured depth budget
+        depth: u32,
+    },
+    /// The caller cancelled the request (CANCELLED).
+    #[error("request cancelled")]
+    Cancelled,
+    /// The request's deadline passed (DEADLINE_EXCEEDED).
+    #[error("request deadline exceeded")]
+    DeadlineExceeded,
+    /// A caveat could not be evaluated (INVALID_ARGUMENT, `ERROR_REASON_CAVEAT_EVALUATION_ERROR`).
+    #[error("caveat evaluation error: {0}")]
+    CaveatEvaluation(String),
+    /// The datastore failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

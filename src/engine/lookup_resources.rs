@@ -1,0 +1,427 @@
+//! Step three, graph evaluation — LookupResources: every resource of a type on which a subject
+//! has a permission. As SpiceDB does it: first reachability, walking REVERSE from the subject
+//! with subject-anchored queries (served by the store's by-subject index) through the schema's
+//! relations, permissions and arrows, restricted to what can lead to the wanted permission;
+//! then a check of the candidates whose path went through an intersection, an exclusion, a
+//! `.all()` arrow or a caveated relationship. Candidates reached through unions and uncaveated
+//! relationships only are members without a check.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use crate::engine::check::{self, Outcome};
+use crate::engine::dispatch::{CheckMemo, Dispatcher, Pager};
+use crate::engine::error::EngineResult;
+use crate::engine::validate;
+use crate::engine::{Engine, LookupResult, Permissionship, Snapshot};
+use crate::model::{
+    Context, ObjectRef, RelationshipFilter, SubjectFilter, SubjectRef, SubjectRelationFilter,
+};
+use crate::schema::{AllowedKind, ArrowKind, CompiledSchema, Expr};
+
+/// A schema node: `type#relation`, or a plain object type (`relation` `None`).
+type Node<'s> = (&'s str, Option<&'s str>);
+
+/// The schema read backwards: for each kind of subject, where it can appear.
+#[derive(Default)]
+struct ReverseIndex<'s> {
+    /// (subject type, subject relation) -> relations `type#relation` allowing it as subject
+    direct: HashMap<Node<'s>, Vec<(&'s str, &'s str)>>,
+    /// subject type -> relations allowing its wildcard
+    wildcard: HashMap<&'s str, Vec<(&'s str, &'s str)>>,
+    /// `type#relation` -> permissions of `type` naming it, with "reached by unions only"
+    computed: HashMap<(&'s str, &'s str), Vec<(&'s str, bool)>>,
+    /// `type#relation` -> arrows `(resource type, tupleset, permission, unions only)` that
+    /// reach it through a tupleset relation allowing `type`
+    arrows: HashMap<(&'s str, &'s str), Vec<(&'s str, &'s str, &'s str, bool)>>,
+    /// type -> permissions of it using `self`, with "reached by unions only"
+    selfs: HashMap<&'s str, Vec<(&'s str, bool)>>,
+}
+
+fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {
+    if !v.contains(&x) {
+        v.push(x);
+    }
+}
+
+/// Adds `(item, exact)`, keeping one entry per item with "exact" if any path is.
+fn push_exact<T: PartialEq>(v: &mut Vec<(T, bool)>, item: T, exact: bool) {
+    match v.iter_mut().find(|(i, _)| *i == item) {
+        Some((_, e)) => *e = *e || exact,
+        None => v.push((item, exact)),
+    }
+}
+
+impl<'s> ReverseIndex<'s> {
+    fn build(schema: &'s CompiledSchema) -> ReverseIndex<'s> {
+        let mut ix = ReverseIndex::default();
+        for def in schema.definitions.values() {
+            let t = def.name.as_str();
+            for rel in &def.relations {
+                for a in &rel.allowed {
+                    let target = (t, rel.name.as_str());
+                    match &a.kind {
+                        AllowedKind::Direct => push_unique(
+                            ix.direct.entry((a.type_name.as_str(), None)).or_default(),
+                            target,
+                        ),
+                        AllowedKind::SubjectRelation(r) => push_unique(
+                            ix.direct
+                                .entry((a.type_name.as_str(), Some(r.as_str())))
+                                .or_default(),
+                            target,
+                        ),
+                        AllowedKind::Wildcard => push_unique(
+                            ix.wildcard.entry(a.type_name.as_str()).or_default(),
+                            target,
+                        ),
+                    }
+                }
+            }
+            for perm in &def.permissions {
+                ix.walk(schema, t, &perm.name, &perm.expr, true);
+            }
+        }
+        ix
+    }
+
+    /// Records where permission `perm` of `t` uses relations, arrows and `self`; `exact` is
+    /// false below an intersection or the base of an exclusion (the subtracted side leads to
+    /// no member at all).
+    fn walk(&mut self, schema: &'s CompiledSchema, t: &'s str, perm: &'s str, e: &'s Expr, exact: bool) {
+        match e {
+            Expr::Nil => {}
+            Expr::Self_ => push_exact(self.selfs.entry(t).or_default(), perm, exact),
+            Expr::Computed(r) => {
+                push_exact(self.computed.entry((t, r.as_str())).or_default(), perm, exact);
+            }
+            Expr::Arrow {
+                tupleset,
+                computed,
+                kind,
+            } => {
+                let Some(ts) = schema.definition(t).and_then(|d| d.relation(tupleset)) else {
+                    return;
+                };
+                let mut types: Vec<&'s str> = Vec::new();
+                for a in &ts.allowed {
+                    push_unique(&mut types, a.type_name.as_str());
+                }
+                for x in types {
+                    if !schema.has_member(x, computed) {
+                        continue;
+                    }
+                    let v = self.arrows.entry((x, computed.as_str())).or_default();
+                    let item = (t, tupleset.as_str(), perm);
+                    let e = exact && *kind == ArrowKind::Any;
+                    match v.iter_mut().find(|(a, b, c, _)| (*a, *b, *c) == item) {
+                        Some(found) => found.3 = found.3 || e,
+                        None => v.push((t, tupleset.as_str(), perm, e)),
+                    }
+                }
+            }
+            Expr::Union(items) => {
+                for i in items {
+                    self.walk(schema, t, perm, i, exact);
+                }
+            }
+            Expr::Intersection(items) => {
+                for i in items {
+                    self.walk(schema, t, perm, i, false);
+                }
+            }
+            Expr::Exclusion(base, _) => self.walk(schema, t, perm, base, false),
+        }
+    }
+
+    /// The nodes from which `target` can be reached, the subject's own node included if it can.
+    fn relevant(&self, target: Node<'s>, subject_type: &'s str) -> HashSet<Node<'s>> {
+        let mut edges: Vec<(Node<'s>, Node<'s>)> = Vec::new();
+        for (from, tos) in &self.direct {
+            for (t, r) in tos {
+                edges.push((*from, (*t, Some(*r))));
+            }
+        }
+        for (t, rs) in &self.wildcard {
+            for (rt, r) in rs {
+                if *t == subject_type {
+                    edges.push(((subject_type, None), (*rt, Some(*r))));
+                }
+            }
+        }
+        for ((x, r), ps) in &self.computed {
+            for (p, _) in ps {
+                edges.push(((*x, Some(*r)), (*x, Some(*p))));
+            }
+        }
+        for ((x, r), arrows) in &self.arrows {
+            for (t, _, p, _) in arrows {
+                edges.push(((*x, Some(*r)), (*t, Some(*p))));
+            }
+        }
+        for (t, ps) in &self.selfs {
+            for (p, _) in ps {
+                edges.push(((*t, None), (*t, Some(*p))));
+            }
+        }
+        let mut relevant = HashSet::from([target]);
+        loop {
+            let before = relevant.len();
+            for (from, to) in &edges {
+                if relevant.contains(to) {
+                    relevant.insert(*from);
+                }
+            }
+            if relevant.len() == before {
+                return relevant;
+            }
+        }
+    }
+}
+
+/// "The subject is in `object_type:object_id#relation`" (`relation` `None`: the subject is
+/// that plain object).
+type Atom = (String, String, Option<String>);
+
+struct Walk<'s> {
+    ix: ReverseIndex<'s>,
+    relevant: HashSet<Node<'s>>,
+    /// atoms reached, and whether through unions and uncaveated relationships only
+    seen: HashMap<Atom, bool>,
+    queue: VecDeque<(Atom, bool, u32)>,
+    max_depth: u32,
+}
+
+impl<'s> Walk<'s> {
+    fn is_relevant(&self, t: &str, r: Option<&str>) -> bool {
+        self.relevant.contains(&(t, r))
+    }
+
+    /// Records an atom (if it can lead to the target); re-queues it when it becomes exact.
+    fn push(&mut self, d: &Dispatcher<'_>, atom: Atom, exact: bool, level: u32) -> EngineResult<()> {
+        if !self.is_relevant(&atom.0, atom.2.as_deref()) {
+            return Ok(());
+        }
+        let requeue = match self.seen.get_mut(&atom) {
+            None => {
+                self.seen.insert(atom.clone(), exact);
+                true
+            }
+            Some(prev) if !*prev && exact => {
+                *prev = true;
+                true
+            }
+            Some(_) => false,
+        };
+        if requeue {
+            if level > self.max_depth {
+                return Err(d.depth_error());
+            }
+            self.queue.push_back((atom, exact, level));
+        }
+        Ok(())
+    }
+}
+
+fn by_subject(
+    resource_type: &str,
+    relation: &str,
+    subject_type: &str,
+    subject_id: &str,
+    subject_relation: SubjectRelationFilter,
+) -> RelationshipFilter {
+    RelationshipFilter {
+        resource_type: Some(resource_type.to_string()),
+        resource_id: None,
+        resource_id_prefix: None,
+        relation: Some(relation.to_string()),
+        subject: Some(SubjectFilter {
+            subject_type: subject_type.to_string(),
+            subject_id: Some(subject_id.to_string()),
+            relation: subject_relation,
+        }),
+    }
+}
+
+/// Runs LookupResources.
+pub(crate) fn lookup_resources(
+    engine: &Engine,
+    snap: &Snapshot<'_>,
+    resource_type: &str,
+    permission: &str,
+    subject: &SubjectRef,
+    context: &Context,
+) -> EngineResult<Vec<LookupResult>> {
+    let schema = snap.schema;
+    validate::resource_member(schema, resource_type, permission)?;
+    validate::check_subject(schema, subject)?;
+    let mut d = Dispatcher::new(engine, snap);
+
+    let ix = ReverseIndex::build(schema);
+    // INVARIANT: both names were validated above, so they resolve to schema-owned strings.
+    let Some(target_def) = schema.definition(resource_type) else {
+        return Ok(Vec::new());
+    };
+    let Some(target_member) = target_def.member(permission) else {
+        return Ok(Vec::new());
+    };
+    let Some(subject_def) = schema.definition(&subject.object.object_type) else {
+        return Ok(Vec::new());
+    };
+    let target: Node<'_> = (target_def.name.as_str(), Some(target_member.name()));
+    let relevant = ix.relevant(target, subject_def.name.as_str());
+    let mut walk = Walk {
+        ix,
+        relevant,
+        seen: HashMap::new(),
+        queue: VecDeque::new(),
+        max_depth: d.max_depth(),
+    };
+
+    // The subject itself (a subject set is in itself).
+    let start: Atom = (
+        subject.object.object_type.clone(),
+        subject.object.object_id.clone(),
+        subject.relation.clone(),
+    );
+    walk.seen.insert(start.clone(), true);
+    walk.queue.push_back((start, true, 0));
+
+    // Wildcards of the subject's type (whatever the subject's relation, as Check does).
+    let wildcard_targets = walk
+        .ix
+        .wildcard
+        .get(subject.object.object_type.as_str())
+        .cloned()
+        .unwrap_or_default();
+    for (t, r) in wildcard_targets {
+        if !walk.is_relevant(t, Some(r)) {
+            continue;
+        }
+        let mut pager = Pager::new(by_subject(
+            t,
+            r,
+            &subject.object.object_type,
+            "*",
+            SubjectRelationFilter::Ellipsis,
+        ));
+        while let Some(page) = pager.next_page(&mut d)? {
+            for rel in page {
+                let exact = rel.caveat.is_none();
+                walk.push(&d, (t.to_string(), rel.resource.object_id, Some(r.to_string())), exact, 1)?;
+            }
+        }
+    }
+
+    while let Some(((x, id, rel), exact, level)) = walk.queue.pop_front() {
+        d.poll()?;
+        // Relations holding this object or subject set as a subject.
+        let direct = walk
+            .ix
+            .direct
+            .get(&(x.as_str(), rel.as_deref()))
+            .cloned()
+            .unwrap_or_default();
+        for (t, r) in direct {
+            if !walk.is_relevant(t, Some(r)) {
+                continue;
+            }
+            let subject_relation = match &rel {
+                None => SubjectRelationFilter::Ellipsis,
+                Some(sr) => SubjectRelationFilter::Relation(sr.clone()),
+            };
+            let mut pager = Pager::new(by_subject(t, r, &x, &id, subject_relation));
+            while let Some(page) = pager.next_page(&mut d)? {
+                for found in page {
+                    let e = exact && found.caveat.is_none();
+                    walk.push(
+                        &d,
+                        (t.to_string(), found.resource.object_id, Some(r.to_string())),
+                        e,
+                        level + 1,
+                    )?;
+                }
+            }
+        }
+        match &rel {
+            Some(r) => {
+                // Permissions of the same object naming this relation or permission.
+                let computed = walk
+                    .ix
+                    .computed
+                    .get(&(x.as_str(), r.as_str()))
+                    .cloned()
+                    .unwrap_or_default();
+                for (p, pe) in computed {
+                    walk.push(&d, (x.clone(), id.clone(), Some(p.to_string())), exact && pe, level + 1)?;
+                }
+                // Arrows whose tupleset points at this object.
+                let arrows = walk
+                    .ix
+                    .arrows
+                    .get(&(x.as_str(), r.as_str()))
+                    .cloned()
+                    .unwrap_or_default();
+                for (t, tupleset, p, pe) in arrows {
+                    if !walk.is_relevant(t, Some(p)) {
+                        continue;
+                    }
+                    let mut pager =
+                        Pager::new(by_subject(t, tupleset, &x, &id, SubjectRelationFilter::Any));
+                    while let Some(page) = pager.next_page(&mut d)? {
+                        for found in page {
+                            let e = exact && pe && found.caveat.is_none();
+                            walk.push(
+                                &d,
+                                (t.to_string(), found.resource.object_id, Some(p.to_string())),
+                                e,
+                                level + 1,
+                            )?;
+                        }
+                    }
+                }
+            }
+            None => {
+                let selfs = walk.ix.selfs.get(x.as_str()).cloned().unwrap_or_default();
+                for (p, pe) in selfs {
+                    walk.push(&d, (x.clone(), id.clone(), Some(p.to_string())), exact && pe, level + 1)?;
+                }
+            }
+        }
+    }
+
+    // Candidates of the wanted type and permission.
+    let mut candidates: BTreeMap<String, bool> = BTreeMap::new();
+    for ((t, id, r), exact) in walk.seen {
+        if t == resource_type && r.as_deref() == Some(permission) {
+            candidates.insert(id, exact);
+        }
+    }
+
+    let mut memo = CheckMemo::default();
+    let mut out = Vec::with_capacity(candidates.len());
+    for (id, exact) in candidates {
+        if exact {
+            out.push(LookupResult {
+                resource_id: id,
+                permissionship: Permissionship::HasPermission,
+                missing_context: Vec::new(),
+            });
+            continue;
+        }
+        let resource = ObjectRef::new(resource_type, id.as_str());
+        let (outcome, _) =
+            check::check_outcome(&mut d, &mut memo, &resource, permission, subject, false)?;
+        if outcome == Outcome::No {
+            continue;
+        }
+        let (permissionship, missing_context, _) = check::finish(&d, outcome, context)?;
+        if permissionship != Permissionship::NoPermission {
+            out.push(LookupResult {
+                resource_id: id,
+                permissionship,
+                missing_context,
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,15 @@
+//! Step 0, the vocabulary: object references, subjects, relationships, filters and revisions
+//! that every later layer (schema, store, engine, consistency, api) speaks.
+
+pub mod ids;
+pub mod revision;
+pub mod tuple;
+
+pub use ids::{IdError, validate_object_id, validate_relation, validate_type_name};
+pub use revision::Revision;
+pub use tuple::{
+    CaveatMatch, OrphanCheck,
+    Context, ParseRelationshipError, Timestamp, parse_relationship, parse_rfc3339,
+    Caveat, ObjectRef, Relationship, RelationshipFilter, RelationshipKey, SubjectFilter,
+    SubjectRef, SubjectRelationFilter,
+};

@@ -1,0 +1,1049 @@
+//! Step three of the schema pipeline: the parse tree, checked and resolved, to the compiled
+//! schema ([`super::compiled`]).
+//!
+//! The checks are those WriteSchema runs (SpiceDB's compiler and `pkg/schema` type system), each
+//! reported at the offending item. What SpiceDB's compiler refuses is a [`SchemaError::Parse`]
+//! (duplicate top-level names, malformed caveat declarations, unknown partials); what its type
+//! system refuses is a [`SchemaError::Type`]. Checks run in a fixed order — caveats, then
+//! duplicate member names, then each definition's members in source order, then permission
+//! cycles — so the same schema always reports the same first error.
+//!
+//! One check goes beyond SpiceDB's WriteSchema: an arrow `t->c` whose right side `c` exists on
+//! none of the types `t` allows is refused (SpiceDB only warns). An arrow is accepted as soon as
+//! one allowed type has `c`.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use super::ast::{
+    ArrowFn, CaveatAst, CaveatTypeAst, DefinitionAst, ExprAst, Item, MemberAst, Name,
+    PermissionAst, RelationAst, SchemaFile, TypeRefKind,
+};
+use super::compiled::{
+    AllowedKind, AllowedType, ArrowKind, CaveatDef, CaveatParam, CaveatType, CompiledSchema,
+    Definition, Expr, Permission, Relation,
+};
+use super::error::{Position, SchemaError};
+use super::parser::MAX_NESTING;
+
+/// Checks `file` (parsed from `source`) and compiles it.
+pub fn typecheck(file: &SchemaFile, source: &str) -> Result<CompiledSchema, SchemaError> {
+    check_top_level_names(file)?;
+    let caveats = check_caveats(file)?;
+    let checker = Checker::new(file)?;
+    for name in &checker.order {
+        checker.check_definition(name)?;
+    }
+    for name in &checker.order {
+        checker.check_cycles(name)?;
+    }
+    let mut definitions = BTreeMap::new();
+    for name in &checker.order {
+        if let Some(table) = checker.defs.get(name) {
+            definitions.insert(name.to_string(), table.lower());
+        }
+    }
+    Ok(CompiledSchema {
+        source: source.to_string(),
+        definitions,
+        caveats,
+        use_expiration: file.uses("expiration"),
+    })
+}
+
+/// Definitions and caveats share one namespace; partials have their own.
+fn check_top_level_names(file: &SchemaFile) -> Result<(), SchemaError> {
+    let mut names = HashSet::new();
+    let mut partials = HashSet::new();
+    for item in &file.items {
+        let (name, is_partial) = match item {
+            Item::Definition(d) => (&d.name, false),
+            Item::Caveat(c) => (&c.name, false),
+            Item::Partial(p) => (&p.name, true),
+        };
+        if is_partial {
+            if !partials.insert(name.text.as_str()) {
+                return Err(SchemaError::parse(
+                    format!("found duplicate partial `{}`", name.text),
+                    name.pos,
+                ));
+            }
+        } else if !names.insert(name.text.as_str()) {
+            return Err(SchemaError::parse(
+                format!(
+                    "found name reused between multiple definitions and/or caveats: `{}`",
+                    name.text
+                ),
+                name.pos,
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---- caveats ----
+
+fn check_caveats(file: &SchemaFile) -> Result<BTreeMap<String, CaveatDef>, SchemaError> {
+    let mut out = BTreeMap::new();
+    for item in &file.items {
+        if let Item::Caveat(c) = item {
+            out.insert(c.name.text.clone(), check_caveat(c)?);
+        }
+    }
+    Ok(out)
+}
+
+fn check_caveat(c: &CaveatAst) -> Result<CaveatDef, SchemaError> {
+    let name = &c.name.text;
+    if c.params.is_empty() {
+        return Err(SchemaError::parse(
+            format!("caveat `{name}` must have at least one parameter defined"),
+            c.name.pos,
+        ));
+    }
+    let mut parameters: Vec<CaveatParam> = Vec::with_capacity(c.params.len());
+    for p in &c.params {
+        if parameters.iter().any(|q| q.name == p.name.text) {
+            return Err(SchemaError::parse(
+                format!(
+                    "duplicate parameter `{}` defined on caveat `{name}`",
+                    p.name.text
+                ),
+                p.name.pos,
+            ));
+        }
+        let type_ = caveat_type(&p.type_).map_err(|(msg, pos)| {
+            SchemaError::parse(
+                format!(
+                    "invalid type for caveat parameter `{}` on caveat `{name}`: {msg}",
+                    p.name.text
+                ),
+                pos,
+            )
+        })?;
+        parameters.push(CaveatParam {
+            name: p.name.text.clone(),
+            type_,
+        });
+    }
+    for p in &c.params {
+        if !c.identifiers.contains(&p.name.text) {
+            return Err(SchemaError::type_error(
+                format!("parameter `{}` for caveat `{name}` is unused", p.name.text),
+                p.name.pos,
+            ));
+        }
+    }
+    Ok(CaveatDef {
+        name: name.clone(),
+        comment: c.comment.clone(),
+        parameters,
+        expression: c.expression.clone(),
+    })
+}
+
+/// Resolves a parameter type (depth bounded by the parser).
+fn caveat_type(t: &CaveatTypeAst) -> Result<CaveatType, (String, Position)> {
+    let name = t.name.text.as_str();
+    let generic = |wrap: fn(Box<CaveatType>) -> CaveatType| match t.args.as_slice() {
+        [arg] => Ok(wrap(Box::new(caveat_type(arg)?))),
+        args => Err((
+            format!(
+                "type `{name}` takes exactly 1 type argument, found {}",
+                args.len()
+            ),
+            t.name.pos,
+        )),
+    };
+    match name {
+        "list" => generic(CaveatType::List),
+        "map" => generic(CaveatType::Map),
+        _ => match CaveatType::scalar(name) {
+            Some(s) if t.args.is_empty() => Ok(s),
+            Some(_) => Err((
+                format!("type `{name}` does not take type arguments"),
+                t.name.pos,
+            )),
+            None => Err((format!("unknown type `{name}`"), t.name.pos)),
+        },
+    }
+}
+
+// ---- definitions ----
+
+/// A member of a definition after partials are spliced in.
+#[derive(Clone, Copy)]
+enum MemberRef<'f> {
+    Relation(&'f RelationAst),
+    Permission(&'f PermissionAst),
+}
+
+impl<'f> MemberRef<'f> {
+    fn name(&self) -> &'f Name {
+        match self {
+            MemberRef::Relation(r) => &r.name,
+            MemberRef::Permission(p) => &p.name,
+        }
+    }
+}
+
+/// One definition's members, resolved.
+struct DefTable<'f> {
+    ast: &'f DefinitionAst,
+    members: Vec<MemberRef<'f>>,
+    by_name: HashMap<&'f str, MemberRef<'f>>,
+}
+
+impl<'f> DefTable<'f> {
+    fn relation(&self, name: &str) -> Option<&'f RelationAst> {
+        match self.by_name.get(name)? {
+            MemberRef::Relation(r) => Some(r),
+            MemberRef::Permission(_) => None,
+        }
+    }
+
+    fn lower(&self) -> Definition {
+        let mut relations = Vec::new();
+        let mut permissions = Vec::new();
+        for m in &self.members {
+            match m {
+                MemberRef::Relation(r) => relations.push(Relation {
+                    name: r.name.text.clone(),
+                    comment: r.comment.clone(),
+                    allowed: r
+                        .allowed
+                        .iter()
+                        .map(|t| AllowedType {
+                            type_name: t.type_name.text.clone(),
+                            kind: match &t.kind {
+                                TypeRefKind::Direct | TypeRefKind::Ellipsis => AllowedKind::Direct,
+                                TypeRefKind::Wildcard => AllowedKind::Wildcard,
+                                TypeRefKind::Relation(n) => {
+                                    AllowedKind::SubjectRelation(n.text.clone())
+                                }
+                            },
+                            caveat: t.caveat.as_ref().map(|c| c.text.clone()),
+                            expiration: t.expiration,
+                        })
+                        .collect(),
+                }),
+                MemberRef::Permission(p) => permissions.push(Permission {
+                    name: p.name.text.clone(),
+                    comment: p.comment.clone(),
+                    expr: lower_expr(&p.expr),
+                }),
+            }
+        }
+        Definition::new(
+            self.ast.name.text.clone(),
+            self.ast.comment.clone(),
+            relations,
+            permissions,
+        )
+    }
+}
+
+/// Compiles an expression, flattening nested unions and intersections.
+fn lower_expr(e: &ExprAst) -> Expr {
+    fn flatten(items: &[ExprAst], union: bool) -> Vec<Expr> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            match (lower_expr(item), union) {
+                (Expr::Union(inner), true) | (Expr::Intersection(inner), false) => {
+                    out.extend(inner);
+                }
+                (other, _) => out.push(other),
+            }
+        }
+        out
+    }
+    match e {
+        ExprAst::Nil(_) => Expr::Nil,
+        ExprAst::SelfRef(_) => Expr::Self_,
+        ExprAst::Ident(n) => Expr::Computed(n.text.clone()),
+        ExprAst::Arrow {
+            tupleset,
+            computed,
+            function,
+        } => Expr::Arrow {
+            tupleset: tupleset.text.clone(),
+            computed: computed.text.clone(),
+            kind: match function {
+                ArrowFn::Arrow | ArrowFn::Any => ArrowKind::Any,
+                ArrowFn::All => ArrowKind::All,
+            },
+        },
+        ExprAst::Union(items) => Expr::Union(flatten(items, true)),
+        ExprAst::Intersection(items) => Expr::Intersection(flatten(items, false)),
+        ExprAst::Exclusion(l, r) => {
+            Expr::Exclusion(Box::new(lower_expr(l)), Box::new(lower_expr(r)))
+        }
+    }
+}
+
+/// How a relation comes to include a wildcard: the wildcard's type and the relation
+/// (`type#relation`) that allows it.
+#[derive(Clone)]
+struct WildcardPath {
+    wildcard_type: String,
+    via: String,
+}
+
+struct Checker<'f> {
+    defs: HashMap<&'f str, DefTable<'f>>,
+    /// definition names in source order
+    order: Vec<&'f str>,
+    caveats: HashSet<&'f str>,
+    /// definition -> relation -> how it comes to include a wildcard, for every relation that
+    /// does (see [`wildcard_paths`])
+    wildcards: HashMap<&'f str, HashMap<&'f str, WildcardPath>>,
+}
+
+impl<'f> Checker<'f> {
+    /// Splices partials into definitions and indexes every definition's members.
+    fn new(file: &'f SchemaFile) -> Result<Checker<'f>, SchemaError> {
+        let mut partials = HashMap::new();
+        let mut caveats = HashSet::new();
+        for item in &file.items {
+            match item {
+                Item::Partial(p) => {
+                    partials.insert(p.name.text.as_str(), p);
+                }
+                Item::Caveat(c) => {
+                    caveats.insert(c.name.text.as_str());
+                }
+                Item::Definition(_) => {}
+            }
+        }
+        // Partials are checked even when unused, like definitions.
+        for item in &file.items {
+            if let Item::Partial(p) = item {
+                let mut stack = vec![p.name.text.as_str()];
+                splice(&p.members, &partials, &mut stack, &mut Vec::new())?;
+            }
+        }
+        let mut defs = HashMap::new();
+        let mut order = Vec::new();
+        for item in &file.items {
+            let Item::Definition(d) = item else { continue };
+            let mut members = Vec::new();
+            splice(&d.members, &partials, &mut Vec::new(), &mut members)?;
+            let mut by_name = HashMap::new();
+            for m in &members {
+                let n = m.name();
+                if by_name.insert(n.text.as_str(), *m).is_some() {
+                    return Err(SchemaError::type_error(
+                        format!(
+                            "found duplicate relation/permission name `{}` under definition `{}`",
+                            n.text, d.name.text
+                        ),
+                        n.pos,
+                    ));
+                }
+            }
+            order.push(d.name.text.as_str());
+            defs.insert(
+                d.name.text.as_str(),
+                DefTable {
+                    ast: d,
+                    members,
+                    by_name,
+                },
+            );
+        }
+        let wildcards = wildcard_paths(&defs, &order);
+        Ok(Checker {
+            defs,
+            order,
+            caveats,
+            wildcards,
+        })
+    }
+
+    fn check_definition(&self, def_name: &str) -> Result<(), SchemaError> {
+        let Some(table) = self.defs.get(def_name) else {
+            return Ok(());
+        };
+        for m in &table.members {
+            match m {
+                MemberRef::Relation(r) => self.check_relation(table, r)?,
+                MemberRef::Permission(p) => {
+                    for t in &p.annotation {
+                        if !self.defs.contains_key(t.text.as_str()) {
+                            return Err(SchemaError::type_error(
+                                format!(
+                                    "could not lookup definition `{}` for permission `{}`: object definition `{}` not found",
+                                    t.text, p.name.text, t.text
+                                ),
+                                t.pos,
+                            ));
+                        }
+                    }
+                    self.check_expr(table, p, &p.expr)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_relation(&self, table: &DefTable<'f>, r: &RelationAst) -> Result<(), SchemaError> {
+        let def_name = &table.ast.name.text;
+        let rel_name = &r.name.text;
+        if r.allowed.is_empty() {
+            return Err(SchemaError::type_error(
+                format!(
+                    "at least one allowed relation/permission is required to be defined for relation `{rel_name}`"
+                ),
+                r.name.pos,
+            ));
+        }
+        let mut seen = HashSet::new();
+        for t in &r.allowed {
+            let type_name = &t.type_name.text;
+            let shown = AllowedType {
+                type_name: type_name.clone(),
+                kind: match &t.kind {
+                    TypeRefKind::Direct | TypeRefKind::Ellipsis => AllowedKind::Direct,
+                    TypeRefKind::Wildcard => AllowedKind::Wildcard,
+                    TypeRefKind::Relation(n) => AllowedKind::SubjectRelation(n.text.clone()),
+                },
+                caveat: t.caveat.as_ref().map(|c| c.text.clone()),
+                expiration: t.expiration,
+            }
+            .to_string();
+            if !seen.insert(shown.clone()) {
+                return Err(SchemaError::type_error(
+                    format!(
+                        "found duplicate allowed subject type `{shown}` on relation `{rel_name}` under definition `{def_name}`"
+                    ),
+                    t.type_name.pos,
+                ));
+            }
+            let Some(target) = self.defs.get(type_name.as_str()) else {
+                return Err(SchemaError::type_error(
+                    format!(
+                        "could not lookup definition `{type_name}` for relation `{rel_name}`: object definition `{type_name}` not found"
+                    ),
+                    t.type_name.pos,
+                ));
+            };
+            if let TypeRefKind::Relation(sub) = &t.kind {
+                if !target.by_name.contains_key(sub.text.as_str()) {
+                    return Err(SchemaError::type_error(
+                        format!(
+                            "relation/permission `{}` not found under definition `{type_name}`",
+                            sub.text
+                        ),
+                        sub.pos,
+                    ));
+                }
+                if let Some(w) = self.wildcard_path(type_name, &sub.text) {
+                    return Err(SchemaError::type_error(
+                        format!(
+                            "for relation `{rel_name}`: relation/permission `{type_name}#{}` includes wildcard type `{}` via relation `{}`: wildcard relations cannot be transitively included",
+                            sub.text, w.wildcard_type, w.via
+                        ),
+                        t.type_name.pos,
+                    ));
+                }
+            }
+            if let Some(c) = &t.caveat
+                && !self.caveats.contains(c.text.as_str())
+            {
+                return Err(SchemaError::type_error(
+                    format!(
+                        "could not lookup caveat `{}` for relation `{rel_name}`: caveat `{}` not found",
+                        c.text, c.text
+                    ),
+                    c.pos,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the names an expression uses (recursion depth bounded by the parser).
+    fn check_expr(
+        &self,
+        table: &DefTable<'f>,
+        perm: &PermissionAst,
+        e: &ExprAst,
+    ) -> Result<(), SchemaError> {
+        let def_name = &table.ast.name.text;
+        let not_found = |n: &Name| {
+            SchemaError::type_error(
+                format!(
+                    "relation/permission `{}` not found under definition `{def_name}`",
+                    n.text
+                ),
+                n.pos,
+            )
+        };
+        match e {
+            ExprAst::Nil(_) | ExprAst::SelfRef(_) => Ok(()),
+            ExprAst::Ident(n) => {
+                if table.by_name.contains_key(n.text.as_str()) {
+                    Ok(())
+                } else {
+                    Err(not_found(n))
+                }
+            }
+            ExprAst::Arrow { tupleset, .. } => {
+                let Some(member) = table.by_name.get(tupleset.text.as_str()) else {
+                    return Err(not_found(tupleset));
+                };
+                let MemberRef::Relation(_) = member else {
+                    return Err(SchemaError::type_error(
+                        format!(
+                            "under permission `{}` under definition `{def_name}`: permissions cannot be used on the left hand side of an arrow (found `{}`)",
+                            perm.name.text, tupleset.text
+                        ),
+                        tupleset.pos,
+                    ));
+                };
+                if let Some(w) = self.wildcard_path(def_name, &tupleset.text) {
+                    return Err(SchemaError::type_error(
+                        format!(
+                            "for arrow under permission `{}`: relation `{def_name}#{}` includes wildcard type `{}` via relation `{}`: wildcard relations cannot be used on the left side of arrows",
+                            perm.name.text, tupleset.text, w.wildcard_type, w.via
+                        ),
+                        tupleset.pos,
+                    ));
+                }
+                // The right side may exist on none of the left side's types: SpiceDB accepts
+                // such an arrow (its development tools only warn) and it contributes nothing.
+                Ok(())
+            }
+            ExprAst::Union(items) | ExprAst::Intersection(items) => items
+                .iter()
+                .try_for_each(|i| self.check_expr(table, perm, i)),
+            ExprAst::Exclusion(l, r) => {
+                self.check_expr(table, perm, l)?;
+                self.check_expr(table, perm, r)
+            }
+        }
+    }
+
+    /// Does `def#relation` allow a wildcard, directly or through subject relations?
+    fn wildcard_path(&self, def: &str, relation: &str) -> Option<&WildcardPath> {
+        self.wildcards.get(def)?.get(relation)
+    }
+
+    /// Refuses permissions that reach themselves without going through an arrow.
+    fn check_cycles(&self, def_name: &str) -> Result<(), SchemaError> {
+        let Some(table) = self.defs.get(def_name) else {
+            return Ok(());
+        };
+        // Edges: permission -> the permissions its expression names directly.
+        let perms: Vec<&PermissionAst> = table
+            .members
+            .iter()
+            .filter_map(|m| match m {
+                MemberRef::Permission(p) => Some(*p),
+                MemberRef::Relation(_) => None,
+            })
+            .collect();
+        let index: HashMap<&str, usize> = perms
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.text.as_str(), i))
+            .collect();
+        let edges: Vec<Vec<usize>> = perms
+            .iter()
+            .map(|p| {
+                let mut names = Vec::new();
+                computed_names(&p.expr, &mut names);
+                let mut out: Vec<usize> = Vec::new();
+                for n in names {
+                    if let Some(&j) = index.get(n)
+                        && !out.contains(&j)
+                    {
+                        out.push(j);
+                    }
+                }
+                out
+            })
+            .collect();
+        // Iterative depth-first search: 0 = unvisited, 1 = on the stack, 2 = done.
+        let mut state = vec![0u8; perms.len()];
+        for start in 0..perms.len() {
+            if state.get(start) != Some(&0) {
+                continue;
+            }
+            let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+            if let Some(s) = state.get_mut(start) {
+                *s = 1;
+            }
+            while let Some(&mut (node, ref mut next_edge)) = stack.last_mut() {
+                let succ = edges.get(node).and_then(|e| e.get(*next_edge)).copied();
+                *next_edge += 1;
+                match succ {
+                    None => {
+                        if let Some(s) = state.get_mut(node) {
+                            *s = 2;
+                        }
+                        stack.pop();
+                    }
+                    Some(j) => match state.get(j) {
+                        Some(0) => {
+                            if let Some(s) = state.get_mut(j) {
+                                *s = 1;
+                            }
+                            stack.push((j, 0));
+                        }
+                        Some(1) => {
+                            let from = stack.iter().position(|&(n, _)| n == j).unwrap_or(0);
+                            let mut cycle: Vec<String> = stack
+                                .get(from..)
+                                .unwrap_or_default()
+                                .iter()
+                                .filter_map(|&(n, _)| perms.get(n))
+                                .map(|p| format!("`{}`", p.name.text))
+                                .collect();
+                            let first = perms.get(j).map(|p| p.name.clone());
+                            if let Some(f) = &first {
+                                cycle.push(format!("`{}`", f.text));
+                            }
+                            return Err(SchemaError::type_error(
+                                format!(
+                                    "under definition `{def_name}`, there exists a cycle in permissions: {}",
+                                    cycle.join(" -> ")
+                                ),
+                                first.map(|f| f.pos).unwrap_or_default(),
+                            ));
+                        }
+                        _ => {}
+                    },
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every relation that includes a wildcard, directly (`user:*`) or through subject relations
+/// (`group#member` where `group#member` does), with the wildcard it reaches. One breadth-first
+/// walk backwards from the relations that allow a wildcard, so linear in the schema's size;
+/// definitions and relations are visited in source order, so the answer is deterministic.
+/// Permissions allow no subject types and so end every path.
+fn wildcard_paths<'f>(
+    defs: &HashMap<&'f str, DefTable<'f>>,
+    order: &[&'f str],
+) -> HashMap<&'f str, HashMap<&'f str, WildcardPath>> {
+    let mut found: HashMap<(&'f str, &'f str), WildcardPath> = HashMap::new();
+    let mut included_by: HashMap<(&'f str, &'f str), Vec<(&'f str, &'f str)>> = HashMap::new();
+    let mut queue = VecDeque::new();
+    for def_name in order {
+        let Some(table) = defs.get(def_name) else {
+            continue;
+        };
+        for m in &table.members {
+            let MemberRef::Relation(rel) = m else {
+                continue;
+            };
+            let node = (table.ast.name.text.as_str(), rel.name.text.as_str());
+            for t in &rel.allowed {
+                match &t.kind {
+                    TypeRefKind::Wildcard => {
+                        if let Entry::Vacant(slot) = found.entry(node) {
+                            slot.insert(WildcardPath {
+                                wildcard_type: t.type_name.text.clone(),
+                                via: format!("{}#{}", node.0, node.1),
+                            });
+                            queue.push_back(node);
+                        }
+                    }
+                    TypeRefKind::Relation(sub) => {
+                        let target = defs.get(t.type_name.text.as_str()).and_then(|d| {
+                            d.relation(&sub.text)
+                                .map(|r| (d.ast.name.text.as_str(), r.name.text.as_str()))
+                        });
+                        if let Some(target) = target {
+                            included_by.entry(target).or_default().push(node);
+                        }
+                    }
+                    TypeRefKind::Direct | TypeRefKind::Ellipsis => {}
+                }
+            }
+        }
+    }
+    while let Some(node) = queue.pop_front() {
+        let Some(path) = found.get(&node).cloned() else {
+            continue;
+        };
+        for &by in included_by
+            .get(&node)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            if let Entry::Vacant(slot) = found.entry(by) {
+                slot.insert(path.clone());
+                queue.push_back(by);
+            }
+        }
+    }
+    let mut by_definition: HashMap<&'f str, HashMap<&'f str, WildcardPath>> = HashMap::new();
+    for ((def, rel), path) in found {
+        by_definition.entry(def).or_default().insert(rel, path);
+    }
+    by_definition
+}
+
+/// The names an expression refers to directly (not through arrows), in order.
+fn computed_names<'e>(e: &'e ExprAst, out: &mut Vec<&'e str>) {
+    match e {
+        ExprAst::Ident(n) => out.push(&n.text),
+        ExprAst::Nil(_) | ExprAst::SelfRef(_) | ExprAst::Arrow { .. } => {}
+        ExprAst::Union(items) | ExprAst::Intersection(items) => {
+            for i in items {
+                computed_names(i, out);
+            }
+        }
+        ExprAst::Exclusion(l, r) => {
+            computed_names(l, out);
+            computed_names(r, out);
+        }
+    }
+}
+
+/// Appends `members` to `out`, replacing each `...partial` by the partial's members. `stack`
+/// holds the partials being expanded, to refuse cycles.
+fn splice<'f>(
+    members: &'f [MemberAst],
+    partials: &HashMap<&str, &'f DefinitionAst>,
+    stack: &mut Vec<&'f str>,
+    out: &mut Vec<MemberRef<'f>>,
+) -> Result<(), SchemaError> {
+    for m in members {
+        match m {
+            MemberAst::Relation(r) => out.push(MemberRef::Relation(r)),
+            MemberAst::Permission(p) => out.push(MemberRef::Permission(p)),
+            MemberAst::PartialRef(n) => {
+                let Some(partial) = partials.get(n.text.as_str()) else {
+                    return Err(SchemaError::parse(
+                        format!("partial `{}` not found", n.text),
+                        n.pos,
+                    ));
+                };
+                if stack.contains(&n.text.as_str()) {
+                    let mut path: Vec<String> = stack.iter().map(|s| format!("`{s}`")).collect();
+                    path.push(format!("`{}`", n.text));
+                    return Err(SchemaError::parse(
+                        format!("found a cycle in partial references: {}", path.join(" -> ")),
+                        n.pos,
+                    ));
+                }
+                if stack.len() >= MAX_NESTING {
+                    return Err(SchemaError::parse(
+                        format!(
+                            "partial references are nested too deeply (the limit is {MAX_NESTING} levels)"
+                        ),
+                        n.pos,
+                    ));
+                }
+                stack.push(partial.name.text.as_str());
+                splice(&partial.members, partials, stack, out)?;
+                stack.pop();
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::lexer::tokenize;
+    use super::super::parser::parse;
+    use super::*;
+
+    fn compile(s: &str) -> Result<CompiledSchema, SchemaError> {
+        let toks = tokenize(s)?;
+        let file = parse(s, &toks)?;
+        typecheck(&file, s)
+    }
+
+    fn type_err(s: &str) -> String {
+        let e = compile(s).unwrap_err();
+        assert!(!e.is_parse(), "expected a type error, got {e}");
+        e.message().to_string()
+    }
+
+    fn parse_err(s: &str) -> String {
+        let e = compile(s).unwrap_err();
+        assert!(e.is_parse(), "expected a parse error, got {e}");
+        e.message().to_string()
+    }
+
+    #[test]
+    fn flattens_and_keeps_exclusion_binary() {
+        let s = compile(
+            "definition user {}\ndefinition doc {\n relation aaa: user\n relation bbb: user\n relation ccc: user\n permission perm = aaa + (bbb + (ccc + aaa)) - (aaa & (bbb & ccc))\n}",
+        )
+        .unwrap();
+        let p = s.definition("doc").unwrap().permission("perm").unwrap();
+        assert_eq!(
+            p.expr.to_string(),
+            "(aaa + bbb + ccc + aaa) - (aaa & bbb & ccc)"
+        );
+        match &p.expr {
+            Expr::Exclusion(l, r) => {
+                assert!(matches!(&**l, Expr::Union(v) if v.len() == 4));
+                assert!(matches!(&**r, Expr::Intersection(v) if v.len() == 3));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn arrows_compile() {
+        let s = compile(
+            "definition folder { relation viewer: user\n permission view = viewer }\ndefinition user {}\ndefinition doc {\n relation parent: folder\n permission aaa = parent->view\n permission bbb = parent.any(viewer)\n permission ccc = parent.all(view)\n}",
+        )
+        .unwrap();
+        let d = s.definition("doc").unwrap();
+        assert_eq!(
+            d.permission("aaa").unwrap().expr,
+            Expr::Arrow {
+                tupleset: "parent".into(),
+                computed: "view".into(),
+                kind: ArrowKind::Any
+            }
+        );
+        assert_eq!(
+            d.permission("bbb").unwrap().expr.to_string(),
+            "parent->viewer"
+        );
+        assert_eq!(
+            d.permission("ccc").unwrap().expr.to_string(),
+            "parent.all(view)"
+        );
+    }
+
+    #[test]
+    fn arrow_checks() {
+        let base = "definition user {}\ndefinition folder { relation viewer: user | user:* }\n";
+        // An arrow that resolves on no allowed type is accepted, as SpiceDB does.
+        assert!(
+            compile(&format!(
+                "{base}definition doc {{ relation parent: folder\n permission perm = parent->nope }}"
+            ))
+            .is_ok()
+        );
+        assert_eq!(
+            type_err(&format!(
+                "{base}definition doc {{ relation parent: folder\n permission other = parent\n permission perm = other->viewer }}"
+            )),
+            "under permission `perm` under definition `doc`: permissions cannot be used on the left hand side of an arrow (found `other`)"
+        );
+        assert_eq!(
+            type_err(&format!(
+                "{base}definition doc {{ relation parent: folder | folder:*\n permission perm = parent->viewer }}"
+            )),
+            "for arrow under permission `perm`: relation `doc#parent` includes wildcard type `folder` via relation `doc#parent`: wildcard relations cannot be used on the left side of arrows"
+        );
+        // At least one allowed type having the right side is enough.
+        assert!(
+            compile(&format!(
+                "{base}definition doc {{ relation parent: folder | user\n permission perm = parent->viewer }}"
+            ))
+            .is_ok()
+        );
+        assert_eq!(
+            type_err(&format!(
+                "{base}definition doc {{ permission perm = nope->viewer }}"
+            )),
+            "relation/permission `nope` not found under definition `doc`"
+        );
+    }
+
+    #[test]
+    fn wildcards_are_not_transitive() {
+        let src = "definition user {}\ndefinition group { relation member: user:* }\ndefinition team { relation lead: group#member }\ndefinition doc { relation viewer: team#lead }";
+        let e = compile(src).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "for relation `lead`: relation/permission `group#member` includes wildcard type `user` via relation `group#member`: wildcard relations cannot be transitively included"
+        );
+        assert_eq!((e.line(), e.column()), (3, 34));
+        // A subject relation cycle without wildcards terminates.
+        assert!(compile("definition group { relation member: group#member | group }").is_ok());
+    }
+
+    #[test]
+    fn cycles() {
+        let e = compile(
+            "definition user {}\ndefinition doc {\n relation rel: user\n permission aaa = bbb + rel\n permission bbb = ccc\n permission ccc = aaa\n}",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message(),
+            "under definition `doc`, there exists a cycle in permissions: `aaa` -> `bbb` -> `ccc` -> `aaa`"
+        );
+        assert_eq!((e.line(), e.column()), (4, 13));
+        assert_eq!(
+            type_err("definition doc { permission aaa = aaa }"),
+            "under definition `doc`, there exists a cycle in permissions: `aaa` -> `aaa`"
+        );
+        // Through an arrow it is recursion, which is fine.
+        assert!(
+            compile(
+                "definition folder {\n relation parent: folder\n permission view = parent->view\n}"
+            )
+            .is_ok()
+        );
+        // A diamond is no cycle.
+        assert!(
+            compile(
+                "definition user {}\ndefinition doc {\n relation rel: user\n permission aaa = bbb + ccc\n permission bbb = rel\n permission ccc = bbb\n}"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn caveat_checks() {
+        assert_eq!(
+            parse_err("caveat c() { true }"),
+            "caveat `c` must have at least one parameter defined"
+        );
+        assert_eq!(
+            parse_err("caveat c(a int, a int) { a }"),
+            "duplicate parameter `a` defined on caveat `c`"
+        );
+        assert_eq!(
+            parse_err("caveat c(a integer) { a }"),
+            "invalid type for caveat parameter `a` on caveat `c`: unknown type `integer`"
+        );
+        assert_eq!(
+            parse_err("caveat c(a list) { a }"),
+            "invalid type for caveat parameter `a` on caveat `c`: type `list` takes exactly 1 type argument, found 0"
+        );
+        assert_eq!(
+            parse_err("caveat c(a map<string, int>) { a }"),
+            "invalid type for caveat parameter `a` on caveat `c`: type `map` takes exactly 1 type argument, found 2"
+        );
+        assert_eq!(
+            parse_err("caveat c(a int<int>) { a }"),
+            "invalid type for caveat parameter `a` on caveat `c`: type `int` does not take type arguments"
+        );
+        assert_eq!(
+            type_err("caveat c(a int, b int) { a == 1 && \"b\" == 'b' && x.b }"),
+            "parameter `b` for caveat `c` is unused"
+        );
+        let s = compile("caveat c(a list<map<ipaddress>>, b any) { a.size() > 0 && b }").unwrap();
+        let c = s.caveat("c").unwrap();
+        assert_eq!(c.parameters[0].type_.to_string(), "list<map<ipaddress>>");
+        assert_eq!(c.parameters[1].type_, CaveatType::Any);
+        assert_eq!(c.expression, "a.size() > 0 && b");
+    }
+
+    #[test]
+    fn names_and_references() {
+        assert_eq!(
+            parse_err("definition user {}\ncaveat user(a int) { a }"),
+            "found name reused between multiple definitions and/or caveats: `user`"
+        );
+        assert_eq!(
+            type_err(
+                "definition user {}\ndefinition doc { relation aaa: user\n permission aaa = aaa }"
+            ),
+            "found duplicate relation/permission name `aaa` under definition `doc`"
+        );
+        assert_eq!(
+            type_err("definition doc { relation aaa: user }"),
+            "could not lookup definition `user` for relation `aaa`: object definition `user` not found"
+        );
+        assert_eq!(
+            type_err("definition user {}\ndefinition doc { relation aaa: user#nope }"),
+            "relation/permission `nope` not found under definition `user`"
+        );
+        assert_eq!(
+            type_err("definition user {}\ndefinition doc { relation aaa: user | user#... }"),
+            "found duplicate allowed subject type `user` on relation `aaa` under definition `doc`"
+        );
+        assert!(
+            compile(
+                "caveat c(x int) { x }\ndefinition user {}\ndefinition doc { relation aaa: user | user with c | user:* }"
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            type_err("definition user {}\ndefinition doc { relation aaa: }"),
+            "at least one allowed relation/permission is required to be defined for relation `aaa`"
+        );
+        assert_eq!(
+            type_err("definition user {}\ndefinition doc { relation aaa: user with nope }"),
+            "could not lookup caveat `nope` for relation `aaa`: caveat `nope` not found"
+        );
+        assert_eq!(
+            type_err(
+                "definition user {}\ndefinition doc { relation aaa: user\n permission perm: user | nope = aaa }"
+            ),
+            "could not lookup definition `nope` for permission `perm`: object definition `nope` not found"
+        );
+    }
+
+    #[test]
+    fn partials_are_spliced() {
+        let s = compile(
+            "use partial\npartial owned {\n relation owner: user\n ...viewed\n}\npartial viewed { relation viewer: user }\ndefinition user {}\ndefinition doc {\n ...owned\n permission view = owner + viewer\n}",
+        )
+        .unwrap();
+        let d = s.definition("doc").unwrap();
+        let names: Vec<_> = d.relations.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec!["owner", "viewer"]);
+        assert_eq!(
+            parse_err("use partial\ndefinition doc { ...nope }"),
+            "partial `nope` not found"
+        );
+        assert_eq!(
+            parse_err("use partial\npartial aaa { ...bbb }\npartial bbb { ...aaa }"),
+            "found a cycle in partial references: `aaa` -> `bbb` -> `aaa`"
+        );
+        assert_eq!(
+            type_err(
+                "use partial\npartial aaa { relation rel: doc }\ndefinition doc { ...aaa\n ...aaa }"
+            ),
+            "found duplicate relation/permission name `rel` under definition `doc`"
+        );
+        let mut chain = String::from("use partial\n");
+        for i in 0..150 {
+            chain.push_str(&format!("partial p{i} {{ ...p{} }}\n", i + 1));
+        }
+        chain.push_str("partial p150 {}\n");
+        assert!(parse_err(&chain).starts_with("partial references are nested too deeply"));
+    }
+
+    #[test]
+    fn flags_reach_the_compiled_form() {
+        let s = compile(
+            "use expiration\ndefinition user {}\ndefinition doc { relation aaa: user with expiration }",
+        )
+        .unwrap();
+        assert!(s.use_expiration);
+        let a = &s
+            .definition("doc")
+            .unwrap()
+            .relation("aaa")
+            .unwrap()
+            .allowed[0];
+        assert!(a.expiration && a.caveat.is_none());
+        let s = compile(
+            "use self\ndefinition user {}\ndefinition doc { relation aaa: user\n permission perm = self + aaa }",
+        )
+        .unwrap();
+        assert!(!s.use_expiration);
+        assert_eq!(
+            s.definition("doc")
+                .unwrap()
+                .permission("perm")
+                .unwrap()
+                .expr,
+            Expr::Union(vec![Expr::Self_, Expr::Computed("aaa".into())])
+        );
+        assert_eq!(
+            type_err("definition doc { permission perm = self }"),
+            "relation/permission `self` not found under definition `doc`"
+        );
+    }
+}

@@ -1,0 +1,615 @@
+//! Step two, durable state — the on-disk layout: keys (one prefix byte per keyspace, components
+//! joined by `0x00`, revisions big-endian and inverted so the newest version sorts first), the
+//! value of a relationship version, and the scan range a filter maps to in each index.
+//!
+//! | keyspace      | key                                                                  | value |
+//! |---------------|----------------------------------------------------------------------|-------|
+//! | `meta`        | `01` name                                                            | see `META_*` |
+//! | `rev-time`    | `02` rev(u64 BE)                                                     | commit time: secs(i64 BE) nanos(u32 BE) |
+//! | `by-resource` | `03` rtype 0 rid 0 rel 0 stype 0 sid 0 srel-or-empty 0 !created(u64 BE) | [`VersionValue`] |
+//! | `by-subject`  | `04` stype 0 sid 0 srel-or-empty 0 rtype 0 rel 0 rid 0 !created(u64 BE) | [`VersionValue`] |
+//! | `schema`      | `05` !rev(u64 BE)                                                    | schema text (UTF-8) |
+//!
+//! Types, relations and ids never contain `0x00` (the API validates them), so splitting on it is
+//! unambiguous, and component-wise order equals byte order. Any change here bumps
+//! [`FORMAT_VERSION`].
+
+use crate::model::{
+    Caveat, Context, ObjectRef, RelationshipFilter, RelationshipKey, SubjectRef,
+    SubjectRelationFilter, Timestamp,
+};
+use crate::store::{StoreError, StoreResult};
+
+/// The version of this layout, stored under [`META_FORMAT`].
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// Prefix of the `meta` keyspace.
+pub(crate) const META: u8 = 0x01;
+/// Prefix of the `rev-time` keyspace.
+pub(crate) const REV_TIME: u8 = 0x02;
+/// Prefix of the `by-resource` index.
+pub(crate) const BY_RESOURCE: u8 = 0x03;
+/// Prefix of the `by-subject` index.
+pub(crate) const BY_SUBJECT: u8 = 0x04;
+/// Prefix of the `schema` keyspace.
+pub(crate) const SCHEMA: u8 = 0x05;
+
+/// Meta key of the layout version (u32 BE).
+pub(crate) const META_FORMAT: &str = "format";
+/// Meta key of the store's unique id (UTF-8).
+pub(crate) const META_ID: &str = "id";
+/// Meta key of the head revision (u64 BE).
+pub(crate) const META_HEAD: &str = "head";
+/// Meta key of the GC horizon, the oldest readable revision (u64 BE).
+pub(crate) const META_HORIZON: &str = "horizon";
+
+/// Component separator.
+const SEP: u8 = 0x00;
+/// The `deleted` revision of a version that has not been deleted.
+pub(crate) const LIVE: u64 = u64::MAX;
+
+/// Which relationship index a key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Index {
+    /// ordered by resource, then relation, then subject
+    ByResource,
+    /// ordered by subject, then resource type, relation, resource id
+    BySubject,
+}
+
+impl Index {
+    fn prefix(self) -> u8 {
+        match self {
+            Index::ByResource => BY_RESOURCE,
+            Index::BySubject => BY_SUBJECT,
+        }
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn push(buf: &mut Vec<u8>, component: &str) {
+    buf.extend_from_slice(component.as_bytes());
+    buf.push(SEP);
+}
+
+fn be_u64(b: &[u8]) -> StoreResult<u64> {
+    let arr: [u8; 8] = b.try_into().map_err(|_| corrupt("bad u64"))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+/// Decodes a big-endian u64 value.
+pub(crate) fn decode_u64(b: &[u8]) -> StoreResult<u64> {
+    be_u64(b)
+}
+
+/// Decodes a big-endian u32 value.
+pub(crate) fn decode_u32(b: &[u8]) -> StoreResult<u32> {
+    let arr: [u8; 4] = b.try_into().map_err(|_| corrupt("bad u32"))?;
+    Ok(u32::from_be_bytes(arr))
+}
+
+/// The key of a meta entry.
+pub(crate) fn meta_key(name: &str) -> Vec<u8> {
+    let mut k = vec![META];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// The key of a revision's commit time.
+pub(crate) fn rev_time_key(rev: u64) -> Vec<u8> {
+    let mut k = vec![REV_TIME];
+    k.extend_from_slice(&rev.to_be_bytes());
+    k
+}
+
+/// The revision of a `rev-time` key.
+pub(crate) fn decode_rev_time_key(k: &[u8]) -> StoreResult<u64> {
+    match k.split_first() {
+        Some((&REV_TIME, rest)) => be_u64(rest),
+        _ => Err(corrupt("bad rev-time key")),
+    }
+}
+
+/// Encodes a timestamp as secs(i64 BE) nanos(u32 BE).
+pub(crate) fn encode_time(t: Timestamp) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12);
+    v.extend_from_slice(&t.seconds.to_be_bytes());
+    v.extend_from_slice(&t.nanos.to_be_bytes());
+    v
+}
+
+/// Decodes [`encode_time`].
+pub(crate) fn decode_time(b: &[u8]) -> StoreResult<Timestamp> {
+    let (s, n) = b
+        .split_at_checked(8)
+        .ok_or_else(|| corrupt("bad timestamp"))?;
+    let s: [u8; 8] = s.try_into().map_err(|_| corrupt("bad timestamp"))?;
+    Ok(Timestamp {
+        seconds: i64::from_be_bytes(s),
+        nanos: decode_u32(n)?,
+    })
+}
+
+/// The key of the schema written at `rev`.
+pub(crate) fn schema_key(rev: u64) -> Vec<u8> {
+    let mut k = vec![SCHEMA];
+    k.extend_from_slice(&(!rev).to_be_bytes());
+    k
+}
+
+/// The revision of a schema key.
+pub(crate) fn decode_schema_key(k: &[u8]) -> StoreResult<u64> {
+    match k.split_first() {
+        Some((&SCHEMA, rest)) => Ok(!be_u64(rest)?),
+        _ => Err(corrupt("bad schema key")),
+    }
+}
+
+/// The key prefix shared by every version of one tuple in `index`, ending with the separator.
+pub(crate) fn tuple_prefix(index: Index, key: &RelationshipKey) -> Vec<u8> {
+    let srel = key.subject.relation.as_deref().unwrap_or("");
+    let mut k = Vec::with_capacity(
+        8 + key.resource.object_type.len()
+            + key.resource.object_id.len()
+            + key.relation.len()
+            + key.subject.object.object_type.len()
+            + key.subject.object.object_id.len()
+            + srel.len()
+            + 8,
+    );
+    k.push(index.prefix());
+    match index {
+        Index::ByResource => {
+            push(&mut k, &key.resource.object_type);
+            push(&mut k, &key.resource.object_id);
+            push(&mut k, &key.relation);
+            push(&mut k, &key.subject.object.object_type);
+            push(&mut k, &key.subject.object.object_id);
+            push(&mut k, srel);
+        }
+        Index::BySubject => {
+            push(&mut k, &key.subject.object.object_type);
+            push(&mut k, &key.subject.object.object_id);
+            push(&mut k, srel);
+            push(&mut k, &key.resource.object_type);
+            push(&mut k, &key.relation);
+            push(&mut k, &key.resource.object_id);
+        }
+    }
+    k
+}
+
+/// The key of the version of `key` created at `created`, in `index`.
+pub(crate) fn version_key(index: Index, key: &RelationshipKey, created: u64) -> Vec<u8> {
+    let mut k = tuple_prefix(index, key);
+    k.extend_from_slice(&(!created).to_be_bytes());
+    k
+}
+
+/// The smallest key after every version of `key` in `index` (and before any other tuple's).
+pub(crate) fn after_tuple(index: Index, key: &RelationshipKey) -> Vec<u8> {
+    let mut k = tuple_prefix(index, key);
+    // INVARIANT: `tuple_prefix` ends with SEP (0x00); 0x01 sorts after all `SEP + rev` suffixes
+    // and before any id byte (ids are printable ASCII), so this is the tuple's upper bound.
+    if let Some(last) = k.last_mut() {
+        *last = SEP + 1;
+    }
+    k
+}
+
+/// The part of a version key that names the tuple (everything but the revision).
+pub(crate) fn tuple_part(k: &[u8]) -> &[u8] {
+    k.get(..k.len().saturating_sub(8)).unwrap_or_default()
+}
+
+/// The creation revision of a version key.
+pub(crate) fn created_of(k: &[u8]) -> StoreResult<u64> {
+    let start = k
+        .len()
+        .checked_sub(8)
+        .ok_or_else(|| corrupt("short relationship key"))?;
+    Ok(!be_u64(k.get(start..).unwrap_or_default())?)
+}
+
+fn utf8(b: &[u8]) -> StoreResult<String> {
+    String::from_utf8(b.to_vec()).map_err(|_| corrupt("non-UTF-8 relationship key"))
+}
+
+/// Decodes a version key of `index` into its tuple and creation revision.
+pub(crate) fn decode_version_key(index: Index, k: &[u8]) -> StoreResult<(RelationshipKey, u64)> {
+    let created = created_of(k)?;
+    let body = match tuple_part(k).split_first() {
+        Some((p, body)) if *p == index.prefix() => body,
+        _ => return Err(corrupt("relationship key with a wrong prefix")),
+    };
+    let body = body
+        .strip_suffix(&[SEP])
+        .ok_or_else(|| corrupt("relationship key without separator"))?;
+    let mut parts = body.split(|b| *b == SEP);
+    let mut next = || {
+        parts
+            .next()
+            .ok_or_else(|| corrupt("relationship key with too few components"))
+            .and_then(utf8)
+    };
+    let (a, b, c, d, e, f) = (next()?, next()?, next()?, next()?, next()?, next()?);
+    if parts.next().is_some() {
+        return Err(corrupt("relationship key with too many components"));
+    }
+    let key = match index {
+        Index::ByResource => RelationshipKey {
+            resource: ObjectRef {
+                object_type: a,
+                object_id: b,
+            },
+            relation: c,
+            subject: SubjectRef {
+                object: ObjectRef {
+                    object_type: d,
+                    object_id: e,
+                },
+                relation: (!f.is_empty()).then_some(f),
+            },
+        },
+        Index::BySubject => RelationshipKey {
+            resource: ObjectRef {
+                object_type: d,
+                object_id: f,
+            },
+            relation: e,
+            subject: SubjectRef {
+                object: ObjectRef {
+                    object_type: a,
+                    object_id: b,
+                },
+                relation: (!c.is_empty()).then_some(c),
+            },
+        },
+    };
+    Ok((key, created))
+}
+
+/// The smallest byte string greater than every string starting with `prefix`, or `None` if
+/// there is none (all bytes `0xFF`).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+const FLAG_EXPIRES: u8 = 1;
+const FLAG_CAVEAT: u8 = 2;
+
+/// One version of a relationship, as stored in both indexes:
+/// `created(u64 BE) deleted(u64 BE) flags(u8) [secs(i64 BE) nanos(u32 BE)]
+/// [name_len(u16 BE) name context-JSON]`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct VersionValue {
+    /// the revision that wrote this version
+    pub(crate) created: u64,
+    /// the revision that deleted or replaced it, [`LIVE`] while current
+    pub(crate) deleted: u64,
+    /// the caveat written with it
+    pub(crate) caveat: Option<Caveat>,
+    /// when it expires
+    pub(crate) expires_at: Option<Timestamp>,
+}
+
+impl VersionValue {
+    /// Encodes the value.
+    pub(crate) fn encode(&self) -> StoreResult<Vec<u8>> {
+        let mut v = Vec::with_capacity(32);
+        v.extend_from_slice(&self.created.to_be_bytes());
+        v.extend_from_slice(&self.deleted.to_be_bytes());
+        let flags = if self.expires_at.is_some() {
+            FLAG_EXPIRES
+        } else {
+            0
+        } | if self.caveat.is_some() {
+            FLAG_CAVEAT
+        } else {
+            0
+        };
+        v.push(flags);
+        if let Some(t) = self.expires_at {
+            v.extend_from_slice(&encode_time(t));
+        }
+        if let Some(c) = &self.caveat {
+            let len = u16::try_from(c.name.len())
+                .map_err(|_| StoreError::Engine("caveat name too long".to_string()))?;
+            v.extend_from_slice(&len.to_be_bytes());
+            v.extend_from_slice(c.name.as_bytes());
+            serde_json::to_writer(&mut v, &c.context)
+                .map_err(|e| StoreError::Engine(format!("encoding caveat context: {e}")))?;
+        }
+        Ok(v)
+    }
+
+    /// Decodes [`VersionValue::encode`].
+    pub(crate) fn decode(b: &[u8]) -> StoreResult<VersionValue> {
+        let bad = || corrupt("bad relationship value");
+        let (created, rest) = b.split_at_checked(8).ok_or_else(bad)?;
+        let (deleted, rest) = rest.split_at_checked(8).ok_or_else(bad)?;
+        let (flags, mut rest) = rest.split_first().ok_or_else(bad)?;
+        let expires_at = if flags & FLAG_EXPIRES != 0 {
+            let (t, r) = rest.split_at_checked(12).ok_or_else(bad)?;
+            rest = r;
+            Some(decode_time(t)?)
+        } else {
+            None
+        };
+        let caveat = if flags & FLAG_CAVEAT != 0 {
+            let (len, r) = rest.split_at_checked(2).ok_or_else(bad)?;
+            let len = u16::from_be_bytes(len.try_into().map_err(|_| bad())?);
+            let (name, ctx) = r.split_at_checked(usize::from(len)).ok_or_else(bad)?;
+            rest = &[];
+            let context: Context = serde_json::from_slice(ctx)
+                .map_err(|e| StoreError::Corrupt(format!("bad caveat context: {e}")))?;
+            Some(Caveat {
+                name: String::from_utf8(name.to_vec()).map_err(|_| bad())?,
+                context,
+            })
+        } else {
+            None
+        };
+        if !rest.is_empty() {
+            return Err(bad());
+        }
+        Ok(VersionValue {
+            created: be_u64(created)?,
+            deleted: be_u64(deleted)?,
+            caveat,
+            expires_at,
+        })
+    }
+}
+
+/// The `deleted` revision of an encoded value, without decoding the rest.
+pub(crate) fn peek_deleted(b: &[u8]) -> StoreResult<u64> {
+    be_u64(
+        b.get(8..16)
+            .ok_or_else(|| corrupt("bad relationship value"))?,
+    )
+}
+
+/// The expiration of an encoded value, without decoding the caveat.
+pub(crate) fn peek_expires(b: &[u8]) -> StoreResult<Option<Timestamp>> {
+    let flags = b.get(16).ok_or_else(|| corrupt("bad relationship value"))?;
+    if flags & FLAG_EXPIRES == 0 {
+        return Ok(None);
+    }
+    decode_time(
+        b.get(17..29)
+            .ok_or_else(|| corrupt("bad relationship value"))?,
+    )
+    .map(Some)
+}
+
+/// A scan plan: the index and the key prefix every match starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ScanPlan {
+    /// the index to scan
+    pub(crate) index: Index,
+    /// every matching key starts with this
+    pub(crate) prefix: Vec<u8>,
+}
+
+/// The fixed prefix of `filter` in `by-resource`, and how selective it is (2 per exact
+/// component, 1 for an id prefix).
+fn resource_prefix(filter: &RelationshipFilter) -> (Vec<u8>, u32) {
+    let mut p = vec![BY_RESOURCE];
+    let Some(rt) = &filter.resource_type else {
+        return (p, 0);
+    };
+    push(&mut p, rt);
+    match (&filter.resource_id, &filter.resource_id_prefix) {
+        (Some(id), _) => push(&mut p, id),
+        (None, Some(pre)) => {
+            p.extend_from_slice(pre.as_bytes());
+            return (p, 3);
+        }
+        (None, None) => return (p, 2),
+    }
+    let Some(rel) = &filter.relation else {
+        return (p, 4);
+    };
+    push(&mut p, rel);
+    let Some(sf) = &filter.subject else {
+        return (p, 6);
+    };
+    push(&mut p, &sf.subject_type);
+    let Some(sid) = &sf.subject_id else {
+        return (p, 8);
+    };
+    push(&mut p, sid);
+    match &sf.relation {
+        SubjectRelationFilter::Any => return (p, 10),
+        SubjectRelationFilter::Ellipsis => push(&mut p, ""),
+        SubjectRelationFilter::Relation(r) => push(&mut p, r),
+    }
+    (p, 12)
+}
+
+/// The fixed prefix of `filter` in `by-subject`, and how selective it is.
+fn subject_prefix(filter: &RelationshipFilter) -> (Vec<u8>, u32) {
+    let mut p = vec![BY_SUBJECT];
+    let Some(sf) = &filter.subject else {
+        return (p, 0);
+    };
+    push(&mut p, &sf.subject_type);
+    let Some(sid) = &sf.subject_id else {
+        return (p, 2);
+    };
+    push(&mut p, sid);
+    match &sf.relation {
+        SubjectRelationFilter::Any => return (p, 4),
+        SubjectRelationFilter::Ellipsis => push(&mut p, ""),
+        SubjectRelationFilter::Relation(r) => push(&mut p, r),
+    }
+    let Some(rt) = &filter.resource_type else {
+        return (p, 6);
+    };
+    push(&mut p, rt);
+    let Some(rel) = &filter.relation else {
+        return (p, 8);
+    };
+    push(&mut p, rel);
+    match (&filter.resource_id, &filter.resource_id_prefix) {
+        (Some(id), _) => push(&mut p, id),
+        (None, Some(pre)) => {
+            p.extend_from_slice(pre.as_bytes());
+            return (p, 11);
+        }
+        (None, None) => return (p, 10),
+    }
+    (p, 12)
+}
+
+/// Chooses the index for `filter`: the one whose fixed key prefix is longer (more selective);
+/// `by-resource` on a tie. The choice depends only on which fields are set, so the order of
+/// results (and paging) is stable for a filter shape.
+pub(crate) fn plan(filter: &RelationshipFilter) -> ScanPlan {
+    let (rp, rs) = resource_prefix(filter);
+    let (sp, ss) = subject_prefix(filter);
+    if ss > rs {
+        ScanPlan {
+            index: Index::BySubject,
+            prefix: sp,
+        }
+    } else {
+        ScanPlan {
+            index: Index::ByResource,
+            prefix: rp,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{SubjectFilter, parse_relationship};
+
+    fn key(s: &str) -> RelationshipKey {
+        parse_relationship(s).unwrap().key()
+    }
+
+    #[test]
+    fn version_keys_round_trip_in_both_indexes() {
+        for s in [
+            "document:plan#viewer@user:ann",
+            "document:plan#viewer@group:eng#member",
+            "tenant/doc:a/b|c#owner@user:*",
+        ] {
+            let k = key(s);
+            for index in [Index::ByResource, Index::BySubject] {
+                for rev in [1, 255, 256, u64::MAX - 1] {
+                    let enc = version_key(index, &k, rev);
+                    assert_eq!(decode_version_key(index, &enc).unwrap(), (k.clone(), rev));
+                    assert!(enc.starts_with(&tuple_prefix(index, &k)));
+                    assert!(enc < after_tuple(index, &k));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn newest_version_sorts_first_and_tuples_sort_componentwise() {
+        let k = key("document:a#viewer@user:ann");
+        assert!(version_key(Index::ByResource, &k, 9) < version_key(Index::ByResource, &k, 3));
+        let a = key("document:a#viewer@user:ann");
+        let ab = key("document:ab#viewer@user:ann");
+        let b = key("document:b#viewer@user:ann");
+        let set = key("document:a#viewer@user:ann#member");
+        assert!(after_tuple(Index::ByResource, &a) < version_key(Index::ByResource, &ab, 1));
+        assert!(after_tuple(Index::ByResource, &a) < version_key(Index::ByResource, &set, 1));
+        assert!(version_key(Index::ByResource, &ab, 1) < version_key(Index::ByResource, &b, 1));
+    }
+
+    #[test]
+    fn frozen_key_bytes() {
+        let k = key("doc:a#viewer@user:ann");
+        assert_eq!(
+            version_key(Index::ByResource, &k, 1),
+            b"\x03doc\0a\0viewer\0user\0ann\0\0\xff\xff\xff\xff\xff\xff\xff\xfe".to_vec()
+        );
+        assert_eq!(
+            version_key(Index::BySubject, &k, 1),
+            b"\x04user\0ann\0\0doc\0viewer\0a\0\xff\xff\xff\xff\xff\xff\xff\xfe".to_vec()
+        );
+        assert_eq!(
+            schema_key(2),
+            b"\x05\xff\xff\xff\xff\xff\xff\xff\xfd".to_vec()
+        );
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let r = parse_relationship(
+            r#"document:d#viewer@user:tom[cav:{"x":[1,2]}][expiration:2030-01-01T00:00:00Z]"#,
+        )
+        .unwrap();
+        for v in [
+            VersionValue {
+                created: 3,
+                deleted: LIVE,
+                caveat: None,
+                expires_at: None,
+            },
+            VersionValue {
+                created: 3,
+                deleted: 7,
+                caveat: r.caveat.clone(),
+                expires_at: r.expires_at,
+            },
+            VersionValue {
+                created: 3,
+                deleted: 7,
+                caveat: r.caveat.clone(),
+                expires_at: None,
+            },
+        ] {
+            let enc = v.encode().unwrap();
+            assert_eq!(VersionValue::decode(&enc).unwrap(), v);
+            assert_eq!(peek_deleted(&enc).unwrap(), v.deleted);
+            assert_eq!(peek_expires(&enc).unwrap(), v.expires_at);
+        }
+        assert!(VersionValue::decode(b"short").is_err());
+        assert!(decode_version_key(Index::ByResource, b"\x03a\0b").is_err());
+    }
+
+    #[test]
+    fn plans_pick_the_more_selective_index() {
+        let lookup = RelationshipFilter {
+            resource_type: Some("document".into()),
+            relation: Some("viewer".into()),
+            subject: Some(SubjectFilter {
+                subject_type: "user".into(),
+                subject_id: Some("ann".into()),
+                relation: SubjectRelationFilter::Ellipsis,
+            }),
+            ..RelationshipFilter::default()
+        };
+        let p = plan(&lookup);
+        assert_eq!(p.index, Index::BySubject);
+        assert_eq!(p.prefix, b"\x04user\0ann\0\0document\0viewer\0".to_vec());
+        let subjects = RelationshipFilter {
+            resource_type: Some("document".into()),
+            resource_id: Some("x".into()),
+            relation: Some("viewer".into()),
+            ..RelationshipFilter::default()
+        };
+        let p = plan(&subjects);
+        assert_eq!(p.index, Index::ByResource);
+        assert_eq!(p.prefix, b"\x03document\0x\0viewer\0".to_vec());
+        assert_eq!(prefix_end(&[3, 0xFF]), Some(vec![4]));
+        assert_eq!(prefix_end(&[0xFF]), None);
+    }
+}

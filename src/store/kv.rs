@@ -1,0 +1,61 @@
+//! Step two, durable state — the bottom: a tiny ordered key-value contract (point get, ordered
+//! range scan, atomic batch commit) that the MVCC layer is written against once, and that
+//! `rocks.rs` and `memory.rs` implement.
+
+use crate::store::StoreResult;
+
+/// One change in a [`Batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BatchOp {
+    /// set `key` to `value`
+    Put(Vec<u8>, Vec<u8>),
+    /// remove `key` (absent keys are fine)
+    Delete(Vec<u8>),
+}
+
+/// Puts and deletes applied atomically, in order, by [`Kv::commit`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Batch {
+    /// the changes, applied in this order
+    pub(crate) ops: Vec<BatchOp>,
+}
+
+impl Batch {
+    /// Sets `key` to `value`.
+    pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(BatchOp::Put(key, value));
+    }
+
+    /// Removes `key`.
+    pub(crate) fn delete(&mut self, key: Vec<u8>) {
+        self.ops.push(BatchOp::Delete(key));
+    }
+
+    /// How many changes are queued.
+    pub(crate) fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Is nothing queued?
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// The visitor of [`Kv::scan`]: gets each key and value, returns `Ok(true)` to go on.
+pub(crate) type ScanFn<'a> = dyn FnMut(&[u8], &[u8]) -> StoreResult<bool> + 'a;
+
+/// An ordered byte-string map with atomic, durable batch writes.
+pub(crate) trait Kv: Send + Sync {
+    /// The value at `key`.
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Calls `f` on every entry with `start <= key < end` (`end = None`: no upper bound) in
+    /// ascending key order, until `f` returns `Ok(false)` or an error. One scan sees one
+    /// consistent state. `f` must not call back into the store (the memory store holds its read
+    /// lock during the scan).
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, f: &mut ScanFn<'_>) -> StoreResult<()>;
+
+    /// Applies `batch` atomically; when it returns `Ok`, the batch is durable.
+    fn commit(&self, batch: Batch) -> StoreResult<()>;
+}

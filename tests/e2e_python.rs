@@ -1,0 +1,150 @@
+//! End to end with the official Python client (PyPI `authzed`): start the real `pemba` binary
+//! on a free port with a RocksDB data dir, drive it from Python, kill -9 it right after an
+//! acknowledged write, restart it, check nothing was lost, run queries, then stop it with
+//! SIGTERM and expect a clean exit.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, reason = "test harness: a failed step should abort the test")]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "e2e-test-key";
+
+/// A venv with the official client, made once per target dir (or `PEMBA_E2E_VENV`).
+fn python() -> PathBuf {
+    let venv = std::env::var_os("PEMBA_E2E_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("authzed-venv"));
+    let py = venv.join("bin").join("python");
+    let ready = venv.join(".authzed-installed");
+    if !ready.exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 runs")
+            .success();
+        assert!(ok, "python3 -m venv failed");
+        let ok = Command::new(&py)
+            .args(["-m", "pip", "install", "--quiet", "authzed==1.25.0"])
+            .status()
+            .expect("pip runs")
+            .success();
+        assert!(ok, "pip install authzed failed");
+        std::fs::write(&ready, b"").expect("marker written");
+    }
+    py
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+fn start(data_dir: &Path, port: u16) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_pemba"))
+        .args(["serve", "--grpc-addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--grpc-preshared-key", KEY])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("pemba starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not listen within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn session(py: &Path, phase: &str, port: u16) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/session.py");
+    let out = Command::new(py)
+        .arg(script)
+        .args([phase, &port.to_string(), KEY])
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "phase `{phase}` failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+#[test]
+fn python_client_session_survives_kill_and_restart() {
+    let py = python();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+
+    let port = free_port();
+    let mut server = start(&data, port);
+    let out = session(&py, "write", port);
+    assert!(out.contains("WRITE-ACKED"), "write phase did not finish: {out}");
+    server.kill().expect("kill -9");
+    server.wait().expect("reaped");
+
+    let port = free_port();
+    let mut server = start(&data, port);
+    session(&py, "verify", port);
+    session(&py, "query", port);
+
+    let ok = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "SIGTERM sent");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = server.try_wait().expect("wait") {
+            assert!(status.success(), "graceful shutdown exits 0, got {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn refuses_bad_flags_and_locked_data_dir() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_pemba"))
+        .args(["serve", "--grpc-addr", "0.0.0.0:0"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success(), "non-loopback without a key is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("non-loopback"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_pemba"))
+        .args(["serve", "--datastore", "nosuch"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success(), "unknown datastore is refused");
+
+    let data = dir.path().join("data");
+    let port = free_port();
+    let mut first = start(&data, port);
+    let out = Command::new(env!("CARGO_BIN_EXE_pemba"))
+        .args(["serve", "--grpc-addr"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("runs");
+    first.kill().expect("kill");
+    first.wait().expect("reaped");
+    assert!(!out.status.success(), "a locked data dir is refused");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("locked"), "message names the lock: {stderr}");
+}

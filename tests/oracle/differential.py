@@ -1,0 +1,791 @@
+"""Differential test: random schemas and relationships, every query answered by Pemba and by the
+reference SpiceDB (the embedded library, see spicedb_oracle.py), answers compared.
+
+Usage:
+  differential.py PEMBA_TARGET SEED N_CASES [options]   compare Pemba at host:port with SpiceDB
+  differential.py --oracle-only SEED N_CASES [options]  only run the generator against SpiceDB
+
+Options:
+  --case K          run only case K (with the same generated content as in a full run)
+  --max-show M      print at most M mismatches in full (default 40; all are counted)
+  --report PATH     also write every mismatch, in full, to PATH
+  --max-checks C    cap of CheckPermission triples per case (default 700, sampled deterministically)
+  --print-cases     print every generated schema and relationship set
+  --oracle-timeout S  give up on a SpiceDB answer after S seconds (default 30; also 3 GiB RSS)
+  -v / -vv          progress on stderr: each case / each query
+
+Every case uses definition names under a unique prefix (`c0017/user`, `c0017/group`, ...), so one
+server holds all cases: before a case, the relationships of the previous case's definitions are
+deleted and the new schema replaces the old one. Queries use `fully_consistent` on both sides.
+
+Exit status: 0 when every answer agreed (or, with --oracle-only, when the generator produced
+valid cases), 1 on any mismatch, 2 on usage errors.
+"""
+
+import os
+import random
+import re
+import sys
+import time
+from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from authzed.api.v1 import (  # noqa: E402
+    CheckBulkPermissionsRequest,
+    CheckBulkPermissionsRequestItem,
+    CheckPermissionRequest,
+    Consistency,
+    DeleteRelationshipsRequest,
+    ExpandPermissionTreeRequest,
+    LookupResourcesRequest,
+    LookupSubjectsRequest,
+    ObjectReference,
+    ReadRelationshipsRequest,
+    Relationship,
+    RelationshipFilter,
+    RelationshipUpdate,
+    SubjectReference,
+    WriteRelationshipsRequest,
+)
+
+from spicedb_oracle import CODE_NAMES, GrpcTarget, OracleProcess, RpcFailure  # noqa: E402
+
+FULL = Consistency(fully_consistent=True)
+
+# ---------------------------------------------------------------------------------------------
+# Generator
+# ---------------------------------------------------------------------------------------------
+
+DEF_POOL = ["group", "folder", "document", "org"]
+ID_PREFIX = {"user": "u", "group": "g", "folder": "f", "document": "d", "org": "o"}
+REL_NAMES = ["member", "viewer", "editor", "owner", "parent", "banned", "reader", "manager"]
+PERM_NAMES = ["view", "edit", "admin", "read", "manage", "access"]
+
+
+class Rel:
+    def __init__(self, name):
+        self.name = name
+        self.wildcard = None  # short def name whose `:*` this relation allows, if any
+        self.types = []  # (short def name, subject relation or None, is wildcard)
+
+
+class Def:
+    def __init__(self, short, prefix):
+        self.short = short
+        self.name = f"{prefix}/{short}"
+        self.rels = {}  # name -> Rel, in order
+        self.perms = []  # (name, expression text)
+        self.perm_names = []
+
+    def names(self):
+        return list(self.rels) + self.perm_names
+
+
+class Case:
+    """A generated schema and relationship set."""
+
+    def __init__(self, index, attempt, prefix, defs, schema, rels, ids, flags):
+        self.index = index
+        self.attempt = attempt
+        self.prefix = prefix
+        self.defs = defs  # short -> Def
+        self.schema = schema
+        self.rels = rels  # list of (res_short, res_id, relation, subj_short, subj_id, subj_rel or None)
+        self.ids = ids  # short -> list of ids
+        self.flags = flags
+
+    def full(self, short):
+        return f"{self.prefix}/{short}"
+
+    def rel_text(self, r):
+        rs, rid, rel, ss, sid, srel = r
+        s = f"{self.full(rs)}:{rid}#{rel}@{self.full(ss)}:{sid}"
+        return s + (f"#{srel}" if srel else "")
+
+    def relationships_text(self):
+        return "\n".join(self.rel_text(r) for r in self.rels)
+
+
+def _weighted_sample(rng, items, weights, k):
+    items, weights = list(items), list(weights)
+    out = []
+    while items and len(out) < k:
+        i = rng.choices(range(len(items)), weights=weights)[0]
+        out.append(items.pop(i))
+        weights.pop(i)
+    return out
+
+
+def generate_case(seed, index, attempt=0):
+    rng = random.Random(f"pemba-differential/{seed}/{index}/{attempt}")
+    prefix = f"c{index:04d}" if attempt == 0 else f"c{index:04d}a{attempt}"
+    flags = set()
+    allow_cycles = rng.random() < 0.15
+    perm_self_cycle = rng.random() < 0.03
+    if allow_cycles:
+        flags.add("data-cycles")
+    if perm_self_cycle:
+        flags.add("permission-cycle")
+
+    n_defs = rng.choices([2, 3, 4], weights=[2, 4, 3])[0]
+    shorts = ["user"] + rng.sample(DEF_POOL, n_defs - 1)
+    defs = {s: Def(s, prefix) for s in shorts}
+    others = shorts[1:]
+
+    # Phase 1: relation and permission names, wildcard flags.
+    for s in others:
+        d = defs[s]
+        names = rng.sample(REL_NAMES, rng.randint(1, 3))
+        # Encourage the classic recursive shapes.
+        if s in ("group", "org") and "member" not in names and rng.random() < 0.7:
+            names[0] = "member"
+        if s in ("folder", "document") and "parent" not in names and rng.random() < 0.6:
+            names[-1] = "parent" if len(names) > 1 or rng.random() < 0.5 else names[-1]
+        for n in dict.fromkeys(names):
+            r = Rel(n)
+            if n != "parent" and rng.random() < 0.2:
+                r.wildcard = "user" if rng.random() < 0.9 else rng.choice(others)
+            d.rels[n] = r
+        d.perm_names = rng.sample([p for p in PERM_NAMES if p not in d.rels], rng.randint(0, 3))
+        if not d.perm_names and rng.random() < 0.7:
+            d.perm_names = [rng.choice(PERM_NAMES)]
+
+    # Phase 2: allowed types.
+    for s in others:
+        d = defs[s]
+        for r in d.rels.values():
+            cands, weights = [], []
+            cands.append(("user", None, False))
+            weights.append(0.5 if r.name == "parent" else 5)
+            for x in others:
+                cands.append((x, None, False))
+                w = 1.2
+                if r.name == "parent" and (x == s or (s == "document" and x == "folder")):
+                    w = 8
+                weights.append(w)
+                for xr in defs[x].rels.values():
+                    if xr.wildcard:
+                        continue  # SpiceDB: wildcard relations cannot be transitively included
+                    cands.append((x, xr.name, False))
+                    weights.append(3 if xr.name == "member" else 0.8)
+                for p in defs[x].perm_names:
+                    cands.append((x, p, False))
+                    weights.append(0.3)
+            k = rng.choices([1, 2, 3], weights=[5, 4, 2])[0]
+            r.types = _weighted_sample(rng, cands, weights, k)
+            if r.wildcard:
+                r.types.append((r.wildcard, None, True))
+                if rng.random() < 0.3:
+                    rng.shuffle(r.types)
+
+    # Phase 3: permission expressions.
+    for s in others:
+        d = defs[s]
+        arrow_rels = [r for r in d.rels.values() if not r.wildcard]
+        # With the permission-cycle flag, one permission refers to itself exactly once, at the
+        # top of a union (several self-references make SpiceDB's check explode exponentially).
+        cyclic = rng.choice(d.perm_names) if perm_self_cycle and d.perm_names else None
+        for i, pname in enumerate(d.perm_names):
+            earlier = d.perm_names[:i]
+
+            def leaf():
+                roll = rng.random()
+                if roll < 0.04:
+                    return "nil"
+                if roll < 0.35 and arrow_rels:
+                    r = rng.choice(arrow_rels)
+                    targets = sorted({n for (t, _, w) in r.types if not w for n in defs[t].names()})
+                    if not targets or rng.random() < 0.03:
+                        target = "missing"
+                    else:
+                        target = rng.choice(targets)
+                    form = rng.random()
+                    if form < 0.2:
+                        return f"{r.name}.all({target})"
+                    if form < 0.25:
+                        return f"{r.name}.any({target})"
+                    return f"{r.name}->{target}"
+                if earlier and roll < 0.55:
+                    return rng.choice(earlier)
+                return rng.choice(list(d.rels))
+
+            def expr(depth):
+                if depth >= 3 or rng.random() < (0.35 if depth == 0 else 0.55):
+                    e = leaf()
+                    return (e, False)
+                op = rng.choices(["+", "&", "-"], weights=[5, 2, 2])[0]
+                n = 3 if (op != "-" and rng.random() < 0.25) else 2
+                parts = []
+                for _ in range(n):
+                    sub, compound = expr(depth + 1)
+                    if compound and rng.random() < 0.8:
+                        sub = f"({sub})"
+                    elif not compound and rng.random() < 0.05:
+                        sub = f"({sub})"
+                    parts.append(sub)
+                return (f" {op} ".join(parts), True)
+
+            text, compound = expr(0)
+            if pname == cyclic:
+                text = f"{pname} + ({text})" if compound else f"{text} + {pname}"
+            d.perms.append((pname, text))
+
+    # Schema text.
+    blocks = []
+    for s in shorts:
+        d = defs[s]
+        lines = []
+        for r in d.rels.values():
+            types = []
+            for t, sr, w in r.types:
+                tn = f"{prefix}/{t}"
+                types.append(f"{tn}:*" if w else (f"{tn}#{sr}" if sr else tn))
+            lines.append(f"    relation {r.name}: {' | '.join(types)}")
+        for pname, text in d.perms:
+            lines.append(f"    permission {pname} = {text}")
+        if lines:
+            blocks.append(f"definition {d.name} {{\n" + "\n".join(lines) + "\n}")
+        else:
+            blocks.append(f"definition {d.name} {{}}")
+    schema = "\n\n".join(blocks) + "\n"
+
+    # Objects.
+    ids = {}
+    for s in shorts:
+        n = rng.randint(2, 4) if s != "user" else rng.randint(2, 5)
+        ids[s] = [f"{ID_PREFIX[s]}{i}" for i in range(1, n + 1)]
+    objects = [(s, i) for s in others for i in ids[s]]
+    rng.shuffle(objects)
+    rank = {o: k for k, o in enumerate(objects)}
+
+    # Relationships.
+    with_rels = [s for s in others if defs[s].rels]
+    target = rng.randint(5, 40)
+    rels, seen = [], set()
+    back_edges = rng.randint(1, 3) if allow_cycles else 0
+    tries = 0
+    while len(rels) < target and tries < target * 20 and with_rels:
+        tries += 1
+        s = rng.choice(with_rels)
+        rid = rng.choice(ids[s])
+        r = rng.choice(list(defs[s].rels.values()))
+        t, sr, w = rng.choice(r.types)
+        if w:
+            sid = "*"
+        else:
+            sid = rng.choice(ids[t])
+            if t != "user" and rank[(t, sid)] >= rank[(s, rid)]:
+                # Against the rank order: this edge may close a cycle. Only a few per case, and
+                # only in cycle cases (dense cycles make SpiceDB itself explode).
+                if back_edges <= 0:
+                    continue
+                back_edges -= 1
+        key = (s, rid, r.name, t, sid, sr)
+        if key in seen:
+            continue
+        seen.add(key)
+        rels.append(key)
+    case = Case(index, attempt, prefix, defs, schema, rels, ids, flags)
+    case.seed = seed
+    return case
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries
+# ---------------------------------------------------------------------------------------------
+
+
+def obj(case, short, oid):
+    return ObjectReference(object_type=case.full(short), object_id=oid)
+
+
+def subj(case, short, oid, srel=None):
+    return SubjectReference(object=obj(case, short, oid), optional_relation=srel or "")
+
+
+def subj_text(case, s):
+    short, oid, srel = s
+    return f"{case.full(short)}:{oid}" + (f"#{srel}" if srel else "")
+
+
+def plan_queries(case, max_checks):
+    """Every query of a case, as (kind, description, request)."""
+    rng = random.Random(f"plan/{case.prefix}")
+    defs = case.defs
+    others = [s for s in defs if s != "user"]
+    # Objects that occur in the data, plus one unknown id per type.
+    seen_objs = {s: set() for s in defs}
+    subject_sets = set()
+    plain_subjects = set()
+    for rs, rid, rel, ss, sid, srel in case.rels:
+        seen_objs[rs].add(rid)
+        if sid != "*":
+            seen_objs[ss].add(sid)
+            if srel:
+                subject_sets.add((ss, sid, srel))
+            elif ss != "user":
+                plain_subjects.add((ss, sid, None))
+    resources = []
+    for s in others:
+        for oid in sorted(seen_objs[s]):
+            resources.append((s, oid))
+    unknown_def = rng.choice(others)
+    resources.append((unknown_def, "zz_unknown"))
+
+    subjects = [("user", u, None) for u in case.ids["user"]]  # includes users absent from the data
+    subjects += sorted(plain_subjects) + sorted(subject_sets)
+
+    queries = []
+    triples = []
+    for rs, rid in resources:
+        for perm in defs[rs].names():
+            for sb in subjects:
+                triples.append((rs, rid, perm, sb))
+    if len(triples) > max_checks:
+        triples = rng.sample(triples, max_checks)
+        triples.sort(key=repr)
+    for rs, rid, perm, sb in triples:
+        req = CheckPermissionRequest(consistency=FULL, resource=obj(case, rs, rid), permission=perm, subject=subj(case, *sb))
+        queries.append(("check", f"CheckPermission {case.full(rs)}:{rid}#{perm} @ {subj_text(case, sb)}", req))
+
+    # Error probes: unknown permission, wildcard subject, unknown resource type.
+    rs, rid = resources[0]
+    queries.append(("check", f"CheckPermission {case.full(rs)}:{rid}#nosuch @ {case.full('user')}:u1",
+                    CheckPermissionRequest(consistency=FULL, resource=obj(case, rs, rid), permission="nosuch",
+                                           subject=subj(case, "user", "u1"))))
+    if defs[rs].names():
+        p = defs[rs].names()[0]
+        queries.append(("check", f"CheckPermission {case.full(rs)}:{rid}#{p} @ {case.full('user')}:*",
+                        CheckPermissionRequest(consistency=FULL, resource=obj(case, rs, rid), permission=p,
+                                               subject=subj(case, "user", "*"))))
+    queries.append(("lookup_resources", f"LookupResources {case.prefix}/nosuch#view @ {case.full('user')}:u1",
+                    LookupResourcesRequest(consistency=FULL, resource_object_type=f"{case.prefix}/nosuch",
+                                           permission="view", subject=subj(case, "user", "u1"))))
+
+    # Bulk checks of the same triples, in chunks.
+    for start in range(0, len(triples), 100):
+        chunk = triples[start:start + 100]
+        items = [CheckBulkPermissionsRequestItem(resource=obj(case, rs, rid), permission=perm, subject=subj(case, *sb))
+                 for rs, rid, perm, sb in chunk]
+        queries.append(("check_bulk", f"CheckBulkPermissions items {start}..{start + len(chunk) - 1}",
+                        CheckBulkPermissionsRequest(consistency=FULL, items=items)))
+
+    # LookupResources for every (resource type, permission, subject).
+    for rs in others:
+        for perm in defs[rs].names():
+            for sb in subjects:
+                queries.append(("lookup_resources", f"LookupResources {case.full(rs)}#{perm} @ {subj_text(case, sb)}",
+                                LookupResourcesRequest(consistency=FULL, resource_object_type=case.full(rs),
+                                                       permission=perm, subject=subj(case, *sb))))
+
+    # LookupSubjects for every (resource, permission, subject type [+ relation]).
+    subject_types = [(s, None) for s in defs]
+    subject_types += sorted({(ss, sr) for (ss, _, sr) in subject_sets})
+    for rs, rid in resources:
+        for perm in defs[rs].names():
+            for st, sr in subject_types:
+                desc = f"LookupSubjects {case.full(rs)}:{rid}#{perm} subjects {case.full(st)}" + (f"#{sr}" if sr else "")
+                queries.append(("lookup_subjects", desc,
+                                LookupSubjectsRequest(consistency=FULL, resource=obj(case, rs, rid), permission=perm,
+                                                      subject_object_type=case.full(st),
+                                                      optional_subject_relation=sr or "")))
+
+    # ExpandPermissionTree for every (resource, permission).
+    for rs, rid in resources:
+        for perm in defs[rs].names():
+            queries.append(("expand", f"ExpandPermissionTree {case.full(rs)}:{rid}#{perm}",
+                            ExpandPermissionTreeRequest(consistency=FULL, resource=obj(case, rs, rid), permission=perm)))
+
+    # ReadRelationships per resource type.
+    for rs in others:
+        queries.append(("read_relationships", f"ReadRelationships {case.full(rs)}",
+                        ReadRelationshipsRequest(consistency=FULL,
+                                                 relationship_filter=RelationshipFilter(resource_type=case.full(rs)))))
+    return queries
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation
+# ---------------------------------------------------------------------------------------------
+
+_OPS = {0: "UNSPECIFIED", 1: "UNION", 2: "INTERSECTION", 3: "EXCLUSION"}
+
+
+def _ref(o):
+    return f"{o.object_type}:{o.object_id}"
+
+
+def _subref(s):
+    return _ref(s.object) + (f"#{s.optional_relation}" if s.optional_relation else "")
+
+
+def norm_tree(t):
+    head = f"{_ref(t.expanded_object)}#{t.expanded_relation}" if t.HasField("expanded_object") else f"?#{t.expanded_relation}"
+    kind = t.WhichOneof("tree_type")
+    if kind == "intermediate":
+        op = _OPS.get(t.intermediate.operation, str(t.intermediate.operation))
+        kids = [norm_tree(c) for c in t.intermediate.children]
+        if op in ("UNION", "INTERSECTION"):
+            kids.sort(key=repr)
+        return (op, head, tuple(kids))
+    if kind == "leaf":
+        return ("LEAF", head, tuple(sorted(_subref(s) for s in t.leaf.subjects)))
+    return ("EMPTY", head)
+
+
+def tree_text(t, indent=0):
+    pad = "  " * indent
+    if t[0] == "LEAF":
+        return f"{pad}leaf {t[1]}: [{', '.join(t[2])}]"
+    if t[0] == "EMPTY":
+        return f"{pad}(no tree) {t[1]}"
+    return "\n".join([f"{pad}{t[0]} {t[1]}"] + [tree_text(c, indent + 1) for c in t[2]])
+
+
+def _lookup_perm(p):
+    return {0: "UNSPECIFIED", 1: "HAS", 2: "CONDITIONAL"}.get(p, str(p))
+
+
+def _check_perm(p):
+    return {0: "UNSPECIFIED", 1: "NO", 2: "HAS", 3: "CONDITIONAL"}.get(p, str(p))
+
+
+def normalise(kind, resp):
+    if kind == "check":
+        return _check_perm(resp.permissionship)
+    if kind == "check_bulk":
+        out = []
+        for pair in resp.pairs:
+            r = pair.request
+            req = f"{_ref(r.resource)}#{r.permission}@{_subref(r.subject)}"
+            if pair.HasField("error"):
+                out.append((req, "ERROR " + CODE_NAMES.get(pair.error.code, str(pair.error.code))))
+            else:
+                out.append((req, _check_perm(pair.item.permissionship)))
+        return tuple(out)
+    if kind == "lookup_resources":
+        return tuple(sorted({(r.resource_object_id, _lookup_perm(r.permissionship)) for r in resp}))
+    if kind == "lookup_subjects":
+        out = set()
+        for r in resp:
+            excluded = tuple(sorted((e.subject_object_id, _lookup_perm(e.permissionship)) for e in r.excluded_subjects))
+            out.add((r.subject.subject_object_id, _lookup_perm(r.subject.permissionship), excluded,
+                     "deprecated:", r.subject_object_id, tuple(sorted(r.excluded_subject_ids))))
+        return tuple(sorted(out))
+    if kind == "expand":
+        return norm_tree(resp.tree_root)
+    if kind == "read_relationships":
+        return tuple(sorted(f"{_ref(r.relationship.resource)}#{r.relationship.relation}@{_subref(r.relationship.subject)}"
+                            for r in resp))
+    raise ValueError(kind)
+
+
+def run_query(target, kind, req):
+    """(True, normalised answer) or (False, (code, message))."""
+    try:
+        return True, normalise(kind, getattr(target, kind)(req))
+    except RpcFailure as e:
+        return False, (e.code, e.message)
+
+
+def same(a, b):
+    (ok_a, va), (ok_b, vb) = a, b
+    if ok_a != ok_b:
+        return False
+    if not ok_a:
+        return va[0] == vb[0]
+    return va == vb
+
+
+def answer_text(kind, ans):
+    ok, v = ans
+    if not ok:
+        return f"error {v[0]}: {v[1]}"
+    if kind == "expand":
+        return "\n" + tree_text(v)
+    if kind == "check_bulk":
+        return "\n" + "\n".join(f"  {r} -> {p}" for r, p in v)
+    if isinstance(v, tuple):
+        return "[" + ", ".join(str(x) if not isinstance(x, tuple) else "(" + ", ".join(map(str, x)) + ")" for x in v) + "]"
+    return str(v)
+
+
+def bulk_diff(a, b):
+    """For bulk checks: the differing items only."""
+    (ok_a, va), (ok_b, vb) = a, b
+    if not (ok_a and ok_b) or len(va) != len(vb):
+        return None
+    return [(x, y) for x, y in zip(va, vb) if x != y]
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------
+
+
+def reset(target):
+    """Deletes every relationship of every definition in the target's current schema."""
+    try:
+        schema = target.read_schema().schema_text
+    except RpcFailure:
+        return
+    for name in re.findall(r"definition\s+([a-z0-9_/]+)", schema):
+        try:
+            target.delete_relationships(DeleteRelationshipsRequest(relationship_filter=RelationshipFilter(resource_type=name)))
+        except RpcFailure:
+            pass
+
+
+def write_request(case):
+    updates = []
+    for rs, rid, rel, ss, sid, srel in case.rels:
+        updates.append(RelationshipUpdate(
+            operation=RelationshipUpdate.OPERATION_TOUCH,
+            relationship=Relationship(resource=obj(case, rs, rid), relation=rel, subject=subj(case, ss, sid, srel))))
+    return WriteRelationshipsRequest(updates=updates)
+
+
+def clear_case(target, case):
+    if case is None:
+        return
+    for d in case.defs.values():
+        try:
+            target.delete_relationships(DeleteRelationshipsRequest(relationship_filter=RelationshipFilter(resource_type=d.name)))
+        except RpcFailure:
+            pass
+
+
+class Mismatch:
+    def __init__(self, case, kind, desc, oracle, pemba, note=""):
+        self.case, self.kind, self.desc, self.oracle, self.pemba, self.note = case, kind, desc, oracle, pemba, note
+
+    def text(self):
+        c = self.case
+        lines = [
+            f"=== MISMATCH case {c.index} (attempt {c.attempt}, flags {sorted(c.flags) or '-'}): {self.kind}",
+            f"query: {self.desc}",
+            f"reproduce: differential.py HOST:PORT {c.seed} {c.index + 1} --case {c.index}",
+            "schema:",
+            c.schema.rstrip(),
+            "relationships:",
+            c.relationships_text() or "(none)",
+            f"spicedb: {answer_text(self.kind, self.oracle)}" if self.oracle is not None else "",
+            f"pemba:   {answer_text(self.kind, self.pemba)}" if self.pemba is not None else "",
+        ]
+        if self.note:
+            lines.append(self.note)
+        return "\n".join(x for x in lines if x)
+
+
+def classify(kind, o, p):
+    ok_o, vo = o
+    ok_p, vp = p
+    if ok_o and not ok_p:
+        return f"{kind}: pemba error {vp[0]}, spicedb ok"
+    if ok_p and not ok_o:
+        return f"{kind}: spicedb error {vo[0]}, pemba ok"
+    if not ok_o:
+        return f"{kind}: error codes {vo[0]} vs {vp[0]}"
+    return f"{kind}: different answer"
+
+
+def main(argv):
+    args = list(argv)
+    opts = {"--case": None, "--max-show": "40", "--report": None, "--max-checks": "700", "--oracle-timeout": "30"}
+    flags = set()
+    i = 0
+    pos = []
+    while i < len(args):
+        a = args[i]
+        if a in opts:
+            if i + 1 >= len(args):
+                print(__doc__, file=sys.stderr)
+                return 2
+            opts[a] = args[i + 1]
+            i += 2
+        elif a in ("--oracle-only", "--print-cases", "-v", "-vv"):
+            flags.add(a)
+            i += 1
+        elif a.startswith("--"):
+            print(__doc__, file=sys.stderr)
+            return 2
+        else:
+            pos.append(a)
+            i += 1
+    oracle_only = "--oracle-only" in flags
+    verbose = 2 if "-vv" in flags else (1 if "-v" in flags else 0)
+    if (oracle_only and len(pos) != 2) or (not oracle_only and len(pos) != 3):
+        print(__doc__, file=sys.stderr)
+        return 2
+    if oracle_only:
+        target_addr, seed, n_cases = None, int(pos[0]), int(pos[1])
+    else:
+        target_addr, seed, n_cases = pos[0], int(pos[1]), int(pos[2])
+    max_show = int(opts["--max-show"])
+    max_checks = int(opts["--max-checks"])
+    case_filter = int(opts["--case"]) if opts["--case"] is not None else None
+
+    oracle = OracleProcess(timeout=float(opts['--oracle-timeout']))
+    pemba = GrpcTarget(target_addr) if target_addr else None
+    if pemba:
+        reset(pemba)
+
+    t0 = time.time()
+    stats = Counter()
+    outcomes = Counter()
+    timing = Counter()
+    mismatches = []
+    classes = Counter()
+    class_example = {}
+    prev = None  # previous accepted case (its relationships are deleted before the next case)
+
+    def record(m, cls):
+        mismatches.append(m)
+        classes[cls] += 1
+        class_example.setdefault(cls, m)
+
+    indices = [case_filter] if case_filter is not None else range(n_cases)
+    for index in indices:
+        case = None
+        for attempt in range(20):
+            cand = generate_case(seed, index, attempt)
+            stats["schemas generated"] += 1
+            clear_case(oracle, prev)
+            if pemba:
+                clear_case(pemba, prev)
+            prev = None
+            try:
+                oracle.write_schema(cand.schema)
+                o_ans = (True, None)
+            except RpcFailure as e:
+                o_ans = (False, (e.code, e.message))
+            if pemba:
+                try:
+                    pemba.write_schema(cand.schema)
+                    p_ans = (True, None)
+                except RpcFailure as e:
+                    p_ans = (False, (e.code, e.message))
+                stats["queries"] += 1
+                if not same(o_ans, p_ans):
+                    record(Mismatch(cand, "write_schema", "WriteSchema", o_ans, p_ans), classify("write_schema", o_ans, p_ans))
+                    if o_ans[0]:
+                        stats["cases skipped (pemba refused schema)"] += 1
+                        break
+            if not o_ans[0]:
+                stats["schemas refused by spicedb"] += 1
+                stats[f"schema refusal: {o_ans[1][0]} {re.sub(r'`[^`]*`', '`_`', o_ans[1][1])[:90]}"] += 1
+                continue
+            case = cand
+            break
+        if case is None:
+            continue
+        stats["schemas accepted by spicedb"] += 1
+        if "--print-cases" in flags:
+            print(f"--- case {index} (attempt {case.attempt}, flags {sorted(case.flags) or '-'})\n{case.schema}{case.relationships_text()}\n")
+
+        wreq = write_request(case)
+        try:
+            oracle.write_relationships(wreq)
+            o_ans = (True, None)
+        except RpcFailure as e:
+            o_ans = (False, (e.code, e.message))
+        prev = case
+        if pemba:
+            try:
+                pemba.write_relationships(wreq)
+                p_ans = (True, None)
+            except RpcFailure as e:
+                p_ans = (False, (e.code, e.message))
+            stats["queries"] += 1
+            if not same(o_ans, p_ans):
+                record(Mismatch(case, "write_relationships", "WriteRelationships (all relationships)", o_ans, p_ans),
+                       classify("write_relationships", o_ans, p_ans))
+                stats["cases skipped (write mismatch)"] += 1
+                continue
+        if not o_ans[0]:
+            stats["relationship writes refused by spicedb"] += 1
+            print(f"generator bug? case {index}: SpiceDB refused the relationships: {o_ans[1]}", file=sys.stderr)
+            continue
+        stats["cases run"] += 1
+        stats["relationships written"] += len(case.rels)
+        for f in case.flags:
+            stats[f"cases with {f}"] += 1
+
+        if verbose:
+            print(f"case {index}: {len(case.rels)} relationships, flags {sorted(case.flags) or '-'}", file=sys.stderr, flush=True)
+        for kind, desc, req in plan_queries(case, max_checks):
+            if verbose > 1:
+                print(f"  {desc}", file=sys.stderr, flush=True)
+            tq = time.time()
+            o_ans = run_query(oracle, kind, req)
+            timing[f"spicedb {kind}"] += time.time() - tq
+            stats["queries"] += 1
+            if not o_ans[0] and o_ans[1][0] == "ORACLE_LIMIT":
+                stats["queries SpiceDB gave up on (not compared)"] += 1
+                print(f"case {index}: SpiceDB gave up on {desc}: {o_ans[1][1]}", file=sys.stderr, flush=True)
+                continue
+            if o_ans[0]:
+                if kind == "check":
+                    outcomes[f"check {o_ans[1]}"] += 1
+                elif kind in ("lookup_resources", "lookup_subjects"):
+                    outcomes[f"{kind} {'non-empty' if o_ans[1] else 'empty'}"] += 1
+                else:
+                    outcomes[f"{kind} ok"] += 1
+            else:
+                outcomes[f"{kind} error {o_ans[1][0]}"] += 1
+            if not pemba:
+                continue
+            tq = time.time()
+            p_ans = run_query(pemba, kind, req)
+            timing[f"pemba {kind}"] += time.time() - tq
+            if same(o_ans, p_ans):
+                continue
+            note = ""
+            if kind == "check_bulk":
+                diff = bulk_diff(o_ans, p_ans)
+                if diff is not None:
+                    note = "differing items (spicedb | pemba):\n" + "\n".join(f"  {x[0]}: {x[1]} | {y[1]}" for x, y in diff)
+                    for x, y in diff:
+                        record(Mismatch(case, kind, f"{desc}: item {x[0]}", (True, x[1]), (True, y[1])),
+                               f"check_bulk item: {x[1]} vs {y[1]}")
+                    continue
+            record(Mismatch(case, kind, desc, o_ans, p_ans, note), classify(kind, o_ans, p_ans))
+
+    elapsed = time.time() - t0
+    oracle.close()
+    if pemba:
+        pemba.close()
+    n_run = stats["cases run"]
+    print(f"seed {seed}: {stats['schemas generated']} schemas generated, {stats['schemas accepted by spicedb']} accepted "
+          f"by SpiceDB, {stats['schemas refused by spicedb']} refused (regenerated); {n_run} cases run, "
+          f"{stats['relationships written']} relationships; {elapsed:.1f}s")
+    for k, v in sorted(stats.items()):
+        if k.startswith(("schema refusal", "cases with", "cases skipped", "relationship writes", "queries SpiceDB")):
+            print(f"  {k}: {v}")
+    print("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(timing.items())))
+    print("  oracle answers: " + ", ".join(f"{k}={v}" for k, v in sorted(outcomes.items())))
+    if oracle_only:
+        print(f"differential: {n_run} cases, {stats['queries']} queries (oracle only)")
+        ok = stats["relationship writes refused by spicedb"] == 0 and n_run == len(indices)
+        return 0 if ok else 1
+
+    for m in mismatches[:max_show]:
+        print(m.text())
+        print()
+    if len(mismatches) > max_show:
+        print(f"... {len(mismatches) - max_show} more mismatches not shown (use --max-show / --report)")
+    if classes:
+        print("mismatch classes (count, first example case):")
+        for cls, n in classes.most_common():
+            print(f"  {n:6d}  {cls}  (case {class_example[cls].case.index}: {class_example[cls].desc})")
+    if opts["--report"]:
+        with open(opts["--report"], "w") as f:
+            for m in mismatches:
+                f.write(m.text() + "\n\n")
+    print(f"differential: {n_run} cases, {stats['queries']} queries, {len(mismatches)} mismatches")
+    return 1 if mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
