@@ -268,7 +268,9 @@ async fn paging_returns_each_relationship_once_for_every_page_size() {
         .map(|i| create(&format!("document:d{i:03}#viewer@user:u{}", i % 5)))
         .collect();
     let token = s.write(updates).await.unwrap();
-    // a later write must not show up in pages pinned to the first page's revision
+    // a write after the first page must not show up in later pages: they are pinned to the
+    // first page's revision
+    let mut late: Vec<String> = Vec::new();
     for size in [1u32, 2, 7, 52, 53, 54, 1000] {
         let mut cursor = None;
         let mut ids = Vec::new();
@@ -297,8 +299,11 @@ async fn paging_returns_each_relationship_once_for_every_page_size() {
             }
             cursor = page.last().unwrap().after_result_cursor.clone();
         }
-        let expected: Vec<String> = (0..n).map(|i| format!("d{i:03}")).collect();
+        let mut expected: Vec<String> = (0..n).map(|i| format!("d{i:03}")).collect();
+        expected.extend(late.iter().cloned());
         assert_eq!(ids, expected, "page size {size}");
+        late.push(format!("zz{size}"));
+        late.sort();
     }
 
     let err = s

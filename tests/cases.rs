@@ -5,6 +5,14 @@
 //! resource × relation/permission × subject in the data; plus a property test that generates
 //! small schemas and relationships and checks the engine against a naive fixpoint evaluator.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 

@@ -53,6 +53,7 @@ fn start(data_dir: &Path, port: u16) -> Child {
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--grpc-preshared-key", KEY])
+        .env("PEMBA_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -237,7 +237,7 @@ fn engine_status(err: EngineError) -> tonic::Status {
             "ERROR_REASON_CAVEAT_EVALUATION_ERROR",
             Metadata::new(),
         ),
-        EngineError::Store(e) => store_status(e),
+        EngineError::Store(e) => store_status(*e),
     }
 }
 

@@ -126,10 +126,10 @@ fn join(a: CaveatExpr, b: CaveatExpr, and: bool) -> CaveatExpr {
             }
         }
     }
-    if items.len() == 1 {
-        if let Some(only) = items.pop() {
-            return only;
-        }
+    if items.len() == 1
+        && let Some(only) = items.pop()
+    {
+        return only;
     }
     if and {
         CaveatExpr::And(items)

@@ -482,10 +482,10 @@ impl<'c, 's> Checker<'c, 's> {
                     },
                 }),
             );
-            if let Some(rel) = self.d.first(&filter)? {
-                if acc.add(member_by(&rel)) {
-                    return Ok(acc.finish());
-                }
+            if let Some(rel) = self.d.first(&filter)?
+                && acc.add(member_by(&rel))
+            {
+                return Ok(acc.finish());
             }
         }
 
@@ -506,10 +506,10 @@ impl<'c, 's> Checker<'c, 's> {
                     relation: SubjectRelationFilter::Ellipsis,
                 }),
             );
-            if let Some(rel) = self.d.first(&filter)? {
-                if acc.add(member_by(&rel)) {
-                    return Ok(acc.finish());
-                }
+            if let Some(rel) = self.d.first(&filter)?
+                && acc.add(member_by(&rel))
+            {
+                return Ok(acc.finish());
             }
         }
 

@@ -55,10 +55,10 @@ impl<'s> Dispatcher<'s> {
     /// Stops the request if it was cancelled or its deadline passed. Cheap: an atomic load, and
     /// a clock read every few calls.
     pub(crate) fn poll(&mut self) -> EngineResult<()> {
-        if let Some(flag) = self.snap.cancelled {
-            if flag.load(Ordering::Relaxed) {
-                return Err(EngineError::Cancelled);
-            }
+        if let Some(flag) = self.snap.cancelled
+            && flag.load(Ordering::Relaxed)
+        {
+            return Err(EngineError::Cancelled);
         }
         if let Some(deadline) = self.snap.deadline {
             self.polls = self.polls.wrapping_add(1);

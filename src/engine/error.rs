@@ -48,7 +48,14 @@ pub enum EngineError {
     /// A caveat could not be evaluated (INVALID_ARGUMENT, `ERROR_REASON_CAVEAT_EVALUATION_ERROR`).
     #[error("caveat evaluation error: {0}")]
     CaveatEvaluation(String),
-    /// The datastore failed.
+    /// The datastore failed (boxed: the error is large, and results travel up every level of
+    /// the traversal).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Box<StoreError>),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Store(Box::new(e))
+    }
 }

@@ -21,6 +21,10 @@ use crate::schema::{AllowedKind, ArrowKind, CompiledSchema, Expr};
 /// A schema node: `type#relation`, or a plain object type (`relation` `None`).
 type Node<'s> = (&'s str, Option<&'s str>);
 
+/// An arrow `tupleset->relation` of permission `permission` on `resource_type`, and whether
+/// it is reached by unions only (an `.any` arrow outside intersections and exclusion bases).
+type ArrowIn<'s> = (&'s str, &'s str, &'s str, bool);
+
 /// The schema read backwards: for each kind of subject, where it can appear.
 #[derive(Default)]
 struct ReverseIndex<'s> {
@@ -30,9 +34,8 @@ struct ReverseIndex<'s> {
     wildcard: HashMap<&'s str, Vec<(&'s str, &'s str)>>,
     /// `type#relation` -> permissions of `type` naming it, with "reached by unions only"
     computed: HashMap<(&'s str, &'s str), Vec<(&'s str, bool)>>,
-    /// `type#relation` -> arrows `(resource type, tupleset, permission, unions only)` that
-    /// reach it through a tupleset relation allowing `type`
-    arrows: HashMap<(&'s str, &'s str), Vec<(&'s str, &'s str, &'s str, bool)>>,
+    /// `type#relation` -> arrows that reach it through a tupleset relation allowing `type`
+    arrows: HashMap<(&'s str, &'s str), Vec<ArrowIn<'s>>>,
     /// type -> permissions of it using `self`, with "reached by unions only"
     selfs: HashMap<&'s str, Vec<(&'s str, bool)>>,
 }

@@ -37,13 +37,13 @@ pub(crate) fn subject_type(
     relation: Option<&str>,
 ) -> EngineResult<()> {
     let def = definition(schema, type_name)?;
-    if let Some(r) = relation {
-        if def.member(r).is_none() {
-            return Err(EngineError::UnknownRelationOrPermission {
-                definition: type_name.to_string(),
-                relation: r.to_string(),
-            });
-        }
+    if let Some(r) = relation
+        && def.member(r).is_none()
+    {
+        return Err(EngineError::UnknownRelationOrPermission {
+            definition: type_name.to_string(),
+            relation: r.to_string(),
+        });
     }
     Ok(())
 }

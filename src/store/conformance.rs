@@ -900,7 +900,7 @@ fn gc_removes_history_below_horizon(ds: &dyn Datastore) {
     let r1 = ds
         .write_relationships(&[], &[create(a), create(b)], at(0))
         .unwrap();
-    let r2 = ds.write_relationships(&[], &[delete(a)], at(10)).unwrap();
+    ds.write_relationships(&[], &[delete(a)], at(10)).unwrap();
     let r3 = ds.write_relationships(&[], &[touch(bc)], at(20)).unwrap();
     let r4 = ds.write_schema("s1", &[], at(30)).unwrap();
     let r5 = ds.write_schema("s2", &[], at(40)).unwrap();
