@@ -74,7 +74,9 @@ struct Expectation {
 }
 
 fn cases_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("cases")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("cases")
 }
 
 fn case_files() -> Vec<PathBuf> {
@@ -157,6 +159,14 @@ fn err_kind(e: &EngineError) -> String {
     }
 }
 
+fn render_resource(r: &pemba::engine::LookupResult) -> String {
+    let mut s = r.resource_id.clone();
+    if r.permissionship == Permissionship::ConditionalPermission {
+        s.push('?');
+    }
+    s
+}
+
 fn render_subject(r: &ResolvedSubject) -> String {
     let mut s = r.subject_id.clone();
     if r.permissionship == Permissionship::ConditionalPermission {
@@ -173,7 +183,10 @@ fn render_subject(r: &ResolvedSubject) -> String {
 }
 
 fn run_case(path: &Path) -> Vec<String> {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let text = std::fs::read_to_string(path).expect("read case");
     let case: Case = match serde_yaml_ng::from_str(&text) {
         Ok(c) => c,
@@ -211,6 +224,14 @@ fn run_case(path: &Path) -> Vec<String> {
     check_expectations(&engine, &snap, &case, &label, &mut failures);
     let world = World::new(&engine, snap, &schema, &rels);
     let memory_answers = world.consistency(&label, &mut failures);
+    if let (Some(dir), Some(d)) = (std::env::var_os("PEMBA_CASES_DUMP"), &world.dump) {
+        let out = Path::new(&dir).join(format!("{name}.json"));
+        std::fs::write(
+            out,
+            serde_json::Value::Array(d.borrow().clone()).to_string(),
+        )
+        .expect("write dump");
+    }
 
     // Once more on RocksDB: same assertions, same answers.
     let dir = tempfile::tempdir().expect("temp dir");
@@ -266,7 +287,9 @@ fn check_assertions(
                 Err(e) => err_kind(&e),
             };
             if got != want {
-                failures.push(format!("{label}: assertion `{a}`: expected {want}, got {got}"));
+                failures.push(format!(
+                    "{label}: assertion `{a}`: expected {want}, got {got}"
+                ));
             }
         }
     }
@@ -297,16 +320,7 @@ fn check_expectations(
             }
         };
         let got = match engine.lookup_resources(snap, rtype, perm, &subject, &Context::new()) {
-            Ok(v) => v
-                .iter()
-                .map(|r| {
-                    let mut s = r.resource_id.clone();
-                    if r.permissionship == Permissionship::ConditionalPermission {
-                        s.push('?');
-                    }
-                    s
-                })
-                .collect::<Vec<_>>(),
+            Ok(v) => v.iter().map(render_resource).collect::<Vec<_>>(),
             Err(err) => vec![err_kind(&err)],
         };
         if got != e.expect {
@@ -353,7 +367,11 @@ fn check_expectations(
 #[test]
 fn yaml_cases() {
     let files = case_files();
-    assert!(files.len() >= 25, "expected at least 25 case files, found {}", files.len());
+    assert!(
+        files.len() >= 25,
+        "expected at least 25 case files, found {}",
+        files.len()
+    );
     let mut failures = Vec::new();
     for f in &files {
         failures.extend(run_case(f));
@@ -364,7 +382,11 @@ fn yaml_cases() {
             "{} failure(s) in {} case files:\n{}",
             failures.len(),
             files.len(),
-            shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+            shown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
 }
@@ -386,6 +408,8 @@ struct World<'a> {
     wildcard_types: BTreeSet<String>,
     /// any caveat in the data?
     caveated: bool,
+    /// when set (`PEMBA_CASES_DUMP`), every query and answer, for comparing with SpiceDB
+    dump: Option<std::cell::RefCell<Vec<serde_json::Value>>>,
 }
 
 type Key = (ObjectRef, String, SubjectRef);
@@ -429,6 +453,13 @@ impl<'a> World<'a> {
             subjects,
             wildcard_types,
             caveated,
+            dump: std::env::var_os("PEMBA_CASES_DUMP").map(|_| Default::default()),
+        }
+    }
+
+    fn record(&self, entry: serde_json::Value) {
+        if let Some(d) = &self.dump {
+            d.borrow_mut().push(entry);
         }
     }
 
@@ -477,16 +508,26 @@ impl<'a> World<'a> {
                 && !a.starts_with("CONDITIONAL_PERMISSION")
                 && a != "MaxDepthExceeded"
             {
-                failures.push(format!("{label}: check {}#{}@{}: unexpected {a}", k.0, k.1, k.2));
+                failures.push(format!(
+                    "{label}: check {}#{}@{}: unexpected {a}",
+                    k.0, k.1, k.2
+                ));
             }
             answers.insert(k.clone(), a);
         }
 
         // CheckBulk answers item by item as Check does.
-        let reqs: Vec<_> = keys.iter().map(|k| self.request(&k.0, &k.1, &k.2)).collect();
+        let reqs: Vec<_> = keys
+            .iter()
+            .map(|k| self.request(&k.0, &k.1, &k.2))
+            .collect();
         let bulk = self.engine.check_bulk(&self.snap, &reqs);
         if bulk.len() != reqs.len() {
-            failures.push(format!("{label}: check_bulk returned {} answers for {}", bulk.len(), reqs.len()));
+            failures.push(format!(
+                "{label}: check_bulk returned {} answers for {}",
+                bulk.len(),
+                reqs.len()
+            ));
         }
         for (k, b) in keys.iter().zip(bulk) {
             let b = answer(b);
@@ -505,7 +546,9 @@ impl<'a> World<'a> {
                 for m in self.members(&o.object_type).into_iter().take(1) {
                     let a = self.check(o, &m, &SubjectRef::object(t.clone(), "*"));
                     if a != "WildcardSubjectNotAllowed" {
-                        failures.push(format!("{label}: check {o}#{m}@{t}:*: expected a refusal, got {a}"));
+                        failures.push(format!(
+                            "{label}: check {o}#{m}@{t}:*: expected a refusal, got {a}"
+                        ));
                     }
                 }
             }
@@ -519,16 +562,40 @@ impl<'a> World<'a> {
         answers
     }
 
-    fn lookup_resources_agree(&self, label: &str, answers: &BTreeMap<Key, String>, failures: &mut Vec<String>) {
+    fn lookup_resources_agree(
+        &self,
+        label: &str,
+        answers: &BTreeMap<Key, String>,
+        failures: &mut Vec<String>,
+    ) {
         let types: BTreeSet<&String> = self.objects.iter().map(|o| &o.object_type).collect();
         for s in &self.subjects {
+            // SpiceDB's Check lets a wildcard `t:*` match a subject set `t:x#r`, its
+            // LookupResources does not: skip those subjects.
+            if s.relation.is_some() && self.wildcard_types.contains(&s.object.object_type) {
+                continue;
+            }
             for t in &types {
                 for m in self.members(t) {
-                    let lr = match self.engine.lookup_resources(&self.snap, t, &m, s, &Context::new()) {
+                    let lr = self
+                        .engine
+                        .lookup_resources(&self.snap, t, &m, s, &Context::new());
+                    self.record(serde_json::json!([
+                        "lr",
+                        t,
+                        m,
+                        s.to_string(),
+                        match &lr {
+                            Ok(v) => v.iter().map(render_resource).collect::<Vec<_>>(),
+                            Err(e) => vec![err_kind(e)],
+                        }
+                    ]));
+                    let lr = match lr {
                         Ok(v) => v,
                         Err(EngineError::MaxDepthExceeded { .. }) => continue,
                         Err(e) => {
-                            failures.push(format!("{label}: lookupResources {t}#{m}@{s}: error {e}"));
+                            failures
+                                .push(format!("{label}: lookupResources {t}#{m}@{s}: error {e}"));
                             continue;
                         }
                     };
@@ -536,19 +603,26 @@ impl<'a> World<'a> {
                     let mut last: Option<String> = None;
                     for r in &lr {
                         if last.as_ref().is_some_and(|l| *l >= r.resource_id) {
-                            failures.push(format!("{label}: lookupResources {t}#{m}@{s}: not sorted/unique at `{}`", r.resource_id));
+                            failures.push(format!(
+                                "{label}: lookupResources {t}#{m}@{s}: not sorted/unique at `{}`",
+                                r.resource_id
+                            ));
                         }
                         last = Some(r.resource_id.clone());
                         let a = match r.permissionship {
                             Permissionship::HasPermission => "HAS_PERMISSION".to_string(),
-                            Permissionship::ConditionalPermission => format!("CONDITIONAL_PERMISSION{:?}", r.missing_context),
+                            Permissionship::ConditionalPermission => {
+                                format!("CONDITIONAL_PERMISSION{:?}", r.missing_context)
+                            }
                             Permissionship::NoPermission => "NO_PERMISSION".to_string(),
                         };
                         found.insert(r.resource_id.clone(), a);
                     }
                     for o in self.objects.iter().filter(|o| &o.object_type == *t) {
                         let key = (o.clone(), m.clone(), s.clone());
-                        let Some(want) = answers.get(&key) else { continue };
+                        let Some(want) = answers.get(&key) else {
+                            continue;
+                        };
                         let got = found.remove(&o.object_id);
                         let ok = match (want.as_str(), &got) {
                             ("NO_PERMISSION" | "MaxDepthExceeded", None) => true,
@@ -564,14 +638,21 @@ impl<'a> World<'a> {
                         }
                     }
                     for (id, _) in found {
-                        failures.push(format!("{label}: lookupResources {t}#{m}@{s}: unknown resource `{id}`"));
+                        failures.push(format!(
+                            "{label}: lookupResources {t}#{m}@{s}: unknown resource `{id}`"
+                        ));
                     }
                 }
             }
         }
     }
 
-    fn lookup_subjects_agree(&self, label: &str, answers: &BTreeMap<Key, String>, failures: &mut Vec<String>) {
+    fn lookup_subjects_agree(
+        &self,
+        label: &str,
+        answers: &BTreeMap<Key, String>,
+        failures: &mut Vec<String>,
+    ) {
         let kinds: BTreeSet<(String, Option<String>)> = self
             .subjects
             .iter()
@@ -585,30 +666,66 @@ impl<'a> World<'a> {
                     if sr.is_some() && self.wildcard_types.contains(st) {
                         continue;
                     }
-                    let ls = match self.engine.lookup_subjects(&self.snap, o, &m, st, sr.as_deref(), &Context::new()) {
+                    let ls = self.engine.lookup_subjects(
+                        &self.snap,
+                        o,
+                        &m,
+                        st,
+                        sr.as_deref(),
+                        &Context::new(),
+                    );
+                    self.record(serde_json::json!([
+                        "ls",
+                        o.to_string(),
+                        m,
+                        st,
+                        sr,
+                        match &ls {
+                            Ok(v) => v.iter().map(render_subject).collect::<Vec<_>>(),
+                            Err(e) => vec![err_kind(e)],
+                        }
+                    ]));
+                    let ls = match ls {
                         Ok(v) => v,
                         Err(EngineError::MaxDepthExceeded { .. }) => continue,
                         Err(e) => {
-                            failures.push(format!("{label}: lookupSubjects {o}#{m}@{st}: error {e}"));
+                            failures
+                                .push(format!("{label}: lookupSubjects {o}#{m}@{st}: error {e}"));
                             continue;
                         }
                     };
                     let wildcard = ls.iter().find(|r| r.subject_id == "*");
-                    for s in self.subjects.iter().filter(|s| &s.object.object_type == st && &s.relation == sr) {
+                    for s in self
+                        .subjects
+                        .iter()
+                        .filter(|s| &s.object.object_type == st && &s.relation == sr)
+                    {
                         let key = (o.clone(), m.clone(), s.clone());
-                        let Some(want) = answers.get(&key) else { continue };
+                        let Some(want) = answers.get(&key) else {
+                            continue;
+                        };
                         let id = &s.object.object_id;
                         let listed = ls.iter().find(|r| &r.subject_id == id);
                         let got = match (listed, wildcard) {
                             (Some(r), _) => resolved_answer(r),
-                            (None, Some(w)) => match w.excluded_subjects.iter().find(|e| &e.subject_id == id) {
-                                Some(e) if e.permissionship == Permissionship::HasPermission => "NO_PERMISSION".to_string(),
+                            (None, Some(w)) => match w
+                                .excluded_subjects
+                                .iter()
+                                .find(|e| &e.subject_id == id)
+                            {
+                                Some(e) if e.permissionship == Permissionship::HasPermission => {
+                                    "NO_PERMISSION".to_string()
+                                }
                                 Some(e) => format!("CONDITIONAL_PERMISSION{:?}", e.missing_context),
                                 None => resolved_answer(w),
                             },
                             (None, None) => "NO_PERMISSION".to_string(),
                         };
-                        let ok = if want == "MaxDepthExceeded" { got == "NO_PERMISSION" } else { &got == want };
+                        let ok = if want == "MaxDepthExceeded" {
+                            got == "NO_PERMISSION"
+                        } else {
+                            &got == want
+                        };
                         if !ok {
                             failures.push(format!(
                                 "{label}: lookupSubjects {o}#{m}@{st}{} for `{s}`: check says {want}, lookup says {got} ({:?})",
@@ -622,7 +739,12 @@ impl<'a> World<'a> {
         }
     }
 
-    fn expand_agrees(&self, label: &str, answers: &BTreeMap<Key, String>, failures: &mut Vec<String>) {
+    fn expand_agrees(
+        &self,
+        label: &str,
+        answers: &BTreeMap<Key, String>,
+        failures: &mut Vec<String>,
+    ) {
         for o in &self.objects {
             for m in self.members(&o.object_type) {
                 let tree = match self.engine.expand(&self.snap, o, &m) {
@@ -634,16 +756,24 @@ impl<'a> World<'a> {
                     }
                 };
                 if tree.object() != o || tree.relation() != m {
-                    failures.push(format!("{label}: expand {o}#{m}: root is {}#{}", tree.object(), tree.relation()));
+                    failures.push(format!(
+                        "{label}: expand {o}#{m}: root is {}#{}",
+                        tree.object(),
+                        tree.relation()
+                    ));
                 }
                 for s in self.subjects.iter().filter(|s| s.relation.is_none()) {
-                    let Some(want) = answers.get(&(o.clone(), m.clone(), s.clone())) else { continue };
-                    let naive = self.eval_tree(&tree, s);
-                    let ok = match (want.as_str(), naive) {
-                        (_, None) | ("MaxDepthExceeded", _) => true,
-                        ("HAS_PERMISSION", Some(true)) | ("NO_PERMISSION", Some(false)) => true,
-                        _ => false,
+                    let Some(want) = answers.get(&(o.clone(), m.clone(), s.clone())) else {
+                        continue;
                     };
+                    let naive = self.eval_tree(&tree, s);
+                    let ok = matches!(
+                        (want.as_str(), naive),
+                        (_, None)
+                            | ("MaxDepthExceeded", _)
+                            | ("HAS_PERMISSION", Some(true))
+                            | ("NO_PERMISSION", Some(false))
+                    );
                     if !ok {
                         failures.push(format!("{label}: expand {o}#{m} evaluated for `{s}` gives {naive:?}, check says {want}"));
                     }
@@ -671,8 +801,13 @@ impl<'a> World<'a> {
                 }
                 if unknown { None } else { Some(false) }
             }
-            ExpandTree::Intermediate { operation, children, .. } => {
-                let vals: Vec<Option<bool>> = children.iter().map(|c| self.eval_tree(c, s)).collect();
+            ExpandTree::Intermediate {
+                operation,
+                children,
+                ..
+            } => {
+                let vals: Vec<Option<bool>> =
+                    children.iter().map(|c| self.eval_tree(c, s)).collect();
                 match operation {
                     SetOperation::Union => {
                         if vals.contains(&Some(true)) {
@@ -718,7 +853,9 @@ impl<'a> World<'a> {
 fn answer(r: Result<pemba::engine::CheckResult, EngineError>) -> String {
     match r {
         Ok(r) => match r.permissionship {
-            Permissionship::ConditionalPermission => format!("CONDITIONAL_PERMISSION{:?}", r.missing_context),
+            Permissionship::ConditionalPermission => {
+                format!("CONDITIONAL_PERMISSION{:?}", r.missing_context)
+            }
             p => perm_str(p).to_string(),
         },
         Err(e) => err_kind(&e),
@@ -727,7 +864,9 @@ fn answer(r: Result<pemba::engine::CheckResult, EngineError>) -> String {
 
 fn resolved_answer(r: &ResolvedSubject) -> String {
     match r.permissionship {
-        Permissionship::ConditionalPermission => format!("CONDITIONAL_PERMISSION{:?}", r.missing_context),
+        Permissionship::ConditionalPermission => {
+            format!("CONDITIONAL_PERMISSION{:?}", r.missing_context)
+        }
         p => perm_str(p).to_string(),
     }
 }
@@ -762,8 +901,14 @@ mod generated {
                 GExpr::Name(n) => (*n).into(),
                 GExpr::Arrow(c, false) => format!("parent->{c}"),
                 GExpr::Arrow(c, true) => format!("parent.all({c})"),
-                GExpr::Union(v) => format!("({})", v.iter().map(GExpr::render).collect::<Vec<_>>().join(" + ")),
-                GExpr::Inter(v) => format!("({})", v.iter().map(GExpr::render).collect::<Vec<_>>().join(" & ")),
+                GExpr::Union(v) => format!(
+                    "({})",
+                    v.iter().map(GExpr::render).collect::<Vec<_>>().join(" + ")
+                ),
+                GExpr::Inter(v) => format!(
+                    "({})",
+                    v.iter().map(GExpr::render).collect::<Vec<_>>().join(" & ")
+                ),
                 GExpr::Excl(a, b) => format!("({} - {})", a.render(), b.render()),
             }
         }
@@ -833,14 +978,16 @@ mod generated {
             expr(false),
             expr(true),
         )
-            .prop_map(|(viewer, (mu, mt), parent, (bu, bw, bt), perm_a, perm_b)| GType {
-                viewer,
-                member: (mu || mt.is_empty(), mt),
-                parent: parent.into_iter().collect(),
-                banned: (bu || (!bw && bt.is_empty()), bw, bt),
-                perm_a,
-                perm_b,
-            })
+            .prop_map(
+                |(viewer, (mu, mt), parent, (bu, bw, bt), perm_a, perm_b)| GType {
+                    viewer,
+                    member: (mu || mt.is_empty(), mt),
+                    parent: parent.into_iter().collect(),
+                    banned: (bu || (!bw && bt.is_empty()), bw, bt),
+                    perm_a,
+                    perm_b,
+                },
+            )
     }
 
     pub(super) fn render_schema(types: &[GType]) -> String {
@@ -942,7 +1089,12 @@ mod generated {
         proptest::collection::vec(gtype(), 1..=3).prop_flat_map(|types| {
             let n = types.len();
             let picks = proptest::collection::vec(
-                (0..n, 0..IDS.len(), proptest::sample::select(vec!["viewer", "member", "parent", "banned"]), any::<proptest::sample::Index>()),
+                (
+                    0..n,
+                    0..IDS.len(),
+                    proptest::sample::select(vec!["viewer", "member", "parent", "banned"]),
+                    any::<proptest::sample::Index>(),
+                ),
                 0..40,
             );
             (Just(types), picks).prop_map(|(types, picks)| {
@@ -951,13 +1103,21 @@ mod generated {
                     // Keep generated references within the generated types.
                     let allowed: Vec<SubjectRef> = allowed_subjects(&types[rt], relation)
                         .into_iter()
-                        .filter(|s| s.object.object_type == "user" || TYPES[..types.len()].contains(&s.object.object_type.as_str()))
+                        .filter(|s| {
+                            s.object.object_type == "user"
+                                || TYPES[..types.len()].contains(&s.object.object_type.as_str())
+                        })
                         .collect();
                     if allowed.is_empty() {
                         continue;
                     }
                     let subject = allowed[pick.index(allowed.len())].clone();
-                    rels.push(GRel { rtype: rt, rid, relation, subject });
+                    rels.push(GRel {
+                        rtype: rt,
+                        rid,
+                        relation,
+                        subject,
+                    });
                 }
                 (types, rels)
             })
@@ -1041,7 +1201,11 @@ mod generated {
         let type_index = |name: &str| TYPES[..types.len()].iter().position(|t| *t == name);
         loop {
             let mut changed = false;
-            let keys: Vec<Atom> = vals.iter().filter(|(_, v)| **v == Tri::U).map(|(k, _)| *k).collect();
+            let keys: Vec<Atom> = vals
+                .iter()
+                .filter(|(_, v)| **v == Tri::U)
+                .map(|(k, _)| *k)
+                .collect();
             for atom in keys {
                 let v = eval_atom(types, rels, s, atom, &vals, &type_index);
                 if v != Tri::U {
@@ -1063,7 +1227,10 @@ mod generated {
         vals: &HashMap<Atom, Tri>,
         type_index: &dyn Fn(&str) -> Option<usize>,
     ) -> Tri {
-        if s.relation.as_deref() == Some(m) && s.object.object_type == TYPES[t] && s.object.object_id == IDS[id] {
+        if s.relation.as_deref() == Some(m)
+            && s.object.object_type == TYPES[t]
+            && s.object.object_id == IDS[id]
+        {
             return Tri::T;
         }
         let val = |ty: &str, oid: &str, rel: &str| -> Tri {
@@ -1080,15 +1247,25 @@ mod generated {
                 _ => return Tri::F,
             };
             // The self-match of a dispatched sub-problem.
-            if s.relation.as_deref() == Some(rel) && s.object.object_type == ty && s.object.object_id == oid {
+            if s.relation.as_deref() == Some(rel)
+                && s.object.object_type == ty
+                && s.object.object_id == oid
+            {
                 return Tri::T;
             }
             vals.get(&(ti, ii, rel)).copied().unwrap_or(Tri::F)
         };
-        let here = |relation: &'static str| rels.iter().filter(move |r| r.rtype == t && r.rid == id && r.relation == relation);
+        let here = |relation: &'static str| {
+            rels.iter()
+                .filter(move |r| r.rtype == t && r.rid == id && r.relation == relation)
+        };
         match m {
             "perm_a" | "perm_b" => {
-                let e = if m == "perm_a" { &types[t].perm_a } else { &types[t].perm_b };
+                let e = if m == "perm_a" {
+                    &types[t].perm_a
+                } else {
+                    &types[t].perm_b
+                };
                 eval_expr(e, &val, &here, TYPES[t], IDS[id])
             }
             relation => {
@@ -1096,11 +1273,17 @@ mod generated {
                 for r in here(relation) {
                     if r.subject == *s {
                         parts.push(Tri::T);
-                    } else if r.subject.is_wildcard() && r.subject.object.object_type == s.object.object_type {
+                    } else if r.subject.is_wildcard()
+                        && r.subject.object.object_type == s.object.object_type
+                    {
                         // SpiceDB's Check: a wildcard matches whatever the subject's relation is.
                         parts.push(Tri::T);
                     } else if let Some(sr) = &r.subject.relation {
-                        parts.push(val(&r.subject.object.object_type, &r.subject.object.object_id, sr));
+                        parts.push(val(
+                            &r.subject.object.object_type,
+                            &r.subject.object.object_id,
+                            sr,
+                        ));
                     }
                 }
                 or(parts)
@@ -1124,7 +1307,13 @@ mod generated {
             GExpr::Name(n) => val(t, id, n),
             GExpr::Arrow(c, all) => {
                 let vs: Vec<Tri> = here("parent")
-                    .map(|r| val(&r.subject.object.object_type, &r.subject.object.object_id, c))
+                    .map(|r| {
+                        val(
+                            &r.subject.object.object_type,
+                            &r.subject.object.object_id,
+                            c,
+                        )
+                    })
                     .collect();
                 if *all { and(vs) } else { or(vs) }
             }
@@ -1144,17 +1333,29 @@ mod generated {
 
     pub(super) fn to_relationships(rels: &[GRel]) -> Vec<Relationship> {
         rels.iter()
-            .map(|r| Relationship::new(ObjectRef::new(TYPES[r.rtype], IDS[r.rid]), r.relation, r.subject.clone()))
+            .map(|r| {
+                Relationship::new(
+                    ObjectRef::new(TYPES[r.rtype], IDS[r.rid]),
+                    r.relation,
+                    r.subject.clone(),
+                )
+            })
             .collect()
     }
 
     pub(super) fn subjects(n_types: usize) -> Vec<SubjectRef> {
-        let mut out: Vec<SubjectRef> = USERS.iter().map(|u| SubjectRef::object("user", *u)).collect();
+        let mut out: Vec<SubjectRef> = USERS
+            .iter()
+            .map(|u| SubjectRef::object("user", *u))
+            .collect();
         out.push(SubjectRef::object("user", "never_mentioned"));
         for t in &TYPES[..n_types] {
             for id in IDS {
                 out.push(SubjectRef::object(*t, id));
-                out.push(SubjectRef { object: ObjectRef::new(*t, id), relation: Some("member".into()) });
+                out.push(SubjectRef {
+                    object: ObjectRef::new(*t, id),
+                    relation: Some("member".into()),
+                });
             }
         }
         out

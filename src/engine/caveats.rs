@@ -284,7 +284,9 @@ mod tests {
         assert_eq!(leaf("a").not().not(), leaf("a"));
         assert_eq!(leaf("a").or(leaf("a")), leaf("a"));
         let abc = leaf("a").and(leaf("b")).and(leaf("c"));
-        let Cond::Expr(e) = abc else { panic!("not an expression") };
+        let Cond::Expr(e) = abc else {
+            panic!("not an expression")
+        };
         assert_eq!(e.to_string(), "(a && b && c)");
     }
 
@@ -294,7 +296,9 @@ mod tests {
             "caveat limit(count int, max int) { count < max }\ndefinition user {}",
         )
         .unwrap();
-        let Cond::Expr(expr) = leaf("limit") else { panic!("not an expression") };
+        let Cond::Expr(expr) = leaf("limit") else {
+            panic!("not an expression")
+        };
         let mut ctx = Context::new();
         ctx.insert("count".into(), 1.into());
         let out = evaluate(&expr, &ctx, &schema, &DefaultCaveatEvaluator).unwrap();

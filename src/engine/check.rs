@@ -25,7 +25,7 @@ use crate::model::{
     ObjectRef, Relationship, RelationshipFilter, SubjectFilter, SubjectRef, SubjectRelationFilter,
     Timestamp,
 };
-use crate::schema::{AllowedKind, ArrowKind, CompiledSchema, Expr, Member, Relation};
+use crate::schema::{AllowedKind, ArrowKind, CompiledSchema, Definition, Expr, Member, Relation};
 
 /// Whether a traced sub-problem is a relation or a permission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -437,6 +437,14 @@ impl<'c, 's> Checker<'c, 's> {
         let Some(def) = schema.definition(resource_type) else {
             return Ok(Outcome::No);
         };
+        // As SpiceDB's dispatcher: a permission that only names another relation or permission
+        // is solved as that one, without spending depth, unless the subject has the resource's
+        // type (then the permission itself may be the subject).
+        let relation = if self.subject.object.object_type == resource_type {
+            relation
+        } else {
+            alias_target(def, relation)
+        };
         match def.member(relation) {
             Some(Member::Relation(r)) => self.check_direct(resource_type, resource_id, r, depth),
             Some(Member::Permission(p)) => {
@@ -823,6 +831,30 @@ impl<'c, 's> Checker<'c, 's> {
     fn take_trace(&mut self) -> Option<CheckTrace> {
         self.root_trace.take()
     }
+}
+
+/// What `name` aliases: for a permission whose whole expression is another relation or
+/// permission (`permission view = viewer`), that one, followed through further aliases;
+/// otherwise `name` itself.
+fn alias_target<'d>(def: &'d Definition, name: &'d str) -> &'d str {
+    let mut current = name;
+    // INVARIANT: the type checker refuses alias cycles; the bound only guards against a
+    // schema built some other way.
+    for _ in 0..=def.permissions.len() {
+        let Some(p) = def.permission(current) else {
+            return current;
+        };
+        let target = match &p.expr {
+            Expr::Computed(t) => t,
+            Expr::Union(items) | Expr::Intersection(items) => match items.as_slice() {
+                [Expr::Computed(t)] => t,
+                _ => return current,
+            },
+            _ => return current,
+        };
+        current = target.as_str();
+    }
+    current
 }
 
 /// A filter on one resource's relation, optionally narrowed by subject.

@@ -84,7 +84,10 @@ impl<'s> Dispatcher<'s> {
     }
 
     /// The first relationship matching `filter`, if any (for exact-tuple lookups).
-    pub(crate) fn first(&mut self, filter: &RelationshipFilter) -> EngineResult<Option<Relationship>> {
+    pub(crate) fn first(
+        &mut self,
+        filter: &RelationshipFilter,
+    ) -> EngineResult<Option<Relationship>> {
         Ok(self.page(filter, None, 1)?.relationships.into_iter().next())
     }
 

@@ -197,7 +197,9 @@ impl<'d, 's> Expander<'d, 's> {
             Expr::Intersection(items) => (SetOperation::Intersection, items.iter().collect()),
             Expr::Exclusion(a, b) => (SetOperation::Exclusion, vec![&**a, &**b]),
             other if root => (SetOperation::Union, vec![other]),
-            other => return self.expand_operand(resource_type, resource_id, permission, other, depth),
+            other => {
+                return self.expand_operand(resource_type, resource_id, permission, other, depth);
+            }
         };
         let mut children = Vec::with_capacity(operands.len());
         for e in operands {

@@ -5,6 +5,10 @@
 //! then a check of the candidates whose path went through an intersection, an exclusion, a
 //! `.all()` arrow or a caveated relationship. Candidates reached through unions and uncaveated
 //! relationships only are members without a check.
+//!
+//! A data cycle on the way (groups in each other, folders that are each other's parent) is
+//! [`MaxDepthExceeded`](crate::engine::EngineError::MaxDepthExceeded), as SpiceDB reports
+//! after following it until its depth budget runs out.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -90,12 +94,23 @@ impl<'s> ReverseIndex<'s> {
     /// Records where permission `perm` of `t` uses relations, arrows and `self`; `exact` is
     /// false below an intersection or the base of an exclusion (the subtracted side leads to
     /// no member at all).
-    fn walk(&mut self, schema: &'s CompiledSchema, t: &'s str, perm: &'s str, e: &'s Expr, exact: bool) {
+    fn walk(
+        &mut self,
+        schema: &'s CompiledSchema,
+        t: &'s str,
+        perm: &'s str,
+        e: &'s Expr,
+        exact: bool,
+    ) {
         match e {
             Expr::Nil => {}
             Expr::Self_ => push_exact(self.selfs.entry(t).or_default(), perm, exact),
             Expr::Computed(r) => {
-                push_exact(self.computed.entry((t, r.as_str())).or_default(), perm, exact);
+                push_exact(
+                    self.computed.entry((t, r.as_str())).or_default(),
+                    perm,
+                    exact,
+                );
             }
             Expr::Arrow {
                 tupleset,
@@ -185,12 +200,18 @@ impl<'s> ReverseIndex<'s> {
 /// that plain object).
 type Atom = (String, String, Option<String>);
 
+/// The reverse walk: atoms reached (a graph, to find cycles), and the work queue.
 struct Walk<'s> {
     ix: ReverseIndex<'s>,
     relevant: HashSet<Node<'s>>,
+    /// atom -> its index in `atoms`
+    index: HashMap<Atom, usize>,
     /// atoms reached, and whether through unions and uncaveated relationships only
-    seen: HashMap<Atom, bool>,
-    queue: VecDeque<(Atom, bool, u32)>,
+    atoms: Vec<(Atom, bool)>,
+    /// for each atom, the atoms it led to
+    edges: Vec<Vec<usize>>,
+    /// (atom index, exact, level)
+    queue: VecDeque<(usize, bool, u32)>,
     max_depth: u32,
 }
 
@@ -199,29 +220,114 @@ impl<'s> Walk<'s> {
         self.relevant.contains(&(t, r))
     }
 
-    /// Records an atom (if it can lead to the target); re-queues it when it becomes exact.
-    fn push(&mut self, d: &Dispatcher<'_>, atom: Atom, exact: bool, level: u32) -> EngineResult<()> {
+    /// Records an atom reached from atom `from` (if it can lead to the target); re-queues it
+    /// when it becomes exact.
+    fn push(
+        &mut self,
+        from: Option<usize>,
+        atom: Atom,
+        exact: bool,
+        level: u32,
+    ) -> EngineResult<()> {
         if !self.is_relevant(&atom.0, atom.2.as_deref()) {
             return Ok(());
         }
-        let requeue = match self.seen.get_mut(&atom) {
+        let (i, requeue) = match self.index.get(&atom) {
+            Some(i) => {
+                let i = *i;
+                match self.atoms.get_mut(i) {
+                    Some((_, prev)) if !*prev && exact => {
+                        *prev = true;
+                        (i, true)
+                    }
+                    _ => (i, false),
+                }
+            }
             None => {
-                self.seen.insert(atom.clone(), exact);
-                true
+                let i = self.atoms.len();
+                self.index.insert(atom.clone(), i);
+                self.atoms.push((atom, exact));
+                self.edges.push(Vec::new());
+                (i, true)
             }
-            Some(prev) if !*prev && exact => {
-                *prev = true;
-                true
-            }
-            Some(_) => false,
         };
+        if let Some(edges) = from.and_then(|f| self.edges.get_mut(f))
+            && !edges.contains(&i)
+        {
+            edges.push(i);
+        }
         if requeue {
-            if level > self.max_depth {
-                return Err(d.depth_error());
-            }
-            self.queue.push_back((atom, exact, level));
+            self.queue.push_back((i, exact, level));
         }
         Ok(())
+    }
+
+    /// Can an atom of node `x#rel` lead to another relevant atom?
+    fn leads_further(&self, x: &str, rel: Option<&str>) -> bool {
+        let direct = self
+            .ix
+            .direct
+            .get(&(x, rel))
+            .is_some_and(|v| v.iter().any(|(t, r)| self.is_relevant(t, Some(r))));
+        let onward =
+            match rel {
+                Some(r) => {
+                    self.ix
+                        .computed
+                        .get(&(x, r))
+                        .is_some_and(|v| v.iter().any(|(p, _)| self.is_relevant(x, Some(p))))
+                        || self.ix.arrows.get(&(x, r)).is_some_and(|v| {
+                            v.iter().any(|(t, _, p, _)| self.is_relevant(t, Some(p)))
+                        })
+                }
+                None => self
+                    .ix
+                    .selfs
+                    .get(x)
+                    .is_some_and(|v| v.iter().any(|(p, _)| self.is_relevant(x, Some(p)))),
+            };
+        direct || onward
+    }
+
+    /// Does the graph of atoms reached contain a cycle? (SpiceDB follows one until its depth
+    /// budget runs out.) Iterative depth-first search with three colours.
+    fn has_cycle(&self) -> bool {
+        // 0: unvisited, 1: on the current path, 2: done
+        let mut colour = vec![0u8; self.atoms.len()];
+        for root in 0..self.atoms.len() {
+            if colour.get(root) != Some(&0) {
+                continue;
+            }
+            let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+            if let Some(c) = colour.get_mut(root) {
+                *c = 1;
+            }
+            while let Some((node, next)) = stack.last_mut() {
+                let node = *node;
+                match self.edges.get(node).and_then(|e| e.get(*next)) {
+                    Some(&child) => {
+                        *next += 1;
+                        match colour.get(child) {
+                            Some(1) => return true,
+                            Some(0) => {
+                                if let Some(c) = colour.get_mut(child) {
+                                    *c = 1;
+                                }
+                                stack.push((child, 0));
+                            }
+                            _ => {}
+                        }
+                    }
+                    None => {
+                        if let Some(c) = colour.get_mut(node) {
+                            *c = 2;
+                        }
+                        stack.pop();
+                    }
+                }
+            }
+        }
+        false
     }
 }
 
@@ -275,7 +381,9 @@ pub(crate) fn lookup_resources(
     let mut walk = Walk {
         ix,
         relevant,
-        seen: HashMap::new(),
+        index: HashMap::new(),
+        atoms: Vec::new(),
+        edges: Vec::new(),
         queue: VecDeque::new(),
         max_depth: d.max_depth(),
     };
@@ -286,16 +394,22 @@ pub(crate) fn lookup_resources(
         subject.object.object_id.clone(),
         subject.relation.clone(),
     );
-    walk.seen.insert(start.clone(), true);
-    walk.queue.push_back((start, true, 0));
+    walk.index.insert(start.clone(), 0);
+    walk.atoms.push((start, true));
+    walk.edges.push(Vec::new());
+    walk.queue.push_back((0, true, 0));
 
-    // Wildcards of the subject's type (whatever the subject's relation, as Check does).
-    let wildcard_targets = walk
-        .ix
-        .wildcard
-        .get(subject.object.object_type.as_str())
-        .cloned()
-        .unwrap_or_default();
+    // Wildcards of the subject's type. (SpiceDB's Check also lets them match a subject set,
+    // its LookupResources does not.)
+    let wildcard_targets = match subject.relation {
+        None => walk
+            .ix
+            .wildcard
+            .get(subject.object.object_type.as_str())
+            .cloned()
+            .unwrap_or_default(),
+        Some(_) => Vec::new(),
+    };
     for (t, r) in wildcard_targets {
         if !walk.is_relevant(t, Some(r)) {
             continue;
@@ -310,13 +424,22 @@ pub(crate) fn lookup_resources(
         while let Some(page) = pager.next_page(&mut d)? {
             for rel in page {
                 let exact = rel.caveat.is_none();
-                walk.push(&d, (t.to_string(), rel.resource.object_id, Some(r.to_string())), exact, 1)?;
+                let atom = (t.to_string(), rel.resource.object_id, Some(r.to_string()));
+                walk.push(Some(0), atom, exact, 1)?;
             }
         }
     }
 
-    while let Some(((x, id, rel), exact, level)) = walk.queue.pop_front() {
+    while let Some((i, exact, level)) = walk.queue.pop_front() {
         d.poll()?;
+        let Some(((x, id, rel), _)) = walk.atoms.get(i).cloned() else {
+            continue;
+        };
+        // Going further from here is a dispatch: with no depth budget left, SpiceDB fails.
+        if level >= walk.max_depth && walk.leads_further(&x, rel.as_deref()) {
+            return Err(d.depth_error());
+        }
+        let from = Some(i);
         // Relations holding this object or subject set as a subject.
         let direct = walk
             .ix
@@ -336,12 +459,8 @@ pub(crate) fn lookup_resources(
             while let Some(page) = pager.next_page(&mut d)? {
                 for found in page {
                     let e = exact && found.caveat.is_none();
-                    walk.push(
-                        &d,
-                        (t.to_string(), found.resource.object_id, Some(r.to_string())),
-                        e,
-                        level + 1,
-                    )?;
+                    let atom = (t.to_string(), found.resource.object_id, Some(r.to_string()));
+                    walk.push(from, atom, e, level + 1)?;
                 }
             }
         }
@@ -355,7 +474,8 @@ pub(crate) fn lookup_resources(
                     .cloned()
                     .unwrap_or_default();
                 for (p, pe) in computed {
-                    walk.push(&d, (x.clone(), id.clone(), Some(p.to_string())), exact && pe, level + 1)?;
+                    let atom = (x.clone(), id.clone(), Some(p.to_string()));
+                    walk.push(from, atom, exact && pe, level + 1)?;
                 }
                 // Arrows whose tupleset points at this object.
                 let arrows = walk
@@ -373,12 +493,9 @@ pub(crate) fn lookup_resources(
                     while let Some(page) = pager.next_page(&mut d)? {
                         for found in page {
                             let e = exact && pe && found.caveat.is_none();
-                            walk.push(
-                                &d,
-                                (t.to_string(), found.resource.object_id, Some(p.to_string())),
-                                e,
-                                level + 1,
-                            )?;
+                            let atom =
+                                (t.to_string(), found.resource.object_id, Some(p.to_string()));
+                            walk.push(from, atom, e, level + 1)?;
                         }
                     }
                 }
@@ -386,15 +503,19 @@ pub(crate) fn lookup_resources(
             None => {
                 let selfs = walk.ix.selfs.get(x.as_str()).cloned().unwrap_or_default();
                 for (p, pe) in selfs {
-                    walk.push(&d, (x.clone(), id.clone(), Some(p.to_string())), exact && pe, level + 1)?;
+                    let atom = (x.clone(), id.clone(), Some(p.to_string()));
+                    walk.push(from, atom, exact && pe, level + 1)?;
                 }
             }
         }
     }
+    if walk.has_cycle() {
+        return Err(d.depth_error());
+    }
 
     // Candidates of the wanted type and permission.
     let mut candidates: BTreeMap<String, bool> = BTreeMap::new();
-    for ((t, id, r), exact) in walk.seen {
+    for ((t, id, r), exact) in walk.atoms {
         if t == resource_type && r.as_deref() == Some(permission) {
             candidates.insert(id, exact);
         }

@@ -263,13 +263,9 @@ impl SubjectLookup<'_, '_> {
                 }
                 s
             }
-            Expr::Computed(name) => (*self.lookup(
-                resource_type,
-                resource_id,
-                name,
-                depth.saturating_sub(1),
-            )?)
-            .clone(),
+            Expr::Computed(name) => {
+                (*self.lookup(resource_type, resource_id, name, depth.saturating_sub(1))?).clone()
+            }
             Expr::Arrow {
                 tupleset,
                 computed,
@@ -302,10 +298,9 @@ impl SubjectLookup<'_, '_> {
                 acc.unwrap_or_else(SubjectSet::empty)
             }
             Expr::Exclusion(base, subtracted) => {
+                // Both sides are walked even when the base is empty, as SpiceDB does (a cycle
+                // on the subtracted side is reported).
                 let a = self.lookup_via_rewrite(resource_type, resource_id, base, depth)?;
-                if a.explicit.is_empty() && a.other.is_false() {
-                    return Ok(a);
-                }
                 let b = self.lookup_via_rewrite(resource_type, resource_id, subtracted, depth)?;
                 SubjectSet::exclusion(&a, &b)
             }
@@ -352,15 +347,21 @@ impl SubjectLookup<'_, '_> {
 }
 
 /// A permissionship and missing context for a condition; `None` for "not a member".
-fn decide(d: &Dispatcher<'_>, cond: &Cond, context: &Context) -> EngineResult<Option<(Permissionship, Vec<String>)>> {
+fn decide(
+    d: &Dispatcher<'_>,
+    cond: &Cond,
+    context: &Context,
+) -> EngineResult<Option<(Permissionship, Vec<String>)>> {
     Ok(match cond {
         Cond::False => None,
         Cond::True => Some((Permissionship::HasPermission, Vec::new())),
-        Cond::Expr(e) => match caveats::evaluate(e, context, d.snap.schema, d.engine.caveats.as_ref())? {
-            CaveatOutcome::True => Some((Permissionship::HasPermission, Vec::new())),
-            CaveatOutcome::False => None,
-            CaveatOutcome::Missing(m) => Some((Permissionship::ConditionalPermission, m)),
-        },
+        Cond::Expr(e) => {
+            match caveats::evaluate(e, context, d.snap.schema, d.engine.caveats.as_ref())? {
+                CaveatOutcome::True => Some((Permissionship::HasPermission, Vec::new())),
+                CaveatOutcome::False => None,
+                CaveatOutcome::Missing(m) => Some((Permissionship::ConditionalPermission, m)),
+            }
+        }
     })
 }
 
@@ -395,7 +396,12 @@ pub(crate) fn lookup_subjects(
             memo: HashMap::new(),
             in_progress: HashSet::new(),
         };
-        walk.lookup(&resource.object_type, &resource.object_id, permission, depth)?
+        walk.lookup(
+            &resource.object_type,
+            &resource.object_id,
+            permission,
+            depth,
+        )?
     };
 
     let wildcard = decide(&d, &set.other, context)?;
@@ -409,7 +415,11 @@ pub(crate) fn lookup_subjects(
                 Some((Permissionship::ConditionalPermission, m))
                     if *wp == Permissionship::HasPermission =>
                 {
-                    excluded.push(resolved(id, Permissionship::ConditionalPermission, m.clone()));
+                    excluded.push(resolved(
+                        id,
+                        Permissionship::ConditionalPermission,
+                        m.clone(),
+                    ));
                 }
                 Some(_) => {}
             }

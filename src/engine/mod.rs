@@ -20,10 +20,12 @@
 //!   answer cannot be decided without going around a cycle (or without exceeding the depth
 //!   budget) fails with [`EngineError::MaxDepthExceeded`]; a check decided on another path
 //!   (a member found elsewhere, a non-member by an intersection) answers normally.
-//!   LookupResources walks with a visited set and never fails on cycles; LookupSubjects and
-//!   Expand fail with `MaxDepthExceeded` when they meet a cycle.
+//!   LookupResources, LookupSubjects and Expand fail with `MaxDepthExceeded` when their walk
+//!   meets a cycle (checked against the reference SpiceDB).
 //! - A subject set (`group:eng#member`) checked as the subject is a member of anything that
-//!   reaches that subject set, and of itself.
+//!   reaches that subject set, and of itself. As in SpiceDB's Check, a wildcard `group:*`
+//!   matches it too; as in SpiceDB's lookups, LookupResources and LookupSubjects do not apply
+//!   wildcards to subject sets.
 
 mod caveats;
 mod check;

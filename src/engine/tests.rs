@@ -197,18 +197,26 @@ fn validation_errors() {
     let engine = Engine::new(EngineConfig::default());
     let snap = f.snap();
     let err = |t: &str| engine.check(&snap, &req(t)).unwrap_err();
-    assert!(matches!(err("nope:d#view@user:ann"), EngineError::UnknownDefinition(t) if t == "nope"));
+    assert!(
+        matches!(err("nope:d#view@user:ann"), EngineError::UnknownDefinition(t) if t == "nope")
+    );
     assert!(matches!(
         err("document:d#nope@user:ann"),
         EngineError::UnknownRelationOrPermission { definition, relation }
             if definition == "document" && relation == "nope"
     ));
-    assert!(matches!(err("document:d#view@robot:r"), EngineError::UnknownDefinition(_)));
+    assert!(matches!(
+        err("document:d#view@robot:r"),
+        EngineError::UnknownDefinition(_)
+    ));
     assert!(matches!(
         err("document:d#view@group:eng#nope"),
         EngineError::UnknownRelationOrPermission { .. }
     ));
-    assert!(matches!(err("document:d#view@user:*"), EngineError::WildcardSubjectNotAllowed));
+    assert!(matches!(
+        err("document:d#view@user:*"),
+        EngineError::WildcardSubjectNotAllowed
+    ));
     let user = SubjectRef::object("user", "ann");
     assert!(matches!(
         engine.lookup_resources(&snap, "nope", "view", &user, &Context::new()),
@@ -247,8 +255,10 @@ fn bulk_answers_in_order_with_item_errors() {
     ];
     let out = engine.check_bulk(&snap, &reqs);
     assert_eq!(out.len(), 5);
-    let perms: Vec<Option<Permissionship>> =
-        out.iter().map(|r| r.as_ref().ok().map(|r| r.permissionship)).collect();
+    let perms: Vec<Option<Permissionship>> = out
+        .iter()
+        .map(|r| r.as_ref().ok().map(|r| r.permissionship))
+        .collect();
     assert_eq!(
         perms,
         vec![
@@ -285,13 +295,17 @@ fn expiry_of_the_relationships_used() {
     );
     let engine = Engine::new(EngineConfig::default());
     let snap = f.snap();
-    let ann = engine.check(&snap, &req("document:d#view@user:ann")).unwrap();
+    let ann = engine
+        .check(&snap, &req("document:d#view@user:ann"))
+        .unwrap();
     assert_eq!(ann.permissionship, Permissionship::HasPermission);
     assert_eq!(
         ann.expires_at,
         crate::model::parse_rfc3339("2200-01-01T00:00:00Z")
     );
-    let bob = engine.check(&snap, &req("document:d#view@user:bob")).unwrap();
+    let bob = engine
+        .check(&snap, &req("document:d#view@user:bob"))
+        .unwrap();
     assert_eq!(bob.expires_at, None);
 }
 
@@ -315,8 +329,19 @@ fn trace_names_the_sub_problems() {
         .unwrap();
     assert_eq!(viewer.permission_type, PermissionType::Relation);
     assert_eq!(viewer.result, Permissionship::HasPermission);
-    assert!(viewer.children.iter().any(|c| c.resource == ObjectRef::new("group", "eng")));
-    assert!(engine.check(&snap, &req("document:d#view@user:dan")).unwrap().trace.is_none());
+    assert!(
+        viewer
+            .children
+            .iter()
+            .any(|c| c.resource == ObjectRef::new("group", "eng"))
+    );
+    assert!(
+        engine
+            .check(&snap, &req("document:d#view@user:dan"))
+            .unwrap()
+            .trace
+            .is_none()
+    );
 }
 
 #[test]
@@ -339,7 +364,9 @@ fn cancellation_and_deadline() {
         ),
         Err(EngineError::Cancelled)
     ));
-    let past = Instant::now().checked_sub(Duration::from_millis(1)).unwrap();
+    let past = Instant::now()
+        .checked_sub(Duration::from_millis(1))
+        .unwrap();
     let snap = f.snap().with_deadline(past);
     assert!(matches!(
         engine.check(&snap, &req("document:d#view@user:dan")),
@@ -347,7 +374,11 @@ fn cancellation_and_deadline() {
     ));
     let future = Instant::now() + Duration::from_secs(60);
     let snap = f.snap().with_deadline(future);
-    assert!(engine.check(&snap, &req("document:d#view@user:dan")).is_ok());
+    assert!(
+        engine
+            .check(&snap, &req("document:d#view@user:dan"))
+            .is_ok()
+    );
 }
 
 /// An evaluator that decides `allowed` from a boolean parameter and records what it saw.
@@ -363,7 +394,9 @@ impl CaveatEvaluator for FlagEvaluator {
             Some(serde_json::Value::Bool(true)) => Ok(CaveatOutcome::True),
             Some(serde_json::Value::Bool(false)) => Ok(CaveatOutcome::False),
             Some(_) => Err("not a bool".to_string()),
-            None => Ok(CaveatOutcome::Missing(vec![caveat.parameters[0].name.clone()])),
+            None => Ok(CaveatOutcome::Missing(vec![
+                caveat.parameters[0].name.clone(),
+            ])),
         }
     }
 }
@@ -401,7 +434,10 @@ fn pluggable_caveat_evaluation_with_merged_context() {
         Permissionship::NoPermission
     );
     r.context.insert("ok".into(), 3.into());
-    assert!(matches!(engine.check(&snap, &r), Err(EngineError::CaveatEvaluation(_))));
+    assert!(matches!(
+        engine.check(&snap, &r),
+        Err(EngineError::CaveatEvaluation(_))
+    ));
     // The relationship's context wins over the request's.
     let mut b = req("document:d#view@user:bob");
     b.context.insert("ok".into(), false.into());
@@ -413,7 +449,10 @@ fn pluggable_caveat_evaluation_with_merged_context() {
     let seen = evaluator.seen.lock().unwrap();
     let last = seen.last().unwrap();
     assert_eq!(last.get("ok"), Some(&serde_json::Value::Bool(true)));
-    assert_eq!(last.get("tag"), Some(&serde_json::Value::String("x".into())));
+    assert_eq!(
+        last.get("tag"),
+        Some(&serde_json::Value::String("x".into()))
+    );
 }
 
 #[test]
@@ -421,7 +460,10 @@ fn wide_lookups_and_checks_are_fast() {
     // Not a benchmark: a guard against accidental quadratic behaviour.
     let mut rels: Vec<String> = Vec::new();
     for i in 0..20_000 {
-        rels.push(format!("document:doc{i:05}#viewer@group:g{}#member", i % 50));
+        rels.push(format!(
+            "document:doc{i:05}#viewer@group:g{}#member",
+            i % 50
+        ));
     }
     for g in 0..50 {
         rels.push(format!("group:g{g}#member@user:ann"));

@@ -534,7 +534,10 @@ impl<'f> Checker<'f> {
         let Some(table) = self.defs.get(def_name) else {
             return Ok(());
         };
-        // Edges: permission -> the permissions its expression names directly.
+        // Edges: an alias (a permission that is exactly another permission's name) -> that
+        // permission. SpiceDB refuses only alias cycles; a permission that names itself inside
+        // a larger expression (`view = viewer + view`) is accepted, and recursion through the
+        // data is bounded at query time by the depth budget.
         let perms: Vec<&PermissionAst> = table
             .members
             .iter()
@@ -552,7 +555,9 @@ impl<'f> Checker<'f> {
             .iter()
             .map(|p| {
                 let mut names = Vec::new();
-                computed_names(&p.expr, &mut names);
+                if let ExprAst::Ident(name) = &p.expr {
+                    names.push(name.text.as_str());
+                }
                 let mut out: Vec<usize> = Vec::new();
                 for n in names {
                     if let Some(&j) = index.get(n)
@@ -687,23 +692,6 @@ fn wildcard_paths<'f>(
         by_definition.entry(def).or_default().insert(rel, path);
     }
     by_definition
-}
-
-/// The names an expression refers to directly (not through arrows), in order.
-fn computed_names<'e>(e: &'e ExprAst, out: &mut Vec<&'e str>) {
-    match e {
-        ExprAst::Ident(n) => out.push(&n.text),
-        ExprAst::Nil(_) | ExprAst::SelfRef(_) | ExprAst::Arrow { .. } => {}
-        ExprAst::Union(items) | ExprAst::Intersection(items) => {
-            for i in items {
-                computed_names(i, out);
-            }
-        }
-        ExprAst::Exclusion(l, r) => {
-            computed_names(l, out);
-            computed_names(r, out);
-        }
-    }
 }
 
 /// Appends `members` to `out`, replacing each `...partial` by the partial's members. `stack`
@@ -872,7 +860,7 @@ mod tests {
     #[test]
     fn cycles() {
         let e = compile(
-            "definition user {}\ndefinition doc {\n relation rel: user\n permission aaa = bbb + rel\n permission bbb = ccc\n permission ccc = aaa\n}",
+            "definition user {}\ndefinition doc {\n relation rel: user\n permission aaa = bbb\n permission bbb = ccc\n permission ccc = aaa\n}",
         )
         .unwrap_err();
         assert_eq!(
@@ -883,6 +871,14 @@ mod tests {
         assert_eq!(
             type_err("definition doc { permission aaa = aaa }"),
             "under definition `doc`, there exists a cycle in permissions: `aaa` -> `aaa`"
+        );
+        // Only alias cycles are refused, as SpiceDB does: a permission reaching itself inside a
+        // larger expression is recursion, bounded at query time.
+        assert!(
+            compile(
+                "definition user {}\ndefinition doc {\n relation rel: user\n permission aaa = bbb + rel\n permission bbb = ccc\n permission ccc = aaa\n}"
+            )
+            .is_ok()
         );
         // Through an arrow it is recursion, which is fine.
         assert!(

@@ -256,7 +256,7 @@ fn create_existing_fails_and_writes_nothing(ds: &dyn Datastore) {
         )
         .unwrap_err();
     match err {
-        StoreError::AlreadyExists(k) => assert_eq!(k, rel("document:a#viewer@user:ann").key()),
+        StoreError::AlreadyExists(k) => assert_eq!(*k, rel("document:a#viewer@user:ann").key()),
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(ds.head_revision().unwrap(), r1);

@@ -13,7 +13,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub enum StoreError {
     /// `Create` of a relationship that is already live.
     #[error("could not CREATE relationship `{0}`, as it already existed")]
-    AlreadyExists(RelationshipKey),
+    AlreadyExists(Box<RelationshipKey>),
     /// A precondition of a write or delete did not hold.
     #[error("unable to satisfy write precondition `{0:?}`")]
     PreconditionFailed(Box<Precondition>),

@@ -20,7 +20,7 @@ use crate::model::{
     OrphanCheck, Relationship, RelationshipFilter, RelationshipKey, Revision, Timestamp,
 };
 use crate::store::encoding::{
-    self, BY_RESOURCE, BY_SUBJECT, FORMAT_VERSION, Index, LIVE, META, META_FORMAT, META_HEAD,
+    self, BY_RESOURCE, BY_SUBJECT, FORMAT_VERSION, Index, LIVE, META_FORMAT, META_HEAD,
     META_HORIZON, META_ID, REV_TIME, SCHEMA, VersionValue,
 };
 use crate::store::kv::{Batch, Kv};
@@ -28,6 +28,9 @@ use crate::store::{
     DeleteOutcome, GcStats, Page, Precondition, PreconditionOp, RelationshipUpdate, StoreError,
     StoreResult, StoredSchema, UpdateOp,
 };
+
+/// The visitor of a GC range: queues the deletions for one entry.
+type GcVisit<'a> = dyn FnMut(&[u8], &[u8], &mut Batch) -> StoreResult<()> + 'a;
 
 /// How many keys one GC commit deletes at most.
 const GC_BATCH: usize = 10_000;
@@ -392,9 +395,9 @@ impl<K: Kv> Mvcc<K> {
                 }
                 Entry::Vacant(v) => {
                     let stored = self.newest_version(&key)?;
-                    let live = stored.as_ref().is_some_and(|s| {
-                        s.deleted == LIVE && !s.expires_at.is_some_and(|e| e <= now)
-                    });
+                    let live = stored
+                        .as_ref()
+                        .is_some_and(|s| s.deleted == LIVE && s.expires_at.is_none_or(|e| e > now));
                     let p = v.insert(Pending {
                         stored,
                         result: None,
@@ -403,7 +406,7 @@ impl<K: Kv> Mvcc<K> {
                 }
             };
             entry.result = match u.op {
-                UpdateOp::Create if live => return Err(StoreError::AlreadyExists(key)),
+                UpdateOp::Create if live => return Err(StoreError::AlreadyExists(Box::new(key))),
                 UpdateOp::Create | UpdateOp::Touch => Some(&u.relationship),
                 UpdateOp::Delete => None,
             };
@@ -512,12 +515,7 @@ impl<K: Kv> Mvcc<K> {
 
     /// Scans `[start, end)` and lets `visit` queue deletions, committing every [`GC_BATCH`]
     /// keys so a large pass never builds one huge batch.
-    fn gc_range(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8], &mut Batch) -> StoreResult<()>,
-    ) -> StoreResult<()> {
+    fn gc_range(&self, start: &[u8], end: &[u8], visit: &mut GcVisit<'_>) -> StoreResult<()> {
         let mut cursor = start.to_vec();
         loop {
             let mut batch = Batch::default();
@@ -720,6 +718,7 @@ mod tests {
     use super::*;
     use crate::model::parse_relationship;
     use crate::store::MemoryStore;
+    use crate::store::encoding::META;
 
     const NOW: Timestamp = Timestamp {
         seconds: 1_700_000_000,

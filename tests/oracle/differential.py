@@ -11,8 +11,8 @@ Options:
   --report PATH     also write every mismatch, in full, to PATH
   --max-checks C    cap of CheckPermission triples per case (default 700, sampled deterministically)
   --print-cases     print every generated schema and relationship set
-  --oracle-timeout S  give up on a SpiceDB answer after S seconds (default 15; also 3 GiB RSS)
-  --case-budget S   skip the rest of a case once SpiceDB has spent S seconds on it (default 90;
+  --oracle-timeout S  give up on a SpiceDB answer after S seconds (default 10; also 3 GiB RSS)
+  --case-budget S   skip the rest of a case once SpiceDB has spent S seconds on it (default 60;
                     deep recursion through data cycles can make every query slow)
   -v / -vv          progress on stderr: each case / each query
 
@@ -233,11 +233,40 @@ def generate_case(seed, index, attempt=0):
                 text = f"{pname} + ({text})" if compound else f"{text} + {pname}"
             d.perms.append((pname, text))
 
+    # Occasionally a line that SpiceDB may refuse, to compare WriteSchema errors (refused
+    # schemas are regenerated, so this costs no query coverage).
+    probe = {}
+    if rng.random() < 0.06:
+        flags.add("schema-probe")
+        s = rng.choice(others)
+        d = defs[s]
+        wild = [(x, r.name) for x in others for r in defs[x].rels.values() if r.wildcard]
+        choices = [
+            f"permission zzprobe = nosuchrel",
+            f"relation zzprobe: {prefix}/user | {prefix}/user",
+            f"relation zzprobe: {prefix}/nosuchdef",
+            f"relation zzprobe: {prefix}/user#nosuchrel",
+            f"permission zzprobe = zzprobe",
+            f"permission zzprobe = {next(iter(d.rels))}->nosuchrel",
+        ]
+        if d.perm_names:
+            choices.append(f"permission zzprobe = {d.perm_names[0]}->{next(iter(d.rels))}")
+            choices.append(f"relation {d.perm_names[0]}: {prefix}/user")
+        if wild:
+            x, wr = rng.choice(wild)
+            choices.append(f"relation zzprobe: {prefix}/{x}#{wr}")
+            if x == s:
+                choices.append(f"permission zzprobe = {wr}->{wr}")
+                choices.append(f"permission zzprobe = {wr}.all({wr})")
+        probe[s] = rng.choice(choices)
+
     # Schema text.
     blocks = []
     for s in shorts:
         d = defs[s]
         lines = []
+        if s in probe:
+            lines.append("    " + probe[s])
         for r in d.rels.values():
             types = []
             for t, sr, w in r.types:
@@ -594,7 +623,7 @@ def classify(kind, o, p):
 
 def main(argv):
     args = list(argv)
-    opts = {"--case": None, "--max-show": "40", "--report": None, "--max-checks": "700", "--oracle-timeout": "15", "--case-budget": "90"}
+    opts = {"--case": None, "--max-show": "40", "--report": None, "--max-checks": "700", "--oracle-timeout": "10", "--case-budget": "60"}
     flags = set()
     i = 0
     pos = []
@@ -757,7 +786,7 @@ def main(argv):
                 if diff is not None:
                     note = "differing items (spicedb | pemba):\n" + "\n".join(f"  {x[0]}: {x[1]} | {y[1]}" for x, y in diff)
                     for x, y in diff:
-                        record(Mismatch(case, kind, f"{desc}: item {x[0]}", (True, x[1]), (True, y[1])),
+                        record(Mismatch(case, "check_bulk item", f"{desc}: item {x[0]}", (True, x[1]), (True, y[1])),
                                f"check_bulk item: {x[1]} vs {y[1]}")
                     continue
             record(Mismatch(case, kind, desc, o_ans, p_ans, note), classify(kind, o_ans, p_ans))
