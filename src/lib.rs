@@ -10,11 +10,11 @@
 //! `tonic::Status`) → `server` (listener, auth, health, shutdown) → `cli` (`pemba serve`).
 //! Only `api`, `server` and `cli` use tonic or prost types.
 
+pub mod api;
+pub mod cli;
+pub mod consistency;
+pub mod engine;
 pub mod model;
 pub mod schema;
-pub mod store;
-pub mod engine;
-pub mod consistency;
-pub mod api;
 pub mod server;
-pub mod cli;
+pub mod store;

@@ -1,7 +1,12 @@
 //! The gRPC API with a real tonic client against a real server on port 0: schema and
 //! relationship RPCs, validation, error codes and reasons, consistency tokens and paging.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
 
 mod common;
 
@@ -70,7 +75,11 @@ async fn schema_write_read_reflect() {
         .await
         .unwrap()
         .into_inner();
-    let names: Vec<&str> = reflected.definitions.iter().map(|d| d.name.as_str()).collect();
+    let names: Vec<&str> = reflected
+        .definitions
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
     assert_eq!(names, ["document", "group", "user"]);
     let doc = &reflected.definitions[0];
     assert!(doc.comment.contains("a document"), "{:?}", doc.comment);
@@ -107,20 +116,51 @@ async fn relationship_writes_and_their_errors() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    assert_eq!(reason(&err), "ERROR_REASON_ATTEMPT_TO_RECREATE_RELATIONSHIP");
+    assert_eq!(
+        reason(&err),
+        "ERROR_REASON_ATTEMPT_TO_RECREATE_RELATIONSHIP"
+    );
 
     s.write(vec![touch("document:plan#viewer@user:ann")])
         .await
         .unwrap();
 
     let cases: Vec<(&str, Code, &str)> = vec![
-        ("nosuch:plan#viewer@user:ann", Code::FailedPrecondition, "ERROR_REASON_UNKNOWN_DEFINITION"),
-        ("document:plan#nosuch@user:ann", Code::FailedPrecondition, "ERROR_REASON_UNKNOWN_RELATION_OR_PERMISSION"),
-        ("document:plan#view@user:ann", Code::InvalidArgument, "ERROR_REASON_CANNOT_UPDATE_PERMISSION"),
-        ("document:plan#owner@group:eng#member", Code::InvalidArgument, "ERROR_REASON_INVALID_SUBJECT_TYPE"),
-        ("document:plan#owner@user:*", Code::InvalidArgument, "ERROR_REASON_INVALID_SUBJECT_TYPE"),
-        ("document:plan#viewer@nosuch:x", Code::FailedPrecondition, "ERROR_REASON_UNKNOWN_DEFINITION"),
-        ("document:plan#viewer@group:eng#nosuch", Code::FailedPrecondition, "ERROR_REASON_UNKNOWN_RELATION_OR_PERMISSION"),
+        (
+            "nosuch:plan#viewer@user:ann",
+            Code::FailedPrecondition,
+            "ERROR_REASON_UNKNOWN_DEFINITION",
+        ),
+        (
+            "document:plan#nosuch@user:ann",
+            Code::FailedPrecondition,
+            "ERROR_REASON_UNKNOWN_RELATION_OR_PERMISSION",
+        ),
+        (
+            "document:plan#view@user:ann",
+            Code::InvalidArgument,
+            "ERROR_REASON_CANNOT_UPDATE_PERMISSION",
+        ),
+        (
+            "document:plan#owner@group:eng#member",
+            Code::InvalidArgument,
+            "ERROR_REASON_INVALID_SUBJECT_TYPE",
+        ),
+        (
+            "document:plan#owner@user:*",
+            Code::InvalidArgument,
+            "ERROR_REASON_INVALID_SUBJECT_TYPE",
+        ),
+        (
+            "document:plan#viewer@nosuch:x",
+            Code::FailedPrecondition,
+            "ERROR_REASON_UNKNOWN_DEFINITION",
+        ),
+        (
+            "document:plan#viewer@group:eng#nosuch",
+            Code::FailedPrecondition,
+            "ERROR_REASON_UNKNOWN_RELATION_OR_PERMISSION",
+        ),
     ];
     for (text, code, why) in cases {
         let err = s.write(vec![create(text)]).await.unwrap_err();
@@ -141,7 +181,11 @@ async fn relationship_writes_and_their_errors() {
         let p = pemba::model::parse_relationship(bad).unwrap();
         r.resource = Some(obj(&p.resource.object_type, &p.resource.object_id));
         r.relation = p.relation;
-        r.subject = Some(subj(&p.subject.object.object_type, &p.subject.object.object_id, ""));
+        r.subject = Some(subj(
+            &p.subject.object.object_type,
+            &p.subject.object.object_id,
+            "",
+        ));
         let err = s
             .permissions
             .write_relationships(pb::WriteRelationshipsRequest {
@@ -154,7 +198,11 @@ async fn relationship_writes_and_their_errors() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad}: {err:?}");
-        assert!(err.message().contains("validation error"), "{bad}: {}", err.message());
+        assert!(
+            err.message().contains("validation error"),
+            "{bad}: {}",
+            err.message()
+        );
     }
 
     let err = s
@@ -225,7 +273,10 @@ async fn preconditions_are_atomic() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert_eq!(reason(&err), "ERROR_REASON_WRITE_OR_DELETE_PRECONDITION_FAILURE");
+    assert_eq!(
+        reason(&err),
+        "ERROR_REASON_WRITE_OR_DELETE_PRECONDITION_FAILURE"
+    );
     let read = s
         .read(pb::ReadRelationshipsRequest {
             consistency: fully_consistent(),
@@ -278,7 +329,11 @@ async fn paging_returns_each_relationship_once_for_every_page_size() {
         loop {
             let page = s
                 .read(pb::ReadRelationshipsRequest {
-                    consistency: if cursor.is_none() { fresh(&token) } else { None },
+                    consistency: if cursor.is_none() {
+                        fresh(&token)
+                    } else {
+                        None
+                    },
                     relationship_filter: filter("document"),
                     optional_limit: size,
                     optional_cursor: cursor.clone(),
@@ -292,7 +347,14 @@ async fn paging_returns_each_relationship_once_for_every_page_size() {
                 first = false;
             }
             ids.extend(page.iter().map(|r| {
-                r.relationship.as_ref().unwrap().resource.as_ref().unwrap().object_id.clone()
+                r.relationship
+                    .as_ref()
+                    .unwrap()
+                    .resource
+                    .as_ref()
+                    .unwrap()
+                    .object_id
+                    .clone()
             }));
             if page.len() < size as usize {
                 break;
@@ -366,7 +428,9 @@ async fn consistency_tokens() {
         ..Default::default()
     };
     let exact = s
-        .read(at(pb::consistency::Requirement::AtExactSnapshot(t1.clone())))
+        .read(at(pb::consistency::Requirement::AtExactSnapshot(
+            t1.clone(),
+        )))
         .await
         .unwrap();
     assert_eq!(exact.len(), 1, "exact snapshot sees only the first write");
@@ -387,9 +451,11 @@ async fn consistency_tokens() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = s
-        .read(at(pb::consistency::Requirement::AtExactSnapshot(pb::ZedToken {
-            token: "not-a-token".into(),
-        })))
+        .read(at(pb::consistency::Requirement::AtExactSnapshot(
+            pb::ZedToken {
+                token: "not-a-token".into(),
+            },
+        )))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -466,8 +532,13 @@ async fn orphaning_schema_changes_are_refused() {
     let err = s.write_schema(&without_wildcard).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(reason(&err), "ERROR_REASON_SCHEMA_TYPE_ERROR");
-    assert!(err.message().contains("document:plan#viewer@user:*"), "{}", err.message());
-    let without_doc = "definition user {}\ndefinition group {\n relation member: user | group#member\n}";
+    assert!(
+        err.message().contains("document:plan#viewer@user:*"),
+        "{}",
+        err.message()
+    );
+    let without_doc =
+        "definition user {}\ndefinition group {\n relation member: user | group#member\n}";
     let err = s.write_schema(without_doc).await.unwrap_err();
     assert_eq!(reason(&err), "ERROR_REASON_SCHEMA_TYPE_ERROR");
     // removing something unused is fine
@@ -495,7 +566,11 @@ async fn preshared_key_is_enforced() {
     req.metadata_mut()
         .insert("authorization", "Bearer sekret".parse().unwrap());
     let err = s.schema.read_schema(req).await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "authenticated: reaches the handler");
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "authenticated: reaches the handler"
+    );
 }
 
 #[tokio::test]
@@ -531,6 +606,9 @@ async fn garbage_requests_never_panic_the_server() {
         }
     }
     // still serving
-    s.schema.read_schema(pb::ReadSchemaRequest {}).await.unwrap();
+    s.schema
+        .read_schema(pb::ReadSchemaRequest {})
+        .await
+        .unwrap();
     assert!(!s.handle.as_ref().unwrap().is_finished());
 }

@@ -10,7 +10,12 @@
 //! `PEMBA_DIFF_SEED` and `PEMBA_DIFF_CASES` override the seed (default 1) and the number of
 //! cases (default 40).
 
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, reason = "test harness")]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test harness"
+)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -95,7 +100,10 @@ fn start(port: u16, dir: &Path) -> Server {
         if let Some(status) = server.0.try_wait().expect("wait") {
             panic!("pemba exited before listening: {status}");
         }
-        assert!(Instant::now() < deadline, "server did not listen within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "server did not listen within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     server
@@ -103,7 +111,10 @@ fn start(port: u16, dir: &Path) -> Server {
 
 fn env_number(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}")),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}")),
         Err(_) => default,
     }
 }
@@ -146,5 +157,8 @@ fn answers_like_spicedb_on_random_schemas() {
          `python tests/oracle/differential.py 127.0.0.1:PORT {seed} {cases}` against \
          `pemba serve --datastore memory`):\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("differential: "), "no summary line:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("differential: "),
+        "no summary line:\n{stdout}\n{stderr}"
+    );
 }

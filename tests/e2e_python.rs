@@ -3,7 +3,12 @@
 //! acknowledged write, restart it, check nothing was lost, run queries, then stop it with
 //! SIGTERM and expect a clean exit.
 
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, reason = "test harness: a failed step should abort the test")]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test harness: a failed step should abort the test"
+)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -60,7 +65,10 @@ fn start(data_dir: &Path, port: u16) -> Child {
         .expect("pemba starts");
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not listen within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "server did not listen within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     child
@@ -91,7 +99,10 @@ fn python_client_session_survives_kill_and_restart() {
     let port = free_port();
     let mut server = start(&data, port);
     let out = session(&py, "write", port);
-    assert!(out.contains("WRITE-ACKED"), "write phase did not finish: {out}");
+    assert!(
+        out.contains("WRITE-ACKED"),
+        "write phase did not finish: {out}"
+    );
     server.kill().expect("kill -9");
     server.wait().expect("reaped");
 
@@ -124,7 +135,10 @@ fn refuses_bad_flags_and_locked_data_dir() {
         .args(["serve", "--grpc-addr", "0.0.0.0:0"])
         .output()
         .expect("runs");
-    assert!(!out.status.success(), "non-loopback without a key is refused");
+    assert!(
+        !out.status.success(),
+        "non-loopback without a key is refused"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("non-loopback"));
 
     let out = Command::new(env!("CARGO_BIN_EXE_pemba"))
@@ -147,5 +161,8 @@ fn refuses_bad_flags_and_locked_data_dir() {
     first.wait().expect("reaped");
     assert!(!out.status.success(), "a locked data dir is refused");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("locked"), "message names the lock: {stderr}");
+    assert!(
+        stderr.contains("locked"),
+        "message names the lock: {stderr}"
+    );
 }

@@ -101,7 +101,10 @@ fn value_to_json(v: &prost_types::Value, path: &str) -> ApiResult<Value> {
             }
             // Integral values stay integers, so `42` written is `42` read back.
             if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 {
-                #[allow(clippy::cast_possible_truncation, reason = "checked integral and in range")]
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    reason = "checked integral and in range"
+                )]
                 Value::Number(Number::from(*n as i64))
             } else {
                 Number::from_f64(*n).map_or(Value::Null, Value::Number)
@@ -198,7 +201,10 @@ pub fn relationship(r: Option<&pb::Relationship>, path: &str) -> ApiResult<Relat
                             super::error::meta([
                                 ("relationship", &format!("{resource}#{relation}@{subject}")),
                                 ("context_byte_size", &len.to_string()),
-                                ("max_allowed_context_byte_size", &MAX_RELATIONSHIP_CONTEXT_BYTES.to_string()),
+                                (
+                                    "max_allowed_context_byte_size",
+                                    &MAX_RELATIONSHIP_CONTEXT_BYTES.to_string(),
+                                ),
                             ]),
                         ));
                     }
@@ -245,9 +251,15 @@ pub fn relationship_filter(
     let resource_type = if f.resource_type.is_empty() {
         None
     } else {
-        Some(type_name(&f.resource_type, &format!("{path}.resource_type"))?)
+        Some(type_name(
+            &f.resource_type,
+            &format!("{path}.resource_type"),
+        )?)
     };
-    let resource_id = id_filter(&f.optional_resource_id, &format!("{path}.optional_resource_id"))?;
+    let resource_id = id_filter(
+        &f.optional_resource_id,
+        &format!("{path}.optional_resource_id"),
+    )?;
     let resource_id_prefix = id_filter(
         &f.optional_resource_id_prefix,
         &format!("{path}.optional_resource_id_prefix"),
@@ -343,7 +355,10 @@ pub fn consistency(c: Option<&pb::Consistency>) -> ApiResult<Requirement> {
     match c.and_then(|c| c.requirement.as_ref()) {
         None => match c {
             None => Ok(Requirement::MinimizeLatency),
-            Some(_) => Err(ApiError::field("consistency.requirement", "exactly one field is required in oneof")),
+            Some(_) => Err(ApiError::field(
+                "consistency.requirement",
+                "exactly one field is required in oneof",
+            )),
         },
         Some(R::MinimizeLatency(true)) => Ok(Requirement::MinimizeLatency),
         Some(R::FullyConsistent(true)) => Ok(Requirement::FullyConsistent),
@@ -355,12 +370,14 @@ pub fn consistency(c: Option<&pb::Consistency>) -> ApiResult<Requirement> {
             "consistency.fully_consistent",
             "value must equal true",
         )),
-        Some(R::AtLeastAsFresh(t)) => {
-            Ok(Requirement::AtLeastAsFresh(zed_token(t, "consistency.at_least_as_fresh")?))
-        }
-        Some(R::AtExactSnapshot(t)) => {
-            Ok(Requirement::AtExactSnapshot(zed_token(t, "consistency.at_exact_snapshot")?))
-        }
+        Some(R::AtLeastAsFresh(t)) => Ok(Requirement::AtLeastAsFresh(zed_token(
+            t,
+            "consistency.at_least_as_fresh",
+        )?)),
+        Some(R::AtExactSnapshot(t)) => Ok(Requirement::AtExactSnapshot(zed_token(
+            t,
+            "consistency.at_exact_snapshot",
+        )?)),
     }
 }
 

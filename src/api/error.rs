@@ -69,9 +69,7 @@ impl Reason {
             Reason::UpdatesOnSameRelationship => "ERROR_REASON_UPDATES_ON_SAME_RELATIONSHIP",
             Reason::MaxRelationshipContextSize => "ERROR_REASON_MAX_RELATIONSHIP_CONTEXT_SIZE",
             Reason::InvalidCursor => "ERROR_REASON_INVALID_CURSOR",
-            Reason::ExceedsMaximumAllowableLimit => {
-                "ERROR_REASON_EXCEEDS_MAXIMUM_ALLOWABLE_LIMIT"
-            }
+            Reason::ExceedsMaximumAllowableLimit => "ERROR_REASON_EXCEEDS_MAXIMUM_ALLOWABLE_LIMIT",
             Reason::InvalidFilter => "ERROR_REASON_INVALID_FILTER",
             Reason::EmptyPrecondition => "ERROR_REASON_EMPTY_PRECONDITION",
             Reason::WildcardNotAllowed => "ERROR_REASON_WILDCARD_NOT_ALLOWED",
@@ -153,7 +151,11 @@ impl ApiError {
     }
 
     /// A FAILED_PRECONDITION with a reason.
-    pub fn precondition(reason: Reason, message: impl Into<String>, metadata: Metadata) -> ApiError {
+    pub fn precondition(
+        reason: Reason,
+        message: impl Into<String>,
+        metadata: Metadata,
+    ) -> ApiError {
         ApiError::Precondition {
             message: message.into(),
             reason,

@@ -5,8 +5,8 @@
 mod convert;
 mod error;
 mod permissions;
-mod query;
 pub mod proto;
+mod query;
 mod reflect;
 mod schema_service;
 mod status;
@@ -86,12 +86,11 @@ impl Api {
         let Some(stored) = self.store.read_schema(rev)? else {
             return Ok(Arc::new(CompiledSchema::empty()));
         };
-        if let Ok(cache) = self.schema_cache.lock() {
-            if let Some((r, s)) = cache.as_ref() {
-                if *r == stored.revision {
-                    return Ok(Arc::clone(s));
-                }
-            }
+        if let Ok(cache) = self.schema_cache.lock()
+            && let Some((r, s)) = cache.as_ref()
+            && *r == stored.revision
+        {
+            return Ok(Arc::clone(s));
         }
         let compiled = Arc::new(crate::schema::compile(&stored.text)?);
         if let Ok(mut cache) = self.schema_cache.lock() {

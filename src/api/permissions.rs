@@ -54,7 +54,11 @@ pub(super) fn key_position(k: &RelationshipKey) -> Vec<u8> {
 
 /// Decodes a cursor position back into a relationship key.
 pub(super) fn position_key(p: &[u8]) -> ApiResult<RelationshipKey> {
-    let bad = || ApiError::Consistency(consistency::ConsistencyError::InvalidCursor("bad position".into()));
+    let bad = || {
+        ApiError::Consistency(consistency::ConsistencyError::InvalidCursor(
+            "bad position".into(),
+        ))
+    };
     let s = std::str::from_utf8(p).map_err(|_| bad())?;
     let parts: Vec<&str> = s.split('\0').collect();
     let [rt, ri, rel, st, si, sr] = parts.as_slice() else {
@@ -65,7 +69,11 @@ pub(super) fn position_key(p: &[u8]) -> ApiResult<RelationshipKey> {
         relation: (*rel).to_string(),
         subject: SubjectRef {
             object: ObjectRef::new(*st, *si),
-            relation: if sr.is_empty() { None } else { Some((*sr).to_string()) },
+            relation: if sr.is_empty() {
+                None
+            } else {
+                Some((*sr).to_string())
+            },
         },
     })
 }
@@ -84,7 +92,10 @@ fn check_preconditions_count(api: &Api, n: usize) -> ApiResult<()> {
             ),
             meta([
                 ("precondition_count", &n.to_string()),
-                ("maximum_preconditions_allowed", &api.limits.max_preconditions.to_string()),
+                (
+                    "maximum_preconditions_allowed",
+                    &api.limits.max_preconditions.to_string(),
+                ),
             ]),
         ));
     }
@@ -109,10 +120,7 @@ fn transaction_metadata(m: Option<&prost_types::Struct>) -> ApiResult<()> {
     Ok(())
 }
 
-fn convert_preconditions(
-    ps: &[pb::Precondition],
-    path: &str,
-) -> ApiResult<Vec<Precondition>> {
+fn convert_preconditions(ps: &[pb::Precondition], path: &str) -> ApiResult<Vec<Precondition>> {
     ps.iter()
         .enumerate()
         .map(|(i, p)| convert::precondition(p, &format!("{path}[{i}]")))
@@ -130,7 +138,10 @@ fn write_relationships(api: &Api, req: pb::WriteRelationshipsRequest) -> ApiResu
             ),
             meta([
                 ("update_count", &n.to_string()),
-                ("maximum_updates_allowed", &api.limits.max_updates_per_write.to_string()),
+                (
+                    "maximum_updates_allowed",
+                    &api.limits.max_updates_per_write.to_string(),
+                ),
             ]),
         ));
     }
@@ -181,19 +192,26 @@ fn write_relationships(api: &Api, req: pb::WriteRelationshipsRequest) -> ApiResu
     for p in &preconditions {
         validate::filter(&schema, &p.filter)?;
     }
-    Ok(api.store.write_relationships(&preconditions, &updates, now())?)
+    Ok(api
+        .store
+        .write_relationships(&preconditions, &updates, now())?)
 }
 
 fn delete_relationships(
     api: &Api,
     req: pb::DeleteRelationshipsRequest,
 ) -> ApiResult<pb::DeleteRelationshipsResponse> {
-    let filter = convert::relationship_filter(req.relationship_filter.as_ref(), "relationship_filter")?;
+    let filter =
+        convert::relationship_filter(req.relationship_filter.as_ref(), "relationship_filter")?;
     check_preconditions_count(api, req.optional_preconditions.len())?;
     transaction_metadata(req.optional_transaction_metadata.as_ref())?;
     let preconditions =
         convert_preconditions(&req.optional_preconditions, "optional_preconditions")?;
-    validate::limit(req.optional_limit, api.limits.max_delete_limit, "deleting relationships")?;
+    validate::limit(
+        req.optional_limit,
+        api.limits.max_delete_limit,
+        "deleting relationships",
+    )?;
     let _gate = api
         .write_gate
         .lock()
@@ -212,7 +230,10 @@ fn delete_relationships(
         now(),
     )?;
     Ok(pb::DeleteRelationshipsResponse {
-        deleted_at: Some(convert::zed_token_out(outcome.revision, api.store.unique_id())),
+        deleted_at: Some(convert::zed_token_out(
+            outcome.revision,
+            api.store.unique_id(),
+        )),
         deletion_progress: if outcome.partial {
             pb::delete_relationships_response::DeletionProgress::Partial as i32
         } else {
@@ -324,13 +345,23 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
     ) -> Result<Response<Self::ReadRelationshipsStream>, Status> {
         let req = request.into_inner();
         let api = Arc::clone(&self.0);
-        let filter = convert::relationship_filter(req.relationship_filter.as_ref(), "relationship_filter")?;
-        validate::limit(req.optional_limit, api.limits.max_read_limit, "reading relationships")?;
+        let filter =
+            convert::relationship_filter(req.relationship_filter.as_ref(), "relationship_filter")?;
+        validate::limit(
+            req.optional_limit,
+            api.limits.max_read_limit,
+            "reading relationships",
+        )?;
         let hash = filter_hash(&filter);
         let (start, filter) = blocking({
             let api = Arc::clone(&api);
             move || {
-                let start = read_start(&api, req.consistency.as_ref(), req.optional_cursor.as_ref(), hash)?;
+                let start = read_start(
+                    &api,
+                    req.consistency.as_ref(),
+                    req.optional_cursor.as_ref(),
+                    hash,
+                )?;
                 validate::filter(&*api.schema_at(start.revision)?, &filter)?;
                 Ok((start, filter))
             }
@@ -378,7 +409,9 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
     ) -> Result<Response<pb::DeleteRelationshipsResponse>, Status> {
         let req = request.into_inner();
         let api = Arc::clone(&self.0);
-        Ok(Response::new(blocking(move || delete_relationships(&api, req)).await?))
+        Ok(Response::new(
+            blocking(move || delete_relationships(&api, req)).await?,
+        ))
     }
 
     async fn check_permission(
@@ -387,7 +420,9 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
     ) -> Result<Response<pb::CheckPermissionResponse>, Status> {
         let api = Arc::clone(&self.0);
         let req = request.into_inner();
-        Ok(Response::new(blocking(move || query::check(&api, req)).await?))
+        Ok(Response::new(
+            blocking(move || query::check(&api, req)).await?,
+        ))
     }
 
     async fn check_bulk_permissions(
@@ -396,7 +431,9 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
     ) -> Result<Response<pb::CheckBulkPermissionsResponse>, Status> {
         let api = Arc::clone(&self.0);
         let req = request.into_inner();
-        Ok(Response::new(blocking(move || query::check_bulk(&api, req)).await?))
+        Ok(Response::new(
+            blocking(move || query::check_bulk(&api, req)).await?,
+        ))
     }
 
     async fn expand_permission_tree(
@@ -405,7 +442,9 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
     ) -> Result<Response<pb::ExpandPermissionTreeResponse>, Status> {
         let api = Arc::clone(&self.0);
         let req = request.into_inner();
-        Ok(Response::new(blocking(move || query::expand(&api, req)).await?))
+        Ok(Response::new(
+            blocking(move || query::expand(&api, req)).await?,
+        ))
     }
 
     async fn lookup_resources(
@@ -415,7 +454,9 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         let api = Arc::clone(&self.0);
         let req = request.into_inner();
         let items = blocking(move || query::lookup_resources(&api, req)).await?;
-        Ok(Response::new(Box::pin(tokio_stream::iter(items.into_iter().map(Ok)))))
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            items.into_iter().map(Ok),
+        ))))
     }
 
     async fn lookup_subjects(
@@ -425,7 +466,9 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         let api = Arc::clone(&self.0);
         let req = request.into_inner();
         let items = blocking(move || query::lookup_subjects(&api, req)).await?;
-        Ok(Response::new(Box::pin(tokio_stream::iter(items.into_iter().map(Ok)))))
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            items.into_iter().map(Ok),
+        ))))
     }
 
     async fn import_bulk_relationships(
@@ -436,8 +479,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         let mut updates = Vec::new();
         while let Some(msg) = stream.message().await? {
             for (i, r) in msg.relationships.iter().enumerate() {
-                let relationship =
-                    convert::relationship(Some(r), &format!("relationships[{i}]"))?;
+                let relationship = convert::relationship(Some(r), &format!("relationships[{i}]"))?;
                 updates.push(RelationshipUpdate {
                     op: UpdateOp::Create,
                     relationship,
@@ -460,7 +502,9 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
             Ok(())
         })
         .await?;
-        Ok(Response::new(pb::ImportBulkRelationshipsResponse { num_loaded: loaded }))
+        Ok(Response::new(pb::ImportBulkRelationshipsResponse {
+            num_loaded: loaded,
+        }))
     }
 
     async fn export_bulk_relationships(
@@ -475,11 +519,20 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
             None => RelationshipFilter::default(),
         };
         let hash = consistency::hash_request(&[b"export", format!("{filter:?}").as_bytes()]);
-        let page = if req.optional_limit == 0 { 10_000 } else { req.optional_limit as usize };
+        let page = if req.optional_limit == 0 {
+            10_000
+        } else {
+            req.optional_limit as usize
+        };
         let (start, filter) = blocking({
             let api = Arc::clone(&api);
             move || {
-                let start = read_start(&api, req.consistency.as_ref(), req.optional_cursor.as_ref(), hash)?;
+                let start = read_start(
+                    &api,
+                    req.consistency.as_ref(),
+                    req.optional_cursor.as_ref(),
+                    hash,
+                )?;
                 Ok((start, filter))
             }
         })

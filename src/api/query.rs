@@ -171,7 +171,10 @@ pub fn check_bulk(
             )
         })
         .collect();
-    let valid: Vec<CheckRequest> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+    let valid: Vec<CheckRequest> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok().cloned())
+        .collect();
     let mut answers = api.engine.check_bulk(&snap, &valid).into_iter();
     let pairs = req
         .items
@@ -182,7 +185,7 @@ pub fn check_bulk(
                 Err(e) => Err(e),
                 Ok(_) => answers
                     .next()
-                    .unwrap_or_else(|| Err(crate::engine::EngineError::Cancelled))
+                    .unwrap_or(Err(crate::engine::EngineError::Cancelled))
                     .map_err(ApiError::from),
             };
             let response = match outcome {
@@ -289,15 +292,22 @@ pub fn lookup_resources(
     let permission = convert::relation_name(&req.permission, "permission")?;
     let subject = convert::subject_ref(req.subject.as_ref(), "subject")?;
     let context = convert::request_context(req.context.as_ref(), "context")?;
-    validate::limit(req.optional_limit, api.limits.max_lookup_limit, "looking up resources")?;
+    validate::limit(
+        req.optional_limit,
+        api.limits.max_lookup_limit,
+        "looking up resources",
+    )?;
     let hash = consistency::hash_request(&[
         b"lr",
         resource_type.as_bytes(),
         permission.as_bytes(),
         subject.to_string().as_bytes(),
-        serde_json::Value::Object(context.clone()).to_string().as_bytes(),
+        serde_json::Value::Object(context.clone())
+            .to_string()
+            .as_bytes(),
     ]);
-    let (rev, after) = match convert::cursor_token(req.optional_cursor.as_ref(), "optional_cursor")? {
+    let (rev, after) = match convert::cursor_token(req.optional_cursor.as_ref(), "optional_cursor")?
+    {
         Some(token) => {
             let c = consistency::decode_cursor(&token, api.store.unique_id(), hash)?;
             api.store.check_revision(c.revision)?;
@@ -326,7 +336,11 @@ pub fn lookup_resources(
     };
     Ok(results
         .into_iter()
-        .filter(|r| after.as_ref().is_none_or(|a| r.resource_id.as_str() > a.as_str()))
+        .filter(|r| {
+            after
+                .as_ref()
+                .is_none_or(|a| r.resource_id.as_str() > a.as_str())
+        })
         .take(limit)
         .map(|r| {
             let cursor = consistency::encode_cursor(
@@ -351,7 +365,10 @@ pub fn lookup_resources(
 /// LookupSubjects: every subject of the type with the permission on the resource; a wildcard
 /// result carries the subjects it excludes. The deprecated fields are filled too, because older
 /// clients read them.
-#[allow(deprecated, reason = "older clients read the deprecated LookupSubjectsResponse fields")]
+#[allow(
+    deprecated,
+    reason = "older clients read the deprecated LookupSubjectsResponse fields"
+)]
 pub fn lookup_subjects(
     api: &Api,
     req: pb::LookupSubjectsRequest,
@@ -359,18 +376,16 @@ pub fn lookup_subjects(
     let resource = convert::resource_ref(req.resource.as_ref(), "resource")?;
     let permission = convert::relation_name(&req.permission, "permission")?;
     let subject_type = convert::type_name(&req.subject_object_type, "subject_object_type")?;
-    let subject_relation = convert::optional_relation(
-        &req.optional_subject_relation,
-        "optional_subject_relation",
-    )?;
+    let subject_relation =
+        convert::optional_relation(&req.optional_subject_relation, "optional_subject_relation")?;
     let context = convert::request_context(req.context.as_ref(), "context")?;
     if req.optional_concrete_limit != 0 {
         return Err(ApiError::Unimplemented(
             "concrete limit is not yet supported".into(),
         ));
     }
-    let include_wildcards = req.wildcard_option
-        != pb::lookup_subjects_request::WildcardOption::ExcludeWildcards as i32;
+    let include_wildcards =
+        req.wildcard_option != pb::lookup_subjects_request::WildcardOption::ExcludeWildcards as i32;
     let (rev, schema) = snapshot_parts(api, req.consistency.as_ref())?;
     let snap = Snapshot::new(api.store.as_ref(), &schema, rev, now());
     let results = api.engine.lookup_subjects(

@@ -18,7 +18,11 @@ const DOMAIN: &str = "authzed.com";
 
 fn with_reason(code: Code, message: String, reason: &str, metadata: Metadata) -> tonic::Status {
     let md: HashMap<String, String> = metadata.into_iter().collect();
-    tonic::Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, DOMAIN, md))
+    tonic::Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, DOMAIN, md),
+    )
 }
 
 fn plain(code: Code, message: String) -> tonic::Status {
@@ -27,7 +31,10 @@ fn plain(code: Code, message: String) -> tonic::Status {
 
 fn internal(what: &str, err: &dyn std::fmt::Display) -> tonic::Status {
     tracing::error!(error = %err, "{what}");
-    plain(Code::Internal, format!("internal error: {what}; see the server log"))
+    plain(
+        Code::Internal,
+        format!("internal error: {what}; see the server log"),
+    )
 }
 
 impl From<ApiError> for tonic::Status {
@@ -62,7 +69,10 @@ fn schema_status(err: SchemaError) -> tonic::Status {
     let (line, column) = (err.line(), err.column());
     let position = meta([
         ("start_line_number", &line.saturating_sub(1).to_string()),
-        ("start_column_position", &column.saturating_sub(1).to_string()),
+        (
+            "start_column_position",
+            &column.saturating_sub(1).to_string(),
+        ),
         ("end_line_number", &line.saturating_sub(1).to_string()),
         ("end_column_position", &column.saturating_sub(1).to_string()),
     ]);
@@ -116,12 +126,21 @@ fn store_status(err: StoreError) -> tonic::Status {
             });
             with_reason(
                 Code::FailedPrecondition,
-                format!("unable to satisfy write precondition `{}`", describe_filter(f)),
+                format!(
+                    "unable to satisfy write precondition `{}`",
+                    describe_filter(f)
+                ),
                 "ERROR_REASON_WRITE_OR_DELETE_PRECONDITION_FAILURE",
                 meta([
                     ("precondition_operation", op),
-                    ("precondition_resource_type", f.resource_type.as_deref().unwrap_or("")),
-                    ("precondition_resource_id", f.resource_id.as_deref().unwrap_or("")),
+                    (
+                        "precondition_resource_type",
+                        f.resource_type.as_deref().unwrap_or(""),
+                    ),
+                    (
+                        "precondition_resource_id",
+                        f.resource_id.as_deref().unwrap_or(""),
+                    ),
                     ("precondition_relation", f.relation.as_deref().unwrap_or("")),
                     (
                         "precondition_subject_type",
@@ -156,7 +175,10 @@ fn store_status(err: StoreError) -> tonic::Status {
         StoreError::Locked { .. } => plain(Code::Unavailable, message),
         StoreError::Corrupt(_) => {
             tracing::error!(error = %message, "corrupt data");
-            plain(Code::DataLoss, "stored data could not be decoded; see the server log".into())
+            plain(
+                Code::DataLoss,
+                "stored data could not be decoded; see the server log".into(),
+            )
         }
         StoreError::Engine(_) => internal("datastore failure", &message),
     }

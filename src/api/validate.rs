@@ -22,7 +22,10 @@ fn unknown_relation(def: &str, rel: &str) -> ApiError {
     ApiError::precondition(
         Reason::UnknownRelationOrPermission,
         format!("relation/permission `{rel}` not found under definition `{def}`"),
-        meta([("definition_name", def), ("relation_or_permission_name", rel)]),
+        meta([
+            ("definition_name", def),
+            ("relation_or_permission_name", rel),
+        ]),
     )
 }
 
@@ -69,26 +72,30 @@ pub fn relationship_for_write(schema: &CompiledSchema, rel: &Relationship) -> Ap
                     "cannot write a relationship to permission `{}` under definition `{res_type}`",
                     rel.relation
                 ),
-                meta([("definition_name", res_type), ("relationship", &rel.to_string())]),
+                meta([
+                    ("definition_name", res_type),
+                    ("relationship", &rel.to_string()),
+                ]),
             ));
         }
         return Err(unknown_relation(res_type, &rel.relation));
     };
     let subj_type = &rel.subject.object.object_type;
     let subj_def = definition(schema, subj_type)?;
-    if let Some(sr) = &rel.subject.relation {
-        if subj_def.relation(sr).is_none() && subj_def.permission(sr).is_none() {
-            return Err(unknown_relation(subj_type, sr));
-        }
+    if let Some(sr) = &rel.subject.relation
+        && subj_def.relation(sr).is_none()
+        && subj_def.permission(sr).is_none()
+    {
+        return Err(unknown_relation(subj_type, sr));
     }
-    if let Some(c) = &rel.caveat {
-        if schema.caveat(&c.name).is_none() {
-            return Err(ApiError::precondition(
-                Reason::UnknownCaveat,
-                format!("caveat `{}` not found", c.name),
-                meta([("caveat_name", &c.name)]),
-            ));
-        }
+    if let Some(c) = &rel.caveat
+        && schema.caveat(&c.name).is_none()
+    {
+        return Err(ApiError::precondition(
+            Reason::UnknownCaveat,
+            format!("caveat `{}` not found", c.name),
+            meta([("caveat_name", &c.name)]),
+        ));
     }
     let wildcard = rel.subject.is_wildcard();
     let caveat = rel.caveat.as_ref().map(|c| c.name.as_str());
@@ -140,7 +147,9 @@ pub fn unique_updates<'a>(keys: impl Iterator<Item = RelationshipKey> + 'a) -> A
         if !seen.insert(k) {
             return Err(ApiError::invalid(
                 Reason::UpdatesOnSameRelationship,
-                format!("found more than one update with relationship `{text}` in this request; a relationship can only be specified in an update once per overall WriteRelationships request"),
+                format!(
+                    "found more than one update with relationship `{text}` in this request; a relationship can only be specified in an update once per overall WriteRelationships request"
+                ),
                 meta([("relationship", &text)]),
             ));
         }

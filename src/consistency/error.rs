@@ -20,7 +20,9 @@ pub enum ConsistencyError {
         head: Revision,
     },
     /// An exact snapshot was asked for with a token from another store.
-    #[error("invalid zedtoken: it was issued by another datastore, so its exact snapshot cannot be read here")]
+    #[error(
+        "invalid zedtoken: it was issued by another datastore, so its exact snapshot cannot be read here"
+    )]
     ForeignToken,
     /// The cursor is not one Pemba issued, or belongs to another request or store.
     #[error("invalid cursor: {0}")]

@@ -37,7 +37,10 @@ pub fn choose_revision(
     match requirement {
         Requirement::MinimizeLatency | Requirement::FullyConsistent => Ok(head),
         Requirement::AtLeastAsFresh(token) => match decode_token(token, store.unique_id())? {
-            Some(rev) if rev > head => Err(ConsistencyError::TokenInFuture { revision: rev, head }),
+            Some(rev) if rev > head => Err(ConsistencyError::TokenInFuture {
+                revision: rev,
+                head,
+            }),
             Some(rev) => Ok(rev.max(head)),
             None => Ok(head),
         },
@@ -81,8 +84,14 @@ mod tests {
         let r1 = write_one(&store, "a");
         let t1 = encode_token(r1, store.unique_id());
         let r2 = write_one(&store, "b");
-        assert_eq!(choose_revision(&store, &Requirement::MinimizeLatency).unwrap(), r2);
-        assert_eq!(choose_revision(&store, &Requirement::FullyConsistent).unwrap(), r2);
+        assert_eq!(
+            choose_revision(&store, &Requirement::MinimizeLatency).unwrap(),
+            r2
+        );
+        assert_eq!(
+            choose_revision(&store, &Requirement::FullyConsistent).unwrap(),
+            r2
+        );
         assert_eq!(
             choose_revision(&store, &Requirement::AtLeastAsFresh(t1.clone())).unwrap(),
             r2

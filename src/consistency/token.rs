@@ -119,7 +119,10 @@ mod tests {
     #[test]
     fn token_round_trip() {
         let t = encode_token(Revision(42), "abcdef0123456789");
-        assert_eq!(decode_token(&t, "abcdef0123456789").unwrap(), Some(Revision(42)));
+        assert_eq!(
+            decode_token(&t, "abcdef0123456789").unwrap(),
+            Some(Revision(42))
+        );
         assert_eq!(decode_token(&t, "other").unwrap(), None);
         assert!(decode_token("", "x").is_err());
         assert!(decode_token("AAAA", "x").is_err());

@@ -147,7 +147,10 @@ mod tests {
     fn type_names() {
         assert!(validate_type_name("document").is_ok());
         assert!(validate_type_name("tenant/document").is_ok());
-        assert!(validate_type_name("a/b/doc").is_err(), "segments need 3 chars");
+        assert!(
+            validate_type_name("a/b/doc").is_err(),
+            "segments need 3 chars"
+        );
         assert!(validate_type_name("ab").is_err());
         assert!(validate_type_name("Document").is_err());
         assert!(validate_type_name("doc_").is_err());

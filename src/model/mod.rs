@@ -8,8 +8,7 @@ pub mod tuple;
 pub use ids::{IdError, validate_object_id, validate_relation, validate_type_name};
 pub use revision::Revision;
 pub use tuple::{
-    CaveatMatch, OrphanCheck,
-    Context, ParseRelationshipError, Timestamp, parse_relationship, parse_rfc3339,
-    Caveat, ObjectRef, Relationship, RelationshipFilter, RelationshipKey, SubjectFilter,
-    SubjectRef, SubjectRelationFilter,
+    Caveat, CaveatMatch, Context, ObjectRef, OrphanCheck, ParseRelationshipError, Relationship,
+    RelationshipFilter, RelationshipKey, SubjectFilter, SubjectRef, SubjectRelationFilter,
+    Timestamp, parse_relationship, parse_rfc3339,
 };

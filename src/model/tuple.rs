@@ -200,7 +200,10 @@ impl SubjectFilter {
     /// Does `s` pass this filter?
     pub fn matches(&self, s: &SubjectRef) -> bool {
         s.object.object_type == self.subject_type
-            && self.subject_id.as_ref().is_none_or(|id| *id == s.object.object_id)
+            && self
+                .subject_id
+                .as_ref()
+                .is_none_or(|id| *id == s.object.object_id)
             && match &self.relation {
                 SubjectRelationFilter::Any => true,
                 SubjectRelationFilter::Ellipsis => s.relation.is_none(),
@@ -239,7 +242,10 @@ impl RelationshipFilter {
                 .as_ref()
                 .is_none_or(|p| key.resource.object_id.starts_with(p.as_str()))
             && self.relation.as_ref().is_none_or(|r| *r == key.relation)
-            && self.subject.as_ref().is_none_or(|s| s.matches(&key.subject))
+            && self
+                .subject
+                .as_ref()
+                .is_none_or(|s| s.matches(&key.subject))
     }
 
     /// Does `rel` pass this filter?
@@ -256,7 +262,10 @@ impl RelationshipFilter {
                 .as_ref()
                 .is_none_or(|p| rel.resource.object_id.starts_with(p.as_str()))
             && self.relation.as_ref().is_none_or(|r| *r == rel.relation)
-            && self.subject.as_ref().is_none_or(|s| s.matches(&rel.subject))
+            && self
+                .subject
+                .as_ref()
+                .is_none_or(|s| s.matches(&rel.subject))
     }
 
     /// Is nothing constrained?
@@ -331,14 +340,26 @@ pub fn parse_relationship(text: &str) -> Result<Relationship, ParseRelationshipE
     };
     let trimmed = text.trim();
     let (core, mut rest) = match trimmed.find('[') {
-        Some(i) => (trimmed.get(..i).unwrap_or_default(), trimmed.get(i..).unwrap_or_default()),
+        Some(i) => (
+            trimmed.get(..i).unwrap_or_default(),
+            trimmed.get(i..).unwrap_or_default(),
+        ),
         None => (trimmed, ""),
     };
     let (res_rel, subject) = core.split_once('@').ok_or_else(|| err("missing `@`"))?;
-    let (res, relation) = res_rel.split_once('#').ok_or_else(|| err("missing `#relation`"))?;
+    let (res, relation) = res_rel
+        .split_once('#')
+        .ok_or_else(|| err("missing `#relation`"))?;
     let resource = parse_object(res, text)?;
     let (subj_obj, subj_rel) = match subject.split_once('#') {
-        Some((o, r)) => (o, if r == "..." { None } else { Some(r.to_string()) }),
+        Some((o, r)) => (
+            o,
+            if r == "..." {
+                None
+            } else {
+                Some(r.to_string())
+            },
+        ),
         None => (subject, None),
     };
     let mut rel = Relationship::new(
@@ -357,7 +378,9 @@ pub fn parse_relationship(text: &str) -> Result<Relationship, ParseRelationshipE
         loop {
             let inner = rest.get(1..end).unwrap_or_default();
             if let Some(ts) = inner.strip_prefix("expiration:") {
-                chosen = Some(Bracket::Expiration(parse_rfc3339(ts).ok_or_else(|| err("bad expiration"))?));
+                chosen = Some(Bracket::Expiration(
+                    parse_rfc3339(ts).ok_or_else(|| err("bad expiration"))?,
+                ));
                 break;
             }
             match inner.split_once(':') {
@@ -469,8 +492,14 @@ mod tests {
     #[test]
     fn rfc3339() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z").unwrap().seconds, 0);
-        assert_eq!(parse_rfc3339("2000-03-01T00:00:01.5Z").unwrap().nanos, 500_000_000);
-        assert_eq!(parse_rfc3339("2000-03-01T00:00:01Z").unwrap().seconds, 951_868_801);
+        assert_eq!(
+            parse_rfc3339("2000-03-01T00:00:01.5Z").unwrap().nanos,
+            500_000_000
+        );
+        assert_eq!(
+            parse_rfc3339("2000-03-01T00:00:01Z").unwrap().seconds,
+            951_868_801
+        );
         assert!(parse_rfc3339("2000-13-01T00:00:00Z").is_none());
     }
 }

@@ -69,7 +69,9 @@ impl tonic::service::Interceptor for PresharedKeyAuth {
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| Status::unauthenticated("authorization header must be `Bearer <key>`"))?;
+            .ok_or_else(|| {
+                Status::unauthenticated("authorization header must be `Bearer <key>`")
+            })?;
         if constant_time_eq(token.trim().as_bytes(), key.as_bytes()) {
             Ok(request)
         } else {
@@ -102,9 +104,15 @@ pub async fn run(
     health_reporter
         .set_serving::<crate::api::proto::authzed::api::v1::schema_service_server::SchemaServiceServer<SchemaApi>>()
         .await;
-    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
 
-    let gc = tokio::spawn(gc_loop(Arc::clone(&store), options.gc_window, options.gc_interval));
+    let gc = tokio::spawn(gc_loop(
+        Arc::clone(&store),
+        options.gc_window,
+        options.gc_interval,
+    ));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving authzed.api.v1 over gRPC");
     }
@@ -125,10 +133,9 @@ async fn gc_loop(store: Arc<dyn Datastore>, window: Duration, interval: Duration
     loop {
         ticker.tick().await;
         let store = Arc::clone(&store);
-        let res = tokio::task::spawn_blocking(move || {
-            store.gc(crate::model::Timestamp::now(), window)
-        })
-        .await;
+        let res =
+            tokio::task::spawn_blocking(move || store.gc(crate::model::Timestamp::now(), window))
+                .await;
         match res {
             Ok(Ok(stats)) => tracing::debug!(?stats, "garbage collection done"),
             Ok(Err(e)) => tracing::warn!(error = %e, "garbage collection failed"),

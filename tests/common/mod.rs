@@ -60,7 +60,11 @@ pub async fn start_with_store(
 ) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let api = Api::new(Arc::clone(&store), EngineConfig::default(), Limits::default());
+    let api = Api::new(
+        Arc::clone(&store),
+        EngineConfig::default(),
+        Limits::default(),
+    );
     let (tx, rx) = oneshot::channel::<()>();
     let options = ServerOptions {
         preshared_key: key.map(str::to_string),
