@@ -242,11 +242,11 @@ def generate_case(seed, index, attempt=0):
         d = defs[s]
         wild = [(x, r.name) for x in others for r in defs[x].rels.values() if r.wildcard]
         choices = [
-            f"permission zzprobe = nosuchrel",
+            "permission zzprobe = nosuchrel",
             f"relation zzprobe: {prefix}/user | {prefix}/user",
             f"relation zzprobe: {prefix}/nosuchdef",
             f"relation zzprobe: {prefix}/user#nosuchrel",
-            f"permission zzprobe = zzprobe",
+            "permission zzprobe = zzprobe",
             f"permission zzprobe = {next(iter(d.rels))}->nosuchrel",
         ]
         if d.perm_names:
