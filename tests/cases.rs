@@ -73,10 +73,14 @@ struct Expectation {
     expect: Vec<String>,
 }
 
+/// `tests/cases`, or `PEMBA_CASES_DIR` (to run ad-hoc cases).
 fn cases_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("cases")
+    match std::env::var_os("PEMBA_CASES_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .join("cases"),
+    }
 }
 
 fn case_files() -> Vec<PathBuf> {
@@ -367,11 +371,13 @@ fn check_expectations(
 #[test]
 fn yaml_cases() {
     let files = case_files();
-    assert!(
-        files.len() >= 25,
-        "expected at least 25 case files, found {}",
-        files.len()
-    );
+    if std::env::var_os("PEMBA_CASES_DIR").is_none() {
+        assert!(
+            files.len() >= 25,
+            "expected at least 25 case files, found {}",
+            files.len()
+        );
+    }
     let mut failures = Vec::new();
     for f in &files {
         failures.extend(run_case(f));
@@ -516,7 +522,17 @@ impl<'a> World<'a> {
             answers.insert(k.clone(), a);
         }
 
-        // CheckBulk answers item by item as Check does.
+        // CheckBulk answers item by item as Check does, except that (as in SpiceDB) items of
+        // one resource type, permission and subject are evaluated together: when they are
+        // several, a data cycle met anywhere fails all of them.
+        let mut batch_sizes: BTreeMap<(String, String, SubjectRef), BTreeSet<String>> =
+            BTreeMap::new();
+        for k in &keys {
+            batch_sizes
+                .entry((k.0.object_type.clone(), k.1.clone(), k.2.clone()))
+                .or_default()
+                .insert(k.0.object_id.clone());
+        }
         let reqs: Vec<_> = keys
             .iter()
             .map(|k| self.request(&k.0, &k.1, &k.2))
@@ -532,7 +548,10 @@ impl<'a> World<'a> {
         for (k, b) in keys.iter().zip(bulk) {
             let b = answer(b);
             let single = &answers[k];
-            if &b != single {
+            let batched = batch_sizes
+                .get(&(k.0.object_type.clone(), k.1.clone(), k.2.clone()))
+                .is_some_and(|ids| ids.len() > 1);
+            if &b != single && !(batched && b == "MaxDepthExceeded") {
                 failures.push(format!(
                     "{label}: check_bulk {}#{}@{}: bulk says {b}, check says {single}",
                     k.0, k.1, k.2

@@ -88,14 +88,21 @@ pub fn relationship_for_write(schema: &CompiledSchema, rel: &Relationship) -> Ap
     {
         return Err(unknown_relation(subj_type, sr));
     }
-    if let Some(c) = &rel.caveat
-        && schema.caveat(&c.name).is_none()
-    {
-        return Err(ApiError::precondition(
-            Reason::UnknownCaveat,
-            format!("caveat `{}` not found", c.name),
-            meta([("caveat_name", &c.name)]),
-        ));
+    if let Some(c) = &rel.caveat {
+        let Some(def) = schema.caveat(&c.name) else {
+            return Err(ApiError::precondition(
+                Reason::UnknownCaveat,
+                format!("caveat `{}` not found", c.name),
+                meta([("caveat_name", &c.name)]),
+            ));
+        };
+        if let Err(e) = crate::engine::check_context_types(def, &c.context) {
+            return Err(ApiError::invalid(
+                Reason::CaveatParameterTypeError,
+                e,
+                meta([("caveat_name", &c.name)]),
+            ));
+        }
     }
     let wildcard = rel.subject.is_wildcard();
     let caveat = rel.caveat.as_ref().map(|c| c.name.as_str());

@@ -17,8 +17,8 @@
 use std::time::{Duration, Instant};
 
 use crate::engine::caveats::{self, CaveatOutcome, Cond};
-use crate::engine::dispatch::{CheckMemo, Dispatcher, MemoEntry, Pager};
-use crate::engine::error::EngineResult;
+use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, MemoEntry, Pager};
+use crate::engine::error::{EngineError, EngineResult};
 use crate::engine::validate;
 use crate::engine::{CheckRequest, CheckResult, Engine, Permissionship, Snapshot};
 use crate::model::{
@@ -149,21 +149,24 @@ fn member_by(rel: &Relationship) -> Outcome {
     Outcome::member(Cond::of_caveat(rel.caveat.as_ref()), rel.expires_at)
 }
 
-/// Accumulates a union: stops at the first unconditional member.
+/// Accumulates a union: stops at the first unconditional member, unless every branch must be
+/// evaluated (`require_all`).
 struct UnionAcc {
     yes: Option<Option<Timestamp>>,
     cond: Cond,
     cond_expiry: Option<Timestamp>,
     unresolved: Option<Unresolved>,
+    require_all: bool,
 }
 
 impl UnionAcc {
-    fn new() -> UnionAcc {
+    fn new(require_all: bool) -> UnionAcc {
         UnionAcc {
             yes: None,
             cond: Cond::False,
             cond_expiry: None,
             unresolved: None,
+            require_all,
         }
     }
 
@@ -172,8 +175,10 @@ impl UnionAcc {
         match o {
             Outcome::No => false,
             Outcome::Member { cond, expires_at } if cond.is_true() => {
-                self.yes = Some(expires_at);
-                true
+                if self.yes.is_none() {
+                    self.yes = Some(expires_at);
+                }
+                !self.require_all
             }
             Outcome::Member { cond, expires_at } => {
                 let prev = std::mem::replace(&mut self.cond, Cond::False);
@@ -189,6 +194,9 @@ impl UnionAcc {
     }
 
     fn finish(self) -> Outcome {
+        if let (Some(u), true) = (self.unresolved, self.require_all) {
+            return Outcome::Unresolved(u);
+        }
         if let Some(expires_at) = self.yes {
             return Outcome::yes(expires_at);
         }
@@ -318,7 +326,7 @@ impl<'c, 's> Checker<'c, 's> {
             self.trace_leaf(resource_type, resource_id, relation, &o, false);
             return Ok(o);
         }
-        if depth == 0 {
+        if depth == 0 || self.d.stack_exhausted() {
             return Ok(Outcome::Unresolved(Unresolved {
                 depth_limited: true,
                 min_ref: None,
@@ -466,7 +474,7 @@ impl<'c, 's> Checker<'c, 's> {
     ) -> EngineResult<Outcome> {
         let subject = self.subject;
         let subject_type = subject.object.object_type.as_str();
-        let mut acc = UnionAcc::new();
+        let mut acc = UnionAcc::new(self.memo.mode.require_all);
 
         let direct_allowed = relation.allowed.iter().any(|a| {
             a.type_name == subject_type
@@ -490,10 +498,12 @@ impl<'c, 's> Checker<'c, 's> {
                     },
                 }),
             );
-            if let Some(rel) = self.d.first(&filter)?
-                && acc.add(member_by(&rel))
-            {
-                return Ok(acc.finish());
+            if let Some(rel) = self.d.first(&filter)? {
+                // Found for this resource: no further dispatch for it, in any mode.
+                if rel.caveat.is_none() {
+                    return Ok(member_by(&rel));
+                }
+                acc.add(member_by(&rel));
             }
         }
 
@@ -514,10 +524,12 @@ impl<'c, 's> Checker<'c, 's> {
                     relation: SubjectRelationFilter::Ellipsis,
                 }),
             );
-            if let Some(rel) = self.d.first(&filter)?
-                && acc.add(member_by(&rel))
-            {
-                return Ok(acc.finish());
+            if let Some(rel) = self.d.first(&filter)? {
+                // Found for this resource: no further dispatch for it, in any mode.
+                if rel.caveat.is_none() {
+                    return Ok(member_by(&rel));
+                }
+                acc.add(member_by(&rel));
             }
         }
 
@@ -638,7 +650,7 @@ impl<'c, 's> Checker<'c, 's> {
         depth: u32,
     ) -> EngineResult<Outcome> {
         let schema = self.schema();
-        let mut acc = UnionAcc::new();
+        let mut acc = UnionAcc::new(self.memo.mode.require_all);
         let mut pager = Pager::new(resource_filter(resource_type, resource_id, tupleset, None));
         while let Some(page) = pager.next_page(self.d)? {
             for rel in page {
@@ -701,7 +713,7 @@ impl<'c, 's> Checker<'c, 's> {
         items: &'s [Expr],
         depth: u32,
     ) -> EngineResult<Outcome> {
-        let mut acc = UnionAcc::new();
+        let mut acc = UnionAcc::new(self.memo.mode.require_all);
         for e in items {
             let o = self.check_rewrite(resource_type, resource_id, e, depth)?;
             if acc.add(o) {
@@ -873,7 +885,27 @@ pub(crate) fn resource_filter(
     }
 }
 
-/// Solves one top-level check to an outcome (caveats not evaluated), validating it first.
+/// Solves `resource#permission` for `subject` to an outcome (caveats not evaluated), with a
+/// depth budget of `depth` and no trace.
+pub(crate) fn check_outcome_at(
+    d: &mut Dispatcher<'_>,
+    memo: &mut CheckMemo,
+    resource: &ObjectRef,
+    permission: &str,
+    subject: &SubjectRef,
+    depth: u32,
+) -> EngineResult<(Outcome, Option<CheckTrace>)> {
+    let mut checker = Checker::new(d, memo, subject, false);
+    let outcome = checker.dispatch_check(
+        &resource.object_type,
+        &resource.object_id,
+        permission,
+        depth,
+    )?;
+    Ok((outcome, None))
+}
+
+/// Solves one top-level check to an outcome (caveats not evaluated).
 pub(crate) fn check_outcome(
     d: &mut Dispatcher<'_>,
     memo: &mut CheckMemo,
@@ -951,13 +983,159 @@ pub(crate) fn run_check(
     })
 }
 
+/// CheckBulk as SpiceDB runs it: items with the same resource type, permission, subject and
+/// context are dispatched together, up to [`BULK_CHUNK`] resource ids at a time. A chunk of one
+/// resource is answered as a Check; a chunk of several evaluates every branch (SpiceDB's
+/// "require all results"), and a failure anywhere in it (such as a data cycle) fails every item
+/// of the chunk. Sub-problems are shared between all items.
+pub(crate) fn run_check_bulk(
+    engine: &Engine,
+    snap: &Snapshot<'_>,
+    reqs: &[CheckRequest],
+) -> Vec<EngineResult<CheckResult>> {
+    let mut out: Vec<Option<EngineResult<CheckResult>>> = reqs.iter().map(|_| None).collect();
+    let mut groups: Vec<(BulkKey<'_>, BulkGroup<'_>)> = Vec::new();
+    for (i, req) in reqs.iter().enumerate() {
+        let valid =
+            validate::resource_member(snap.schema, &req.resource.object_type, &req.permission)
+                .and_then(|_| validate::check_subject(snap.schema, &req.subject));
+        if let Err(e) = valid {
+            if let Some(slot) = out.get_mut(i) {
+                *slot = Some(Err(e));
+            }
+            continue;
+        }
+        let key = (
+            req.resource.object_type.as_str(),
+            req.permission.as_str(),
+            &req.subject,
+            serde_json::Value::Object(req.context.clone()).to_string(),
+        );
+        let group = match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g,
+            None => {
+                groups.push((key, Vec::new()));
+                match groups.last_mut() {
+                    Some((_, g)) => g,
+                    None => continue,
+                }
+            }
+        };
+        let id = req.resource.object_id.as_str();
+        match group.iter_mut().find(|(r, _)| *r == id) {
+            Some((_, items)) => items.push(i),
+            None => group.push((id, vec![i])),
+        }
+    }
+
+    let mut single = CheckMemo::new(EvalMode::CHECK);
+    let mut batch = CheckMemo::new(EvalMode::BATCH);
+    for ((_, _, _, _), resources) in &groups {
+        for chunk in resources.chunks(BULK_CHUNK) {
+            let memo = if chunk.len() == 1 {
+                &mut single
+            } else {
+                &mut batch
+            };
+            let mut d = Dispatcher::new(engine, snap);
+            let mut outcomes = Vec::with_capacity(chunk.len());
+            let mut failure: Option<EngineError> = None;
+            for (_, items) in chunk {
+                let Some(req) = items.first().and_then(|i| reqs.get(*i)) else {
+                    continue;
+                };
+                let solved = check_outcome(
+                    &mut d,
+                    memo,
+                    &req.resource,
+                    &req.permission,
+                    &req.subject,
+                    req.with_tracing,
+                );
+                match solved {
+                    Ok((Outcome::Unresolved(_), _)) => failure = Some(d.depth_error()),
+                    Ok(o) => outcomes.push((items, o)),
+                    Err(e) => failure = Some(e),
+                }
+                if failure.is_some() {
+                    break;
+                }
+            }
+            if let Some(err) = failure {
+                for (_, items) in chunk {
+                    for i in items {
+                        if let Some(slot) = out.get_mut(*i) {
+                            *slot = Some(Err(copy_error(&err, &d)));
+                        }
+                    }
+                }
+                continue;
+            }
+            for (items, (outcome, trace)) in outcomes {
+                for i in items {
+                    let Some(req) = reqs.get(*i) else { continue };
+                    let result = finish(&d, outcome.clone(), &req.context).map(
+                        |(permissionship, missing_context, expires_at)| CheckResult {
+                            permissionship,
+                            missing_context,
+                            expires_at,
+                            trace: trace.clone().map(|mut t| {
+                                t.result = permissionship;
+                                t
+                            }),
+                        },
+                    );
+                    if let Some(slot) = out.get_mut(*i) {
+                        *slot = Some(result);
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or(Err(EngineError::Cancelled)))
+        .collect()
+}
+
+/// What CheckBulk items are grouped by: resource type, permission, subject and context (as
+/// JSON).
+type BulkKey<'r> = (&'r str, &'r str, &'r SubjectRef, String);
+
+/// The distinct resource ids of a CheckBulk group, each with the indexes of its items.
+type BulkGroup<'r> = Vec<(&'r str, Vec<usize>)>;
+
+/// How many resource ids SpiceDB dispatches together (`--dispatch-chunk-size`).
+const BULK_CHUNK: usize = 100;
+
+/// The same error again, for another item of a failed chunk.
+fn copy_error(err: &EngineError, d: &Dispatcher<'_>) -> EngineError {
+    match err {
+        EngineError::UnknownDefinition(t) => EngineError::UnknownDefinition(t.clone()),
+        EngineError::UnknownRelationOrPermission {
+            definition,
+            relation,
+        } => EngineError::UnknownRelationOrPermission {
+            definition: definition.clone(),
+            relation: relation.clone(),
+        },
+        EngineError::WildcardSubjectNotAllowed => EngineError::WildcardSubjectNotAllowed,
+        EngineError::MaxDepthExceeded { .. } => d.depth_error(),
+        EngineError::Cancelled => EngineError::Cancelled,
+        EngineError::DeadlineExceeded => EngineError::DeadlineExceeded,
+        EngineError::CaveatEvaluation(m) => EngineError::CaveatEvaluation(m.clone()),
+        EngineError::Store(e) => {
+            EngineError::Store(Box::new(crate::store::StoreError::Engine(e.to_string())))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn union_prefers_unconditional_and_intersection_stops_at_no() {
-        let mut u = UnionAcc::new();
+        let mut u = UnionAcc::new(false);
         assert!(!u.add(Outcome::No));
         assert!(!u.add(Outcome::Unresolved(Unresolved {
             depth_limited: false,
@@ -979,7 +1157,7 @@ mod tests {
 
     #[test]
     fn unresolved_union_stays_unresolved() {
-        let mut u = UnionAcc::new();
+        let mut u = UnionAcc::new(false);
         u.add(Outcome::Unresolved(Unresolved {
             depth_limited: false,
             min_ref: Some(3),

@@ -20,6 +20,17 @@ const PAGE_SIZE: usize = 1000;
 /// How many polls between two reads of the clock for the deadline.
 const DEADLINE_POLL_INTERVAL: u32 = 16;
 
+/// How much thread stack one request's recursion may use. Nested dispatches take a few KiB
+/// each, and a server's blocking threads usually have 2 MiB: past this budget a request fails
+/// with `MaxDepthExceeded` instead of overflowing the stack, whatever `max_depth` says.
+const STACK_BUDGET: usize = 1024 * 1024;
+
+/// An address in the current stack frame.
+fn stack_position() -> usize {
+    let probe = 0u8;
+    std::hint::black_box(&probe) as *const u8 as usize
+}
+
 /// The request-wide state every traversal step shares: the snapshot, the engine's
 /// configuration, and cancellation.
 pub(crate) struct Dispatcher<'s> {
@@ -29,6 +40,8 @@ pub(crate) struct Dispatcher<'s> {
     pub(crate) engine: &'s Engine,
     /// polls since the clock was last read
     polls: u32,
+    /// where the stack was when the request started
+    stack_base: usize,
 }
 
 impl<'s> Dispatcher<'s> {
@@ -37,7 +50,13 @@ impl<'s> Dispatcher<'s> {
             snap,
             engine,
             polls: 0,
+            stack_base: stack_position(),
         }
+    }
+
+    /// Has the recursion used up its stack budget?
+    pub(crate) fn stack_exhausted(&self) -> bool {
+        stack_position().abs_diff(self.stack_base) > STACK_BUDGET
     }
 
     /// The depth budget of a top-level request.
@@ -229,15 +248,43 @@ pub(crate) enum MemoEntry {
     },
 }
 
-/// Solved check sub-problems of one request (or one bulk request).
-#[derive(Debug, Default)]
+/// How checks are evaluated; answers differ between modes, so each memo has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EvalMode {
+    /// Evaluate every branch of a union, as SpiceDB does when one dispatch carries several
+    /// resource ids (CheckBulk): a branch that cannot be decided then makes the whole answer
+    /// undecided even where another branch found a member.
+    pub(crate) require_all: bool,
+}
+
+impl EvalMode {
+    /// Check, CheckBulk items answered one by one, and LookupResources' checks.
+    pub(crate) const CHECK: EvalMode = EvalMode { require_all: false };
+    /// CheckBulk items dispatched together with other resource ids.
+    pub(crate) const BATCH: EvalMode = EvalMode { require_all: true };
+}
+
+/// Solved check sub-problems of one request (or one bulk request), in one evaluation mode.
+#[derive(Debug)]
 pub(crate) struct CheckMemo {
+    /// how the sub-problems were solved
+    pub(crate) mode: EvalMode,
     entries: HashMap<MemoKey, MemoEntry>,
     subjects: HashMap<SubjectRef, u32>,
     next_activation: u64,
 }
 
 impl CheckMemo {
+    /// An empty memo for `mode`.
+    pub(crate) fn new(mode: EvalMode) -> CheckMemo {
+        CheckMemo {
+            mode,
+            entries: HashMap::new(),
+            subjects: HashMap::new(),
+            next_activation: 0,
+        }
+    }
+
     /// The interned id of `subject`.
     pub(crate) fn subject_id(&mut self, subject: &SubjectRef) -> u32 {
         if let Some(id) = self.subjects.get(subject) {

@@ -120,7 +120,7 @@ impl<'d, 's> Expander<'d, 's> {
         depth: u32,
     ) -> EngineResult<ExpandTree> {
         self.d.poll()?;
-        if depth == 0 {
+        if depth == 0 || self.d.stack_exhausted() {
             return Err(self.d.depth_error());
         }
         if self

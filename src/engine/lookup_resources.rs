@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::engine::check::{self, Outcome};
-use crate::engine::dispatch::{CheckMemo, Dispatcher, Pager};
+use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, Pager};
 use crate::engine::error::EngineResult;
 use crate::engine::validate;
 use crate::engine::{Engine, LookupResult, Permissionship, Snapshot};
@@ -200,6 +200,51 @@ impl<'s> ReverseIndex<'s> {
 /// that plain object).
 type Atom = (String, String, Option<String>);
 
+/// How an atom is entered.
+#[derive(Debug, Clone, Copy)]
+enum Entry {
+    /// through unions only; `exact` if also through uncaveated relationships from an exact atom
+    Direct { exact: bool },
+    /// through an intersection, an exclusion or an `.all()` arrow: keep it only if a check passes
+    Checked,
+}
+
+impl Entry {
+    fn new(unions_only: bool, exact: bool) -> Entry {
+        if unions_only {
+            Entry::Direct { exact }
+        } else {
+            Entry::Checked
+        }
+    }
+}
+
+/// Checks atoms for the subject, sharing one memo over the whole lookup.
+struct EntryChecker<'c, 's> {
+    d: &'c mut Dispatcher<'s>,
+    memo: CheckMemo,
+    subject: &'c SubjectRef,
+}
+
+impl EntryChecker<'_, '_> {
+    /// Is the subject in the atom's `type:id#permission`, with `depth` budget?
+    fn check(&mut self, atom: &Atom, depth: u32) -> EngineResult<Outcome> {
+        let Some(permission) = &atom.2 else {
+            return Ok(Outcome::No);
+        };
+        let resource = ObjectRef::new(atom.0.as_str(), atom.1.as_str());
+        let (outcome, _) = check::check_outcome_at(
+            self.d,
+            &mut self.memo,
+            &resource,
+            permission,
+            self.subject,
+            depth,
+        )?;
+        Ok(outcome)
+    }
+}
+
 /// The reverse walk: atoms reached (a graph, to find cycles), and the work queue.
 struct Walk<'s> {
     ix: ReverseIndex<'s>,
@@ -220,38 +265,52 @@ impl<'s> Walk<'s> {
         self.relevant.contains(&(t, r))
     }
 
-    /// Records an atom reached from atom `from` (if it can lead to the target); re-queues it
-    /// when it becomes exact.
-    fn push(
+    /// Records an atom reached from atom `from` (if it can lead to the target), and queues it to
+    /// be walked from. An atom entered through an intersection, an exclusion or an `.all()`
+    /// arrow is kept only if a check of it passes (SpiceDB shears the walk there the same
+    /// way). An atom already known is re-queued when it becomes exact.
+    fn offer(
         &mut self,
-        from: Option<usize>,
+        checker: &mut EntryChecker<'_, '_>,
+        from: usize,
         atom: Atom,
-        exact: bool,
+        entry: Entry,
         level: u32,
     ) -> EngineResult<()> {
         if !self.is_relevant(&atom.0, atom.2.as_deref()) {
             return Ok(());
         }
-        let (i, requeue) = match self.index.get(&atom) {
+        let exact_entry = matches!(entry, Entry::Direct { exact: true });
+        let (i, requeue, exact) = match self.index.get(&atom) {
             Some(i) => {
                 let i = *i;
                 match self.atoms.get_mut(i) {
-                    Some((_, prev)) if !*prev && exact => {
+                    Some((_, prev)) if !*prev && exact_entry => {
                         *prev = true;
-                        (i, true)
+                        (i, true, true)
                     }
-                    _ => (i, false),
+                    _ => (i, false, false),
                 }
             }
             None => {
+                let exact = match entry {
+                    Entry::Direct { exact } => exact,
+                    Entry::Checked => {
+                        match checker.check(&atom, self.max_depth.saturating_sub(level))? {
+                            Outcome::No => return Ok(()),
+                            Outcome::Member { cond, .. } => cond.is_true(),
+                            Outcome::Unresolved(_) => return Err(checker.d.depth_error()),
+                        }
+                    }
+                };
                 let i = self.atoms.len();
                 self.index.insert(atom.clone(), i);
                 self.atoms.push((atom, exact));
                 self.edges.push(Vec::new());
-                (i, true)
+                (i, true, exact)
             }
         };
-        if let Some(edges) = from.and_then(|f| self.edges.get_mut(f))
+        if let Some(edges) = self.edges.get_mut(from)
             && !edges.contains(&i)
         {
             edges.push(i);
@@ -387,6 +446,11 @@ pub(crate) fn lookup_resources(
         queue: VecDeque::new(),
         max_depth: d.max_depth(),
     };
+    let mut checker = EntryChecker {
+        d: &mut d,
+        memo: CheckMemo::new(EvalMode::CHECK),
+        subject,
+    };
 
     // The subject itself (a subject set is in itself).
     let start: Atom = (
@@ -421,25 +485,24 @@ pub(crate) fn lookup_resources(
             "*",
             SubjectRelationFilter::Ellipsis,
         ));
-        while let Some(page) = pager.next_page(&mut d)? {
+        while let Some(page) = pager.next_page(checker.d)? {
             for rel in page {
                 let exact = rel.caveat.is_none();
                 let atom = (t.to_string(), rel.resource.object_id, Some(r.to_string()));
-                walk.push(Some(0), atom, exact, 1)?;
+                walk.offer(&mut checker, 0, atom, Entry::Direct { exact }, 1)?;
             }
         }
     }
 
     while let Some((i, exact, level)) = walk.queue.pop_front() {
-        d.poll()?;
+        checker.d.poll()?;
         let Some(((x, id, rel), _)) = walk.atoms.get(i).cloned() else {
             continue;
         };
         // Going further from here is a dispatch: with no depth budget left, SpiceDB fails.
         if level >= walk.max_depth && walk.leads_further(&x, rel.as_deref()) {
-            return Err(d.depth_error());
+            return Err(checker.d.depth_error());
         }
-        let from = Some(i);
         // Relations holding this object or subject set as a subject.
         let direct = walk
             .ix
@@ -456,11 +519,13 @@ pub(crate) fn lookup_resources(
                 Some(sr) => SubjectRelationFilter::Relation(sr.clone()),
             };
             let mut pager = Pager::new(by_subject(t, r, &x, &id, subject_relation));
-            while let Some(page) = pager.next_page(&mut d)? {
+            while let Some(page) = pager.next_page(checker.d)? {
                 for found in page {
-                    let e = exact && found.caveat.is_none();
+                    let entry = Entry::Direct {
+                        exact: exact && found.caveat.is_none(),
+                    };
                     let atom = (t.to_string(), found.resource.object_id, Some(r.to_string()));
-                    walk.push(from, atom, e, level + 1)?;
+                    walk.offer(&mut checker, i, atom, entry, level + 1)?;
                 }
             }
         }
@@ -473,9 +538,10 @@ pub(crate) fn lookup_resources(
                     .get(&(x.as_str(), r.as_str()))
                     .cloned()
                     .unwrap_or_default();
-                for (p, pe) in computed {
+                for (p, unions_only) in computed {
                     let atom = (x.clone(), id.clone(), Some(p.to_string()));
-                    walk.push(from, atom, exact && pe, level + 1)?;
+                    let entry = Entry::new(unions_only, exact);
+                    walk.offer(&mut checker, i, atom, entry, level + 1)?;
                 }
                 // Arrows whose tupleset points at this object.
                 let arrows = walk
@@ -484,44 +550,44 @@ pub(crate) fn lookup_resources(
                     .get(&(x.as_str(), r.as_str()))
                     .cloned()
                     .unwrap_or_default();
-                for (t, tupleset, p, pe) in arrows {
+                for (t, tupleset, p, unions_only) in arrows {
                     if !walk.is_relevant(t, Some(p)) {
                         continue;
                     }
                     let mut pager =
                         Pager::new(by_subject(t, tupleset, &x, &id, SubjectRelationFilter::Any));
-                    while let Some(page) = pager.next_page(&mut d)? {
+                    while let Some(page) = pager.next_page(checker.d)? {
                         for found in page {
-                            let e = exact && pe && found.caveat.is_none();
+                            let entry = Entry::new(unions_only, exact && found.caveat.is_none());
                             let atom =
                                 (t.to_string(), found.resource.object_id, Some(p.to_string()));
-                            walk.push(from, atom, e, level + 1)?;
+                            walk.offer(&mut checker, i, atom, entry, level + 1)?;
                         }
                     }
                 }
             }
             None => {
                 let selfs = walk.ix.selfs.get(x.as_str()).cloned().unwrap_or_default();
-                for (p, pe) in selfs {
+                for (p, unions_only) in selfs {
                     let atom = (x.clone(), id.clone(), Some(p.to_string()));
-                    walk.push(from, atom, exact && pe, level + 1)?;
+                    let entry = Entry::new(unions_only, exact);
+                    walk.offer(&mut checker, i, atom, entry, level + 1)?;
                 }
             }
         }
     }
     if walk.has_cycle() {
-        return Err(d.depth_error());
+        return Err(checker.d.depth_error());
     }
 
-    // Candidates of the wanted type and permission.
+    // Candidates of the wanted type and permission: exact ones are members; the others went
+    // through caveats, and a check gives their permissionship and missing context.
     let mut candidates: BTreeMap<String, bool> = BTreeMap::new();
     for ((t, id, r), exact) in walk.atoms {
         if t == resource_type && r.as_deref() == Some(permission) {
             candidates.insert(id, exact);
         }
     }
-
-    let mut memo = CheckMemo::default();
     let mut out = Vec::with_capacity(candidates.len());
     for (id, exact) in candidates {
         if exact {
@@ -533,12 +599,19 @@ pub(crate) fn lookup_resources(
             continue;
         }
         let resource = ObjectRef::new(resource_type, id.as_str());
-        let (outcome, _) =
-            check::check_outcome(&mut d, &mut memo, &resource, permission, subject, false)?;
+        let depth = checker.d.max_depth();
+        let (outcome, _) = check::check_outcome_at(
+            checker.d,
+            &mut checker.memo,
+            &resource,
+            permission,
+            subject,
+            depth,
+        )?;
         if outcome == Outcome::No {
             continue;
         }
-        let (permissionship, missing_context, _) = check::finish(&d, outcome, context)?;
+        let (permissionship, missing_context, _) = check::finish(checker.d, outcome, context)?;
         if permissionship != Permissionship::NoPermission {
             out.push(LookupResult {
                 resource_id: id,

@@ -188,7 +188,7 @@ impl SubjectLookup<'_, '_> {
             return Ok(Rc::clone(found));
         }
         // A cycle: SpiceDB follows it until the depth budget runs out.
-        if depth == 0 || self.in_progress.contains(&key) {
+        if depth == 0 || self.in_progress.contains(&key) || self.d.stack_exhausted() {
             return Err(self.d.depth_error());
         }
         self.in_progress.insert(key.clone());
@@ -308,7 +308,8 @@ impl SubjectLookup<'_, '_> {
     }
 
     /// `tupleset->computed` (union over the objects reached) or `tupleset.all(computed)`
-    /// (intersection; empty when nothing is reached or a reached type lacks `computed`).
+    /// (intersection over the objects reached whose type has `computed`; empty when there is
+    /// none).
     fn lookup_via_tuple_to_userset(
         &mut self,
         resource_type: &str,
@@ -325,6 +326,11 @@ impl SubjectLookup<'_, '_> {
         let mut acc: Option<SubjectSet> = None;
         for rel in rels {
             let target = &rel.subject.object;
+            // SpiceDB's LookupSubjects leaves out of an `.all()` the objects whose type lacks
+            // the relation (its Check counts them as failing): follow it.
+            if kind == ArrowKind::All && !schema.has_member(&target.object_type, computed) {
+                continue;
+            }
             let reached = if schema.has_member(&target.object_type, computed) {
                 self.lookup(
                     &target.object_type,
