@@ -612,3 +612,102 @@ async fn garbage_requests_never_panic_the_server() {
         .unwrap();
     assert!(!s.handle.as_ref().unwrap().is_finished());
 }
+
+#[tokio::test]
+async fn lookup_resources_pages_return_each_resource_once() {
+    use futures::TryStreamExt;
+    let mut s = start(Backend::Memory, None).await;
+    s.write_schema(SCHEMA).await.unwrap();
+    let n = 1203;
+    let all: Vec<_> = (0..n)
+        .map(|i| {
+            // every third document through the group, one in fifty banned
+            let via = if i % 3 == 0 {
+                format!("document:d{i:04}#viewer@group:eng#member")
+            } else {
+                format!("document:d{i:04}#viewer@user:ann")
+            };
+            (i, via)
+        })
+        .collect();
+    for chunk in all.chunks(900) {
+        let mut updates: Vec<_> = chunk.iter().map(|(_, t)| create(t)).collect();
+        for (i, _) in chunk.iter().filter(|(i, _)| i % 50 == 7) {
+            updates.push(create(&format!("document:d{i:04}#banned@user:ann")));
+        }
+        s.write(updates).await.unwrap();
+    }
+    let token = s
+        .write(vec![create("group:eng#member@user:ann")])
+        .await
+        .unwrap();
+    let expected: Vec<String> = (0..n)
+        .filter(|i| i % 50 != 7)
+        .map(|i| format!("d{i:04}"))
+        .collect();
+    for size in [1u32, 7, 100, 999, 1000] {
+        let mut cursor: Option<pb::Cursor> = None;
+        let mut got = Vec::new();
+        loop {
+            let page: Vec<pb::LookupResourcesResponse> = s
+                .permissions
+                .lookup_resources(pb::LookupResourcesRequest {
+                    consistency: if cursor.is_none() {
+                        fresh(&token)
+                    } else {
+                        None
+                    },
+                    resource_object_type: "document".into(),
+                    permission: "view".into(),
+                    subject: Some(subj("user", "ann", "")),
+                    optional_limit: size,
+                    optional_cursor: cursor.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .try_collect()
+                .await
+                .unwrap();
+            got.extend(page.iter().map(|r| r.resource_object_id.clone()));
+            if page.len() < size as usize {
+                break;
+            }
+            cursor = page.last().unwrap().after_result_cursor.clone();
+        }
+        assert_eq!(got.len(), expected.len(), "page size {size}");
+        assert_eq!(
+            got, expected,
+            "page size {size}: each resource once, in order"
+        );
+    }
+    // a cursor from another request is refused
+    let first = s
+        .permissions
+        .lookup_resources(pb::LookupResourcesRequest {
+            resource_object_type: "document".into(),
+            permission: "view".into(),
+            subject: Some(subj("user", "ann", "")),
+            optional_limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    let err = s
+        .permissions
+        .lookup_resources(pb::LookupResourcesRequest {
+            resource_object_type: "document".into(),
+            permission: "edit".into(),
+            subject: Some(subj("user", "ann", "")),
+            optional_cursor: first[0].after_result_cursor.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "ERROR_REASON_INVALID_CURSOR");
+}

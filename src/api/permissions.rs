@@ -332,6 +332,22 @@ fn cursor_after(api: &Api, rev: Revision, key: &RelationshipKey, hash: u64) -> p
     }
 }
 
+/// Runs a query off the executor with the request's deadline; if the client goes away first,
+/// the query is told to stop.
+async fn run_query<R: Send + 'static, T: Send + 'static>(
+    api: &Arc<Api>,
+    request: Request<R>,
+    query: fn(&Api, R, &query::Control) -> ApiResult<T>,
+) -> Result<T, Status> {
+    let api = Arc::clone(api);
+    let control = query::Control::for_request(request.metadata());
+    let guard = control.guard();
+    let req = request.into_inner();
+    let out = blocking(move || query(&api, req, &control)).await;
+    guard.finish();
+    Ok(out?)
+}
+
 #[tonic::async_trait]
 impl pb::permissions_service_server::PermissionsService for PermissionsApi {
     type ReadRelationshipsStream = ResponseStream<pb::ReadRelationshipsResponse>;
@@ -418,10 +434,8 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::CheckPermissionRequest>,
     ) -> Result<Response<pb::CheckPermissionResponse>, Status> {
-        let api = Arc::clone(&self.0);
-        let req = request.into_inner();
         Ok(Response::new(
-            blocking(move || query::check(&api, req)).await?,
+            run_query(&self.0, request, query::check).await?,
         ))
     }
 
@@ -429,10 +443,8 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::CheckBulkPermissionsRequest>,
     ) -> Result<Response<pb::CheckBulkPermissionsResponse>, Status> {
-        let api = Arc::clone(&self.0);
-        let req = request.into_inner();
         Ok(Response::new(
-            blocking(move || query::check_bulk(&api, req)).await?,
+            run_query(&self.0, request, query::check_bulk).await?,
         ))
     }
 
@@ -440,10 +452,8 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::ExpandPermissionTreeRequest>,
     ) -> Result<Response<pb::ExpandPermissionTreeResponse>, Status> {
-        let api = Arc::clone(&self.0);
-        let req = request.into_inner();
         Ok(Response::new(
-            blocking(move || query::expand(&api, req)).await?,
+            run_query(&self.0, request, query::expand).await?,
         ))
     }
 
@@ -451,9 +461,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::LookupResourcesRequest>,
     ) -> Result<Response<Self::LookupResourcesStream>, Status> {
-        let api = Arc::clone(&self.0);
-        let req = request.into_inner();
-        let items = blocking(move || query::lookup_resources(&api, req)).await?;
+        let items = run_query(&self.0, request, query::lookup_resources).await?;
         Ok(Response::new(Box::pin(tokio_stream::iter(
             items.into_iter().map(Ok),
         ))))
@@ -463,9 +471,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::LookupSubjectsRequest>,
     ) -> Result<Response<Self::LookupSubjectsStream>, Status> {
-        let api = Arc::clone(&self.0);
-        let req = request.into_inner();
-        let items = blocking(move || query::lookup_subjects(&api, req)).await?;
+        let items = run_query(&self.0, request, query::lookup_subjects).await?;
         Ok(Response::new(Box::pin(tokio_stream::iter(
             items.into_iter().map(Ok),
         ))))

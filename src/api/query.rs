@@ -2,6 +2,8 @@
 //! validated, run by the engine at the chosen revision, and turned back into proto messages.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use super::convert::{self, now};
 use super::error::{ApiError, ApiResult, Metadata, Reason};
@@ -13,6 +15,81 @@ use crate::engine::{
 };
 use crate::model::{Revision, SubjectRef};
 use crate::schema::CompiledSchema;
+
+/// How long a query may run and whether its caller is still there.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// stop once this instant has passed (from the request's `grpc-timeout`)
+    pub deadline: Option<Instant>,
+    /// set when the client goes away
+    pub cancelled: Arc<AtomicBool>,
+}
+
+impl Control {
+    /// Reads the deadline of a request.
+    pub fn for_request(metadata: &tonic::metadata::MetadataMap) -> Control {
+        let deadline = metadata
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(|d| Instant::now() + d);
+        Control {
+            deadline,
+            cancelled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A guard that marks the query cancelled when dropped before [`CancelGuard::finish`]:
+    /// tonic drops the handler's future when the client cancels or disconnects.
+    pub fn guard(&self) -> CancelGuard {
+        CancelGuard(Some(Arc::clone(&self.cancelled)))
+    }
+
+    fn apply<'a>(&'a self, snap: Snapshot<'a>) -> Snapshot<'a> {
+        let snap = snap.with_cancel_flag(&self.cancelled);
+        match self.deadline {
+            Some(d) => snap.with_deadline(d),
+            None => snap,
+        }
+    }
+}
+
+/// Sets the cancel flag when dropped, unless finished.
+#[derive(Debug)]
+pub struct CancelGuard(Option<Arc<AtomicBool>>);
+
+impl CancelGuard {
+    /// The query finished: dropping the guard no longer cancels anything.
+    pub fn finish(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0.take() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Parses gRPC's `grpc-timeout` header: an integer of at most 8 digits and a unit.
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
 
 /// The revision a query reads at, and the schema there.
 fn snapshot_parts(
@@ -120,7 +197,11 @@ fn debug_info(result: &CheckResult, schema: &CompiledSchema) -> Option<pb::Debug
 }
 
 /// CheckPermission.
-pub fn check(api: &Api, req: pb::CheckPermissionRequest) -> ApiResult<pb::CheckPermissionResponse> {
+pub fn check(
+    api: &Api,
+    req: pb::CheckPermissionRequest,
+    control: &Control,
+) -> ApiResult<pb::CheckPermissionResponse> {
     let creq = check_request(
         req.resource.as_ref(),
         &req.permission,
@@ -129,7 +210,7 @@ pub fn check(api: &Api, req: pb::CheckPermissionRequest) -> ApiResult<pb::CheckP
         req.with_tracing,
     )?;
     let (rev, schema) = snapshot_parts(api, req.consistency.as_ref())?;
-    let snap = Snapshot::new(api.store.as_ref(), &schema, rev, now());
+    let snap = control.apply(Snapshot::new(api.store.as_ref(), &schema, rev, now()));
     let result = api.engine.check(&snap, &creq)?;
     Ok(pb::CheckPermissionResponse {
         checked_at: Some(convert::zed_token_out(rev, api.store.unique_id())),
@@ -144,6 +225,7 @@ pub fn check(api: &Api, req: pb::CheckPermissionRequest) -> ApiResult<pb::CheckP
 pub fn check_bulk(
     api: &Api,
     req: pb::CheckBulkPermissionsRequest,
+    control: &Control,
 ) -> ApiResult<pb::CheckBulkPermissionsResponse> {
     if req.items.len() > api.limits.max_bulk_checks {
         return Err(ApiError::invalid(
@@ -157,7 +239,7 @@ pub fn check_bulk(
         ));
     }
     let (rev, schema) = snapshot_parts(api, req.consistency.as_ref())?;
-    let snap = Snapshot::new(api.store.as_ref(), &schema, rev, now());
+    let snap = control.apply(Snapshot::new(api.store.as_ref(), &schema, rev, now()));
     let parsed: Vec<ApiResult<CheckRequest>> = req
         .items
         .iter()
@@ -270,11 +352,12 @@ fn expand_out(t: &ExpandTree) -> pb::PermissionRelationshipTree {
 pub fn expand(
     api: &Api,
     req: pb::ExpandPermissionTreeRequest,
+    control: &Control,
 ) -> ApiResult<pb::ExpandPermissionTreeResponse> {
     let resource = convert::resource_ref(req.resource.as_ref(), "resource")?;
     let permission = convert::relation_name(&req.permission, "permission")?;
     let (rev, schema) = snapshot_parts(api, req.consistency.as_ref())?;
-    let snap = Snapshot::new(api.store.as_ref(), &schema, rev, now());
+    let snap = control.apply(Snapshot::new(api.store.as_ref(), &schema, rev, now()));
     let tree = api.engine.expand(&snap, &resource, &permission)?;
     Ok(pb::ExpandPermissionTreeResponse {
         expanded_at: Some(convert::zed_token_out(rev, api.store.unique_id())),
@@ -287,6 +370,7 @@ pub fn expand(
 pub fn lookup_resources(
     api: &Api,
     req: pb::LookupResourcesRequest,
+    control: &Control,
 ) -> ApiResult<Vec<pb::LookupResourcesResponse>> {
     let resource_type = convert::type_name(&req.resource_object_type, "resource_object_type")?;
     let permission = convert::relation_name(&req.permission, "permission")?;
@@ -324,7 +408,7 @@ pub fn lookup_resources(
         }
     };
     let schema = api.schema_at(rev)?;
-    let snap = Snapshot::new(api.store.as_ref(), &schema, rev, now());
+    let snap = control.apply(Snapshot::new(api.store.as_ref(), &schema, rev, now()));
     let results =
         api.engine
             .lookup_resources(&snap, &resource_type, &permission, &subject, &context)?;
@@ -372,6 +456,7 @@ pub fn lookup_resources(
 pub fn lookup_subjects(
     api: &Api,
     req: pb::LookupSubjectsRequest,
+    control: &Control,
 ) -> ApiResult<Vec<pb::LookupSubjectsResponse>> {
     let resource = convert::resource_ref(req.resource.as_ref(), "resource")?;
     let permission = convert::relation_name(&req.permission, "permission")?;
@@ -387,7 +472,7 @@ pub fn lookup_subjects(
     let include_wildcards =
         req.wildcard_option != pb::lookup_subjects_request::WildcardOption::ExcludeWildcards as i32;
     let (rev, schema) = snapshot_parts(api, req.consistency.as_ref())?;
-    let snap = Snapshot::new(api.store.as_ref(), &schema, rev, now());
+    let snap = control.apply(Snapshot::new(api.store.as_ref(), &schema, rev, now()));
     let results = api.engine.lookup_subjects(
         &snap,
         &resource,
@@ -423,4 +508,22 @@ pub fn lookup_subjects(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_grpc_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+    }
 }
