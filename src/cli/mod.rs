@@ -1,5 +1,9 @@
 //! Step seven, the command line: `pemba serve` and its flags (with `PEMBA_*` environment
-//! equivalents), turned into a running server.
+//! equivalents), turned into a running server; `pemba bench`, a load generator for any
+//! `authzed.api.v1` endpoint, over the reusable benchmark [`workload`].
+
+pub mod bench;
+pub mod workload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +32,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the gRPC server.
     Serve(ServeArgs),
+    /// Load the benchmark workload into a server and measure it.
+    Bench(bench::BenchArgs),
 }
 
 /// Which datastore to use.
@@ -69,6 +75,7 @@ pub struct ServeArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
