@@ -81,6 +81,13 @@ impl Api {
         })
     }
 
+    /// Holds off every other write (schema or relationships) until the guard is dropped.
+    fn lock_writes(&self) -> ApiResult<std::sync::MutexGuard<'_, ()>> {
+        self.write_gate
+            .lock()
+            .map_err(|_| ApiError::Internal("write gate poisoned".into()))
+    }
+
     /// The compiled schema visible at `rev` (an empty schema if none was written).
     fn schema_at(&self, rev: Revision) -> ApiResult<Arc<CompiledSchema>> {
         let Some(stored) = self.store.read_schema(rev)? else {

@@ -169,10 +169,7 @@ fn write_relationships(api: &Api, req: pb::WriteRelationshipsRequest) -> ApiResu
         convert_preconditions(&req.optional_preconditions, "optional_preconditions")?;
     validate::unique_updates(updates.iter().map(|u| u.relationship.key()))?;
 
-    let _gate = api
-        .write_gate
-        .lock()
-        .map_err(|_| ApiError::Internal("write gate poisoned".into()))?;
+    let _gate = api.lock_writes()?;
     let schema = api.schema_at(api.store.head_revision()?)?;
     for u in &updates {
         match u.op {
@@ -212,10 +209,7 @@ fn delete_relationships(
         api.limits.max_delete_limit,
         "deleting relationships",
     )?;
-    let _gate = api
-        .write_gate
-        .lock()
-        .map_err(|_| ApiError::Internal("write gate poisoned".into()))?;
+    let _gate = api.lock_writes()?;
     let schema = api.schema_at(api.store.head_revision()?)?;
     validate::filter(&schema, &filter)?;
     for p in &preconditions {
@@ -496,10 +490,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         let loaded = updates.len() as u64;
         blocking(move || {
             validate::unique_updates(updates.iter().map(|u| u.relationship.key()))?;
-            let _gate = api
-                .write_gate
-                .lock()
-                .map_err(|_| ApiError::Internal("write gate poisoned".into()))?;
+            let _gate = api.lock_writes()?;
             let schema = api.schema_at(api.store.head_revision()?)?;
             for u in &updates {
                 validate::relationship_for_write(&schema, &u.relationship)?;

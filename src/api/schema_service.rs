@@ -62,10 +62,7 @@ impl pb::schema_service_server::SchemaService for SchemaApi {
                 ));
             }
             let compiled = schema::compile(&text)?;
-            let _gate = api
-                .write_gate
-                .lock()
-                .map_err(|_| ApiError::Internal("write gate poisoned".into()))?;
+            let _gate = api.lock_writes()?;
             let head = api.store.head_revision()?;
             let old = api.schema_at(head)?;
             if let Some(why) = schema::incompatible_caveat_changes(&old, &compiled).into_iter().next() {
