@@ -11,6 +11,7 @@ Options:
   --report PATH     also write every mismatch, in full, to PATH
   --max-checks C    cap of CheckPermission triples per case (default 700, sampled deterministically)
   --print-cases     print every generated schema and relationship set
+  --caveats-only    make every case caveated (by default about 30% are)
   --oracle-timeout S  give up on a SpiceDB answer after S seconds (default 10; also 3 GiB RSS)
   --case-budget S   skip the rest of a case once SpiceDB has spent S seconds on it (default 60;
                     deep recursion through data cycles can make every query slow)
@@ -37,7 +38,19 @@ and counted per class in the summary line
   spicedb-lookup-inconsistent
                         LookupSubjects in a schema with `.all()` arrows where SpiceDB's
                         LookupSubjects disagrees with its own Check, and Pemba's answer is
-                        exactly the set of subjects SpiceDB's Check says HAS for
+                        exactly the set of subjects SpiceDB's Check says HAS for; or
+                        LookupResources in a caveated case where SpiceDB's answer disagrees with
+                        its own Check (same context) and Pemba's answer is exactly what that
+                        Check says (HAS, or CONDITIONAL with the same missing context) per
+                        resource (SpiceDB drops CONDITIONAL results under an exclusion)
+Caveated cases (about 30%, all with --caveats-only) add `caveat` definitions, `use expiration`,
+allowed types `with cav` / `with expiration` / `with cav and expiration`, relationships with a
+caveat (no, partial or full context) and/or an expiration (2020: expired, invisible; 2300), and
+Check / CheckBulk / LookupResources / LookupSubjects with partial, full and wrong-typed request
+contexts. Check answers compare the permissionship and, for CONDITIONAL, the sorted set of
+`missing_required_context`. Lookup answers are merged per id before comparing (SpiceDB may
+stream one id several times: HAS wins, missing context is the union).
+
 A difference that is none of these (in particular HAS vs NO, or different result sets where
 both sides succeeded) is a mismatch. Streamed results are compared as sets (SpiceDB may repeat
 a resource or subject).
@@ -46,6 +59,8 @@ Exit status: 0 when every answer agreed (or, with --oracle-only, when the genera
 valid cases), 1 on any mismatch, 2 on usage errors.
 """
 
+import datetime
+import json
 import os
 import random
 import re
@@ -73,6 +88,11 @@ from authzed.api.v1 import (  # noqa: E402
     WriteRelationshipsRequest,
 )
 
+from google.protobuf.json_format import MessageToDict  # noqa: E402
+from google.protobuf.struct_pb2 import Struct  # noqa: E402
+from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
+
+from authzed.api.v1 import ContextualizedCaveat  # noqa: E402
 from spicedb_oracle import CODE_NAMES, GrpcTarget, OracleProcess, RpcFailure  # noqa: E402
 
 FULL = Consistency(fully_consistent=True)
@@ -92,6 +112,9 @@ class Rel:
         self.name = name
         self.wildcard = None  # short def name whose `:*` this relation allows, if any
         self.types = []  # (short def name, subject relation or None, is wildcard)
+        # Allowed-type variants per entry of `types`: [(caveat full name or None, with expiration)];
+        # an entry absent here is the plain type only.
+        self.variants = {}
 
 
 class Def:
@@ -109,7 +132,10 @@ class Def:
 class Case:
     """A generated schema and relationship set."""
 
-    def __init__(self, index, attempt, prefix, defs, schema, rels, ids, flags):
+    def __init__(self, index, attempt, prefix, defs, schema, rels, ids, flags, extra=None, caveats=None):
+        self.extra = extra or {}  # rel tuple -> (caveat name or None, context dict or None, expires datetime or None)
+        self.caveats = caveats or []  # [(full name, [param names], expression)]
+        self.caveats_only = False
         self.index = index
         self.attempt = attempt
         self.prefix = prefix
@@ -125,7 +151,13 @@ class Case:
     def rel_text(self, r):
         rs, rid, rel, ss, sid, srel = r
         s = f"{self.full(rs)}:{rid}#{rel}@{self.full(ss)}:{sid}"
-        return s + (f"#{srel}" if srel else "")
+        s += f"#{srel}" if srel else ""
+        cav, ctx, exp = self.extra.get(r, (None, None, None))
+        if cav:
+            s += f"[{cav}" + (f":{json.dumps(ctx, sort_keys=True)}" if ctx else "") + "]"
+        if exp:
+            s += f"[expiration:{exp.strftime('%Y-%m-%dT%H:%M:%SZ')}]"
+        return s
 
     def relationships_text(self):
         return "\n".join(self.rel_text(r) for r in self.rels)
@@ -141,8 +173,81 @@ def _weighted_sample(rng, items, weights, k):
     return out
 
 
-def generate_case(seed, index, attempt=0):
+# Caveats: one pool of parameter names with fixed types, shared by every caveat of a case, so
+# one query context applies consistently to all of them.
+CAVEAT_PARAMS = {"x": "int", "y": "int", "name": "string", "flag": "bool", "tags": "list<string>",
+                 "ts": "timestamp", "now": "timestamp", "d": "duration", "ip": "ipaddress"}
+CAVEAT_ATOMS = [
+    ("x > 3", ("x",)), ("x == 2", ("x",)), ("x <= y", ("x", "y")), ("y < 3", ("y",)),
+    ('name == "a"', ("name",)), ('name != "b"', ("name",)),
+    ("flag", ("flag",)), ("!flag", ("flag",)),
+    ('"a" in tags', ("tags",)),
+    ("ts < now", ("ts", "now")), ('ts > timestamp("2021-01-01T00:00:00Z")', ("ts",)),
+    ('d > duration("1h")', ("d",)),
+    ('ip.in_cidr("10.0.0.0/8")', ("ip",)),
+]
+CAVEAT_VALUES = {
+    "int": [1, 2, 3, 4, 5],
+    "string": ["a", "b", "c"],
+    "bool": [True, False],
+    "list<string>": [[], ["a"], ["b"], ["a", "b"], ["c", "b"]],
+    "timestamp": ["2020-01-01T00:00:00Z", "2022-06-01T12:00:00Z", "2300-01-01T00:00:00Z"],
+    "duration": ["30m", "1h", "2h30m"],
+    "ipaddress": ["10.1.2.3", "192.168.0.1", "10.255.0.1"],
+}
+# Values of the wrong type for a parameter (evaluation then fails with INVALID_ARGUMENT).
+CAVEAT_WRONG = {
+    "int": ["abc", 2.5], "string": [3], "bool": ["yes"], "list<string>": [3], "timestamp": ["notatime"],
+    "duration": ["forever"], "ipaddress": ["999.1.1.1"],
+}
+EXPIRED_AT = [datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc),
+              datetime.datetime(2020, 6, 15, 8, 30, tzinfo=datetime.timezone.utc)]
+EXPIRES_LATER = [datetime.datetime(2300, 1, 1, tzinfo=datetime.timezone.utc),
+                 datetime.datetime(2300, 7, 4, 12, 0, tzinfo=datetime.timezone.utc)]
+
+
+def caveat_value(rng, param):
+    return rng.choice(CAVEAT_VALUES[CAVEAT_PARAMS[param]])
+
+
+def caveat_context(rng, params, mode):
+    """A context over `params`: mode "none" (None), "partial" (a proper subset, may be empty) or
+    "full"."""
+    params = sorted(params)
+    if mode == "none" or not params:
+        return None
+    if mode == "partial":
+        chosen = rng.sample(params, rng.randint(0, max(0, len(params) - 1)))
+    else:
+        chosen = params
+    return {p: caveat_value(rng, p) for p in sorted(chosen)}
+
+
+def generate_caveats(rng, prefix):
+    """[(full name, [param names], expression text)]; 1-3 caveats."""
+    out = []
+    for k in range(rng.randint(1, 3)):
+        n = rng.choices([1, 2, 3], weights=[4, 4, 2])[0]
+        atoms = rng.sample(CAVEAT_ATOMS, n)
+        text = atoms[0][0]
+        for i, (a, _) in enumerate(atoms[1:]):
+            op = rng.choice(["&&", "||"])
+            if i > 0 and rng.random() < 0.5:
+                text = f"({text})"
+            text = f"{text} {op} {a}"
+        params = sorted({p for _, ps in atoms for p in ps})
+        # Rarely a parameter the expression does not use (SpiceDB refuses it: a WriteSchema probe).
+        if rng.random() < 0.03:
+            params = sorted(set(params) | {rng.choice(list(CAVEAT_PARAMS))})
+        out.append((f"{prefix}/cav{k + 1}", params, text))
+    return out
+
+
+def generate_case(seed, index, attempt=0, caveats_only=False):
     rng = random.Random(f"pemba-differential/{seed}/{index}/{attempt}")
+    # Caveat/expiration choices use their own stream, so the rest of a case stays as it was.
+    crng = random.Random(f"pemba-differential-caveats/{seed}/{index}/{attempt}")
+    caveated = caveats_only or crng.random() < 0.3
     prefix = f"c{index:04d}" if attempt == 0 else f"c{index:04d}a{attempt}"
     flags = set()
     allow_cycles = rng.random() < 0.12
@@ -202,6 +307,31 @@ def generate_case(seed, index, attempt=0):
                 r.types.append((r.wildcard, None, True))
                 if rng.random() < 0.3:
                     rng.shuffle(r.types)
+
+    # Phase 2b: caveats and expiration on allowed types.
+    caveats = []
+    use_expiration = False
+    if caveated:
+        flags.add("caveats")
+        caveats = generate_caveats(crng, prefix)
+        use_expiration = crng.random() < 0.6
+        if use_expiration:
+            flags.add("expiration")
+        cnames = [c[0] for c in caveats]
+        for s in others:
+            for r in defs[s].rels.values():
+                for ty in r.types:
+                    if crng.random() > 0.65:
+                        continue
+                    c1 = crng.choice(cnames)
+                    opts = [[(c1, False)], [(None, False), (c1, False)]]
+                    if len(cnames) > 1:
+                        c2 = crng.choice([c for c in cnames if c != c1])
+                        opts.append([(c1, False), (c2, False)])
+                    if use_expiration:
+                        opts += [[(None, True)], [(c1, True)], [(None, False), (None, True)],
+                                 [(None, True), (c1, False)], [(None, False), (c1, True)]]
+                    r.variants[ty] = crng.choice(opts)
 
     # Phase 3: permission expressions.
     for s in others:
@@ -274,6 +404,11 @@ def generate_case(seed, index, attempt=0):
         if d.perm_names:
             choices.append(f"permission zzprobe = {d.perm_names[0]}->{next(iter(d.rels))}")
             choices.append(f"relation {d.perm_names[0]}: {prefix}/user")
+        if caveated:
+            choices.append(f"relation zzprobe: {prefix}/user with {prefix}/nosuchcav")
+            choices.append(f"relation zzprobe: {prefix}/user with {caveats[0][0]} | {prefix}/user with {caveats[0][0]}")
+            if not use_expiration:
+                choices.append(f"relation zzprobe: {prefix}/user with expiration")
         if wild:
             x, wr = rng.choice(wild)
             choices.append(f"relation zzprobe: {prefix}/{x}#{wr}")
@@ -284,6 +419,17 @@ def generate_case(seed, index, attempt=0):
 
     # Schema text.
     blocks = []
+    if caveated and crng.random() < 0.05:
+        # A caveat SpiceDB should refuse (type error / unknown parameter), to compare WriteSchema.
+        flags.add("schema-probe")
+        name, params, _ = caveats[0]
+        bad = crng.choice([('x == "a"', ["x"]), ("nosuchparam > 1", ["x"]), ("x + 1", ["x"]), ("flag", ["flag", "flag"])])
+        caveats[0] = (name, bad[1], bad[0])
+    if use_expiration:
+        blocks.append("use expiration")
+    for name, params, text in caveats:
+        plist = ", ".join(f"{p} {CAVEAT_PARAMS[p]}" for p in params)
+        blocks.append(f"caveat {name}({plist}) {{\n    {text}\n}}")
     for s in shorts:
         d = defs[s]
         lines = []
@@ -293,7 +439,10 @@ def generate_case(seed, index, attempt=0):
             types = []
             for t, sr, w in r.types:
                 tn = f"{prefix}/{t}"
-                types.append(f"{tn}:*" if w else (f"{tn}#{sr}" if sr else tn))
+                base = f"{tn}:*" if w else (f"{tn}#{sr}" if sr else tn)
+                for cav, exp in r.variants.get((t, sr, w), [(None, False)]):
+                    traits = ([f"{cav}"] if cav else []) + (["expiration"] if exp else [])
+                    types.append(base + (" with " + " and ".join(traits) if traits else ""))
             lines.append(f"    relation {r.name}: {' | '.join(types)}")
         for pname, text in d.perms:
             lines.append(f"    permission {pname} = {text}")
@@ -316,6 +465,7 @@ def generate_case(seed, index, attempt=0):
     with_rels = [s for s in others if defs[s].rels]
     target = rng.randint(5, 40)
     rels, seen = [], set()
+    extra = {}
     back_edges = rng.choice([1, 1, 2]) if allow_cycles else 0
     tries = 0
     while len(rels) < target and tries < target * 20 and with_rels:
@@ -339,8 +489,21 @@ def generate_case(seed, index, attempt=0):
             continue
         seen.add(key)
         rels.append(key)
-    case = Case(index, attempt, prefix, defs, schema, rels, ids, flags)
+        variants = r.variants.get((t, sr, w))
+        if variants:
+            cav, exp = crng.choice(variants)
+            ctx = None
+            if cav:
+                params = next(c[1] for c in caveats if c[0] == cav)
+                ctx = caveat_context(crng, params, crng.choice(["none", "none", "partial", "full"]))
+            expires = None
+            if exp:
+                expires = crng.choice(EXPIRED_AT if crng.random() < 0.35 else EXPIRES_LATER)
+            if cav or expires:
+                extra[key] = (cav, ctx, expires)
+    case = Case(index, attempt, prefix, defs, schema, rels, ids, flags, extra, caveats)
     case.seed = seed
+    case.caveats_only = caveats_only
     return case
 
 
@@ -508,6 +671,79 @@ def plan_queries(case, max_checks):
         queries.append(("read_relationships", f"ReadRelationships {case.full(rs)}",
                         ReadRelationshipsRequest(consistency=FULL,
                                                  relationship_filter=RelationshipFilter(resource_type=case.full(rs)))))
+    if case.caveats:
+        queries += plan_context_queries(case, triples, resources, subjects, subject_types)
+    return queries
+
+
+def to_struct(ctx):
+    st = Struct()
+    st.update(ctx)
+    return st
+
+
+def ctx_text(ctx):
+    return json.dumps(ctx, sort_keys=True, separators=(",", ":"))
+
+
+def plan_context_queries(case, triples, resources, subjects, subject_types):
+    """For a caveated case: Check, CheckBulk, LookupResources and LookupSubjects with request
+    contexts (partial, full, and sometimes one wrong-typed value). Queries without a context are
+    the ones plan_queries makes anyway."""
+    rng = random.Random(f"plan-context/{case.prefix}")
+    params = sorted({p for _, ps, _ in case.caveats for p in ps if p in CAVEAT_PARAMS})
+    contexts = []
+    for mode in ["partial", "partial", "full", "full"]:
+        ctx = caveat_context(rng, params, mode)
+        if ctx is not None and ctx not in contexts:
+            contexts.append(ctx)
+    if rng.random() < 0.5 and params:
+        ctx = caveat_context(rng, params, "full")
+        p = rng.choice(params)
+        ctx[p] = rng.choice(CAVEAT_WRONG[CAVEAT_PARAMS[p]])
+        contexts.append(ctx)
+    queries = []
+    per_ctx_checks = 120
+    for ctx in contexts:
+        st = to_struct(ctx)
+        sample = triples if len(triples) <= per_ctx_checks else sorted(rng.sample(triples, per_ctx_checks), key=repr)
+        for rs, rid, perm, sb in sample:
+            req = CheckPermissionRequest(consistency=FULL, resource=obj(case, rs, rid), permission=perm,
+                                         subject=subj(case, *sb), context=st)
+            queries.append(("check", f"CheckPermission {case.full(rs)}:{rid}#{perm} @ {subj_text(case, sb)} "
+                            f"context {ctx_text(ctx)}", req))
+    # Bulk: every item with a context drawn from [none] + contexts.
+    pool = [None] + contexts
+    sample = triples if len(triples) <= 200 else sorted(rng.sample(triples, 200), key=repr)
+    for start in range(0, len(sample), 100):
+        chunk = sample[start:start + 100]
+        items, descs = [], []
+        for rs, rid, perm, sb in chunk:
+            ctx = rng.choice(pool)
+            item = CheckBulkPermissionsRequestItem(resource=obj(case, rs, rid), permission=perm, subject=subj(case, *sb))
+            if ctx is not None:
+                item.context.CopyFrom(to_struct(ctx))
+            items.append(item)
+        queries.append(("check_bulk", f"CheckBulkPermissions (with contexts {', '.join(ctx_text(c) for c in contexts)}) "
+                        f"items {start}..{start + len(chunk) - 1}",
+                        CheckBulkPermissionsRequest(consistency=FULL, items=items)))
+    # Lookups with each context, sampled.
+    lr = [(rs, perm, sb) for rs in case.defs if rs != "user" for perm in case.defs[rs].names() for sb in subjects]
+    ls = [(rs, rid, perm, st_) for rs, rid in resources for perm in case.defs[rs].names() for st_ in subject_types]
+    for ctx in contexts:
+        st = to_struct(ctx)
+        for rs, perm, sb in (lr if len(lr) <= 40 else rng.sample(lr, 40)):
+            queries.append(("lookup_resources", f"LookupResources {case.full(rs)}#{perm} @ {subj_text(case, sb)} "
+                            f"context {ctx_text(ctx)}",
+                            LookupResourcesRequest(consistency=FULL, resource_object_type=case.full(rs),
+                                                   permission=perm, subject=subj(case, *sb), context=st)))
+        for rs, rid, perm, (sty, sr) in (ls if len(ls) <= 40 else rng.sample(ls, 40)):
+            desc = (f"LookupSubjects {case.full(rs)}:{rid}#{perm} subjects {case.full(sty)}" + (f"#{sr}" if sr else "")
+                    + f" context {ctx_text(ctx)}")
+            queries.append(("lookup_subjects", desc,
+                            LookupSubjectsRequest(consistency=FULL, resource=obj(case, rs, rid), permission=perm,
+                                                  subject_object_type=case.full(sty),
+                                                  optional_subject_relation=sr or "", context=st)))
     return queries
 
 
@@ -570,9 +806,32 @@ def answer_is_max_depth(ans):
     return not ok and is_max_depth(v[0], v[1])
 
 
+def _missing(info_holder):
+    """Sorted, de-duplicated missing_required_context (SpiceDB may repeat names)."""
+    return tuple(sorted(set(info_holder.partial_caveat_info.missing_required_context)))
+
+
+def _check_answer(r):
+    """A check result: the permissionship, with the missing context when CONDITIONAL."""
+    perm = _check_perm(r.permissionship)
+    if perm == "CONDITIONAL" or r.HasField("partial_caveat_info"):
+        return f"{perm} missing={list(_missing(r))}"
+    return perm
+
+
+def _rel_extra(rel):
+    out = ""
+    if rel.HasField("optional_caveat"):
+        ctx = MessageToDict(rel.optional_caveat.context) if rel.optional_caveat.HasField("context") else {}
+        out += f"[{rel.optional_caveat.caveat_name}" + (f":{json.dumps(ctx, sort_keys=True)}" if ctx else "") + "]"
+    if rel.HasField("optional_expires_at"):
+        out += f"[expiration:{rel.optional_expires_at.ToJsonString()}]"
+    return out
+
+
 def normalise(kind, resp):
     if kind == "check":
-        return _check_perm(resp.permissionship)
+        return _check_answer(resp)
     if kind == "check_bulk":
         out = []
         for pair in resp.pairs:
@@ -585,22 +844,47 @@ def normalise(kind, resp):
                 else:
                     out.append((req, "ERROR " + code))
             else:
-                out.append((req, _check_perm(pair.item.permissionship)))
+                out.append((req, _check_answer(pair.item)))
         return tuple(out)
     if kind == "lookup_resources":
-        return tuple(sorted({(r.resource_object_id, _lookup_perm(r.permissionship)) for r in resp}))
-    if kind == "lookup_subjects":
-        out = set()
+        # SpiceDB may stream a resource several times (HAS and CONDITIONAL, or CONDITIONAL with
+        # different missing context): merged per id, HAS wins, missing context is the union.
+        merged = {}
         for r in resp:
-            excluded = tuple(sorted({(e.subject_object_id, _lookup_perm(e.permissionship)) for e in r.excluded_subjects}))
-            out.add((r.subject.subject_object_id, _lookup_perm(r.subject.permissionship), excluded,
-                     "deprecated:", r.subject_object_id, tuple(sorted(set(r.excluded_subject_ids)))))
-        return tuple(sorted(out))
+            perm, miss = _lookup_perm(r.permissionship), set(_missing(r))
+            cur = merged.get(r.resource_object_id)
+            if perm == "HAS" or (cur and cur[0] == "HAS"):
+                merged[r.resource_object_id] = ("HAS", set())
+            else:
+                merged[r.resource_object_id] = (perm, (cur[1] if cur else set()) | miss)
+        return tuple(sorted((k, v[0], tuple(sorted(v[1]))) for k, v in merged.items()))
+    if kind == "lookup_subjects":
+        # Merged per subject id as for lookup_resources (HAS wins, missing context is the union;
+        # exclusions and deprecated fields are unioned).
+        merged = {}
+        for r in resp:
+            sid = r.subject.subject_object_id
+            perm, miss = _lookup_perm(r.subject.permissionship), set(_missing(r.subject))
+            excluded = {(e.subject_object_id, _lookup_perm(e.permissionship), _missing(e)) for e in r.excluded_subjects}
+            cur = merged.get(sid)
+            if cur:
+                if perm == "HAS" or cur[0] == "HAS":
+                    perm, miss = "HAS", set()
+                else:
+                    miss |= cur[1]
+                excluded |= cur[2]
+                dep_ids = cur[3] | {r.subject_object_id}
+                dep_ex = cur[4] | set(r.excluded_subject_ids)
+            else:
+                dep_ids, dep_ex = {r.subject_object_id}, set(r.excluded_subject_ids)
+            merged[sid] = (perm, miss, excluded, dep_ids, dep_ex)
+        return tuple(sorted((sid, v[0], tuple(sorted(v[2])), "deprecated:", ",".join(sorted(v[3])),
+                             tuple(sorted(v[4])), tuple(sorted(v[1]))) for sid, v in merged.items()))
     if kind == "expand":
         return norm_tree(resp.tree_root)
     if kind == "read_relationships":
         return tuple(sorted(f"{_ref(r.relationship.resource)}#{r.relationship.relation}@{_subref(r.relationship.subject)}"
-                            for r in resp))
+                            + _rel_extra(r.relationship) for r in resp))
     raise ValueError(kind)
 
 
@@ -662,10 +946,17 @@ def reset(target):
 
 def write_request(case):
     updates = []
-    for rs, rid, rel, ss, sid, srel in case.rels:
-        updates.append(RelationshipUpdate(
-            operation=RelationshipUpdate.OPERATION_TOUCH,
-            relationship=Relationship(resource=obj(case, rs, rid), relation=rel, subject=subj(case, ss, sid, srel))))
+    for key in case.rels:
+        rs, rid, rel, ss, sid, srel = key
+        r = Relationship(resource=obj(case, rs, rid), relation=rel, subject=subj(case, ss, sid, srel))
+        cav, ctx, exp = case.extra.get(key, (None, None, None))
+        if cav:
+            r.optional_caveat.CopyFrom(ContextualizedCaveat(caveat_name=cav, context=to_struct(ctx or {})))
+        if exp:
+            ts = Timestamp()
+            ts.FromDatetime(exp)
+            r.optional_expires_at.CopyFrom(ts)
+        updates.append(RelationshipUpdate(operation=RelationshipUpdate.OPERATION_TOUCH, relationship=r))
     return WriteRelationshipsRequest(updates=updates)
 
 
@@ -688,7 +979,8 @@ class Mismatch:
         lines = [
             f"=== MISMATCH case {c.index} (attempt {c.attempt}, flags {sorted(c.flags) or '-'}): {self.kind}",
             f"query: {self.desc}",
-            f"reproduce: differential.py HOST:PORT {c.seed} {c.index + 1} --case {c.index}",
+            f"reproduce: differential.py HOST:PORT {c.seed} {c.index + 1} --case {c.index}"
+            + (" --caveats-only" if c.caveats_only else ""),
             "schema:",
             c.schema.rstrip(),
             "relationships:",
@@ -768,6 +1060,8 @@ def lookup_subjects_matches_oracle_check(oracle, case, req, o_ans, p_ans):
         creq = CheckPermissionRequest(consistency=FULL, resource=req.resource, permission=req.permission,
                                       subject=SubjectReference(object=ObjectReference(object_type=st, object_id=sid),
                                                                optional_relation=req.optional_subject_relation))
+        if req.HasField("context"):
+            creq.context.CopyFrom(req.context)
         try:
             perm = _check_perm(oracle.check(creq).permissionship)
         except RpcFailure:
@@ -778,6 +1072,37 @@ def lookup_subjects_matches_oracle_check(oracle, case, req, o_ans, p_ans):
         if (perm == "HAS") != pemba_has:
             return False
     return True
+
+
+def lookup_resources_matches_oracle_check(oracle, case, req, o_ans, p_ans):
+    """Rule for caveated cases: SpiceDB's LookupResources may disagree with its own Check (it drops
+    CONDITIONAL results under an exclusion, for one). True when Pemba's answer is exactly what
+    SpiceDB's Check (same context) says for every object of the resource type in the case and
+    every id either side returned."""
+    (ok_o, vo), (ok_p, vp) = o_ans, p_ans
+    if not (ok_o and ok_p) or not case.caveats:
+        return False
+    rt = req.resource_object_type
+    short = rt[len(case.prefix) + 1:] if rt.startswith(case.prefix + "/") else None
+    cands = set(case.ids.get(short, [])) | {e[0] for e in vo} | {e[0] for e in vp}
+    want = []
+    for rid in sorted(cands):
+        creq = CheckPermissionRequest(consistency=FULL, resource=ObjectReference(object_type=rt, object_id=rid),
+                                      permission=req.permission, subject=req.subject)
+        if req.HasField("context"):
+            creq.context.CopyFrom(req.context)
+        try:
+            resp = oracle.check(creq)
+        except RpcFailure:
+            return False
+        perm = _check_perm(resp.permissionship)
+        if perm == "HAS":
+            want.append((rid, "HAS", ()))
+        elif perm == "CONDITIONAL":
+            want.append((rid, "CONDITIONAL", _missing(resp)))
+        elif perm != "NO":
+            return False
+    return tuple(want) == tuple(vp)
 
 
 def _short(text, n=300):
@@ -811,7 +1136,7 @@ def main(argv):
                 return 2
             opts[a] = args[i + 1]
             i += 2
-        elif a in ("--oracle-only", "--print-cases", "-v", "-vv"):
+        elif a in ("--oracle-only", "--print-cases", "--caveats-only", "-v", "-vv"):
             flags.add(a)
             i += 1
         elif a.startswith("--"):
@@ -862,7 +1187,7 @@ def main(argv):
     for index in indices:
         case = None
         for attempt in range(20):
-            cand = generate_case(seed, index, attempt)
+            cand = generate_case(seed, index, attempt, caveats_only="--caveats-only" in flags)
             stats["schemas generated"] += 1
             clear_case(oracle, prev)
             if pemba:
@@ -953,7 +1278,7 @@ def main(argv):
                 continue
             if o_ans[0]:
                 if kind == "check":
-                    outcomes[f"check {o_ans[1]}"] += 1
+                    outcomes[f"check {o_ans[1].split()[0]}"] += 1
                 elif kind in ("lookup_resources", "lookup_subjects"):
                     outcomes[f"{kind} {'non-empty' if o_ans[1] else 'empty'}"] += 1
                 else:
@@ -981,6 +1306,13 @@ def main(argv):
                             tolerate(m, cls)
                         else:
                             record(m, f"check_bulk item: {x[1]} vs {y[1]}")
+                    continue
+            if kind == "lookup_resources":
+                tq = time.time()
+                consistent = lookup_resources_matches_oracle_check(oracle, case, req, o_ans, p_ans)
+                case_spent += time.time() - tq
+                if consistent:
+                    tolerate(Mismatch(case, kind, desc, o_ans, p_ans, note), "spicedb-lookup-inconsistent")
                     continue
             if kind == "lookup_subjects":
                 tq = time.time()
