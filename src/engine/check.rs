@@ -895,14 +895,7 @@ pub(crate) fn check_outcome_at(
     subject: &SubjectRef,
     depth: u32,
 ) -> EngineResult<(Outcome, Option<CheckTrace>)> {
-    let mut checker = Checker::new(d, memo, subject, false);
-    let outcome = checker.dispatch_check(
-        &resource.object_type,
-        &resource.object_id,
-        permission,
-        depth,
-    )?;
-    Ok((outcome, None))
+    solve(d, memo, resource, permission, subject, depth, false)
 }
 
 /// Solves one top-level check to an outcome (caveats not evaluated).
@@ -915,15 +908,27 @@ pub(crate) fn check_outcome(
     tracing: bool,
 ) -> EngineResult<(Outcome, Option<CheckTrace>)> {
     let max_depth = d.max_depth();
+    solve(d, memo, resource, permission, subject, max_depth, tracing)
+}
+
+/// Dispatches one check with `depth` budget left; the trace is kept only when `tracing`.
+fn solve(
+    d: &mut Dispatcher<'_>,
+    memo: &mut CheckMemo,
+    resource: &ObjectRef,
+    permission: &str,
+    subject: &SubjectRef,
+    depth: u32,
+    tracing: bool,
+) -> EngineResult<(Outcome, Option<CheckTrace>)> {
     let mut checker = Checker::new(d, memo, subject, tracing);
     let outcome = checker.dispatch_check(
         &resource.object_type,
         &resource.object_id,
         permission,
-        max_depth,
+        depth,
     )?;
-    let trace = checker.take_trace();
-    Ok((outcome, trace))
+    Ok((outcome, checker.take_trace()))
 }
 
 /// The final answer for an outcome: caveats evaluated with the request context; unresolved is
