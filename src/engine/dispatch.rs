@@ -4,18 +4,20 @@
 //! (resource, relation, subject), shared by every item of a bulk check.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+
+use rustc_hash::FxHasher;
 
 use crate::engine::check::Outcome;
 use crate::engine::error::{EngineError, EngineResult};
 use crate::engine::{Engine, Snapshot};
-use crate::model::{Relationship, RelationshipFilter, RelationshipKey, SubjectRef};
+use crate::model::{Relationship, RelationshipFilter, SubjectRef};
 
-/// How many relationships one store query returns at most.
-const PAGE_SIZE: usize = 1000;
+/// A hash map with the fast, non-cryptographic hasher (keys are not attacker-chosen in a way
+/// that matters: a memo lives for one request).
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// How many polls between two reads of the clock for the deadline.
 const DEADLINE_POLL_INTERVAL: u32 = 16;
@@ -88,18 +90,14 @@ impl<'s> Dispatcher<'s> {
         Ok(())
     }
 
-    /// One page of relationships matching `filter`, after `after`, at most `limit`.
-    fn page(
-        &mut self,
-        filter: &RelationshipFilter,
-        after: Option<&RelationshipKey>,
-        limit: usize,
-    ) -> EngineResult<crate::store::Page> {
+    /// Every relationship matching `filter`, in no particular order.
+    pub(crate) fn all(&mut self, filter: &RelationshipFilter) -> EngineResult<Vec<Relationship>> {
         self.poll()?;
-        Ok(self
-            .snap
+        let mut out = Vec::new();
+        self.snap
             .store
-            .query(self.snap.revision, filter, after, limit, self.snap.now)?)
+            .query_all(self.snap.revision, filter, self.snap.now, &mut out)?;
+        Ok(out)
     }
 
     /// The first relationship matching `filter`, if any (for exact-tuple lookups).
@@ -107,25 +105,15 @@ impl<'s> Dispatcher<'s> {
         &mut self,
         filter: &RelationshipFilter,
     ) -> EngineResult<Option<Relationship>> {
-        Ok(self.page(filter, None, 1)?.relationships.into_iter().next())
-    }
-
-    /// Every relationship matching `filter`.
-    pub(crate) fn all(&mut self, filter: &RelationshipFilter) -> EngineResult<Vec<Relationship>> {
-        let mut pager = Pager::new(filter.clone());
-        let mut out = Vec::new();
-        while let Some(page) = pager.next_page(self)? {
-            out.extend(page);
-        }
-        Ok(out)
+        Ok(self.all(filter)?.into_iter().next())
     }
 }
 
-/// Pages through the relationships matching a filter, one store query per page, so a caller can
-/// stop early (a check stops at the first unconditional member).
+/// The relationships matching a filter, handed out as pages so a caller can stop early (a
+/// check stops at the first unconditional member). The store answers the engine's filters
+/// from memory in one go, so today there is a single page.
 pub(crate) struct Pager {
     filter: RelationshipFilter,
-    after: Option<RelationshipKey>,
     done: bool,
 }
 
@@ -133,7 +121,6 @@ impl Pager {
     pub(crate) fn new(filter: RelationshipFilter) -> Pager {
         Pager {
             filter,
-            after: None,
             done: false,
         }
     }
@@ -146,16 +133,9 @@ impl Pager {
         if self.done {
             return Ok(None);
         }
-        let page = d.page(&self.filter, self.after.as_ref(), PAGE_SIZE)?;
-        match page.next {
-            Some(k) => self.after = Some(k),
-            None => self.done = true,
-        }
-        if page.relationships.is_empty() {
-            self.done = true;
-            return Ok(None);
-        }
-        Ok(Some(page.relationships))
+        self.done = true;
+        let page = d.all(&self.filter)?;
+        Ok((!page.is_empty()).then_some(page))
     }
 }
 
@@ -279,8 +259,8 @@ impl CheckMemo {
     pub(crate) fn new(mode: EvalMode) -> CheckMemo {
         CheckMemo {
             mode,
-            entries: HashMap::new(),
-            subjects: HashMap::new(),
+            entries: HashMap::default(),
+            subjects: HashMap::default(),
             next_activation: 0,
         }
     }

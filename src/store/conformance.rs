@@ -63,6 +63,19 @@ fn read_at(
 ) -> Vec<Relationship> {
     let page = ds.query(rev, f, None, usize::MAX, now).unwrap();
     assert!(page.next.is_none());
+    // The engine's unordered access path must see exactly the same relationships.
+    let mut unordered = Vec::new();
+    ds.query_all(rev, f, now, &mut unordered).unwrap();
+    let sorted = |v: &[Relationship]| {
+        let mut t: Vec<String> = v.iter().map(ToString::to_string).collect();
+        t.sort();
+        t
+    };
+    assert_eq!(
+        sorted(&unordered),
+        sorted(&page.relationships),
+        "query_all vs query at {rev:?}, filter {f:?}"
+    );
     page.relationships
 }
 

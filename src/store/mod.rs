@@ -6,6 +6,7 @@
 mod conformance;
 mod encoding;
 mod error;
+mod graph;
 mod kv;
 mod memory;
 mod mvcc;
@@ -136,6 +137,28 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         limit: usize,
         now: Timestamp,
     ) -> StoreResult<Page>;
+
+    /// Every live relationship at `rev` matching `filter`, in no particular order, appended to
+    /// `out`: the engine's access path, where order does not matter and a filter usually pins
+    /// one object's relation, one subject or one tuple. Errors like
+    /// [`Datastore::check_revision`]. The default pages through [`Datastore::query`].
+    fn query_all(
+        &self,
+        rev: Revision,
+        filter: &RelationshipFilter,
+        now: Timestamp,
+        out: &mut Vec<Relationship>,
+    ) -> StoreResult<()> {
+        let mut after: Option<RelationshipKey> = None;
+        loop {
+            let page = self.query(rev, filter, after.as_ref(), 1000, now)?;
+            out.extend(page.relationships);
+            match page.next {
+                Some(k) => after = Some(k),
+                None => return Ok(()),
+            }
+        }
+    }
 
     /// Atomically: check every precondition against the head, apply every update, commit.
     /// Returns the new revision. `Create` of a live tuple fails with `AlreadyExists`;

@@ -10,7 +10,7 @@
 //! after its batch is durable.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use std::collections::BTreeMap;
@@ -23,6 +23,7 @@ use crate::store::encoding::{
     self, BY_RESOURCE, BY_SUBJECT, FORMAT_VERSION, Index, LIVE, META_FORMAT, META_HEAD,
     META_HORIZON, META_ID, REV_TIME, SCHEMA, VersionValue,
 };
+use crate::store::graph::{Graph, GraphChange};
 use crate::store::kv::{Batch, Kv};
 use crate::store::{
     DeleteOutcome, GcStats, Page, Precondition, PreconditionOp, RelationshipUpdate, StoreError,
@@ -57,6 +58,10 @@ pub(crate) struct Mvcc<K: Kv> {
     write_lock: Mutex<()>,
     /// serializes GC passes
     gc_lock: Mutex<()>,
+    /// every stored relationship version, in memory, for the engine's queries
+    graph: Graph,
+    /// the newest stored schema, so reads at or after its revision need no scan
+    latest_schema: RwLock<Option<StoredSchema>>,
 }
 
 impl<K: Kv> std::fmt::Debug for Mvcc<K> {
@@ -120,7 +125,26 @@ impl<K: Kv> Mvcc<K> {
             horizon: AtomicU64::new(horizon),
             write_lock: Mutex::new(()),
             gc_lock: Mutex::new(()),
+            graph: Graph::new(),
+            latest_schema: RwLock::new(None),
         }
+    }
+
+    /// Loads every stored relationship version into the in-memory graph, and the newest
+    /// schema.
+    fn load_graph(self) -> StoreResult<Mvcc<K>> {
+        let newest = self.scan_schema(self.head())?;
+        *self
+            .latest_schema
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = newest;
+        self.kv
+            .scan(&[BY_RESOURCE], Some(&[BY_RESOURCE + 1]), &mut |k, v| {
+                let (key, _) = encoding::decode_version_key(Index::ByResource, k)?;
+                self.graph.insert(&key, &VersionValue::decode(v)?);
+                Ok(true)
+            })?;
+        Ok(self)
     }
 
     /// Opens a store on `kv`, initialising it if it is empty.
@@ -156,7 +180,7 @@ impl<K: Kv> Mvcc<K> {
                     .map_err(|_| StoreError::Corrupt("non-UTF-8 store id".to_string()))?;
                 let head = encoding::decode_u64(&get(META_HEAD)?)?;
                 let horizon = encoding::decode_u64(&get(META_HORIZON)?)?;
-                Ok(Mvcc::from_parts(kv, id, head, horizon))
+                Mvcc::from_parts(kv, id, head, horizon).load_graph()
             }
         }
     }
@@ -193,9 +217,27 @@ impl<K: Kv> Mvcc<K> {
 
     pub(crate) fn read_schema(&self, rev: Revision) -> StoreResult<Option<StoredSchema>> {
         self.check_revision(rev)?;
+        // The newest schema answers every read at or after its revision; `None` stored means
+        // no schema was ever written, which holds at every revision.
+        {
+            let latest = self
+                .latest_schema
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            match latest.as_ref() {
+                None => return Ok(None),
+                Some(s) if s.revision <= rev => return Ok(Some(s.clone())),
+                Some(_) => {}
+            }
+        }
+        self.scan_schema(rev.0)
+    }
+
+    /// The schema visible at `rev`, read from the key-value store.
+    fn scan_schema(&self, rev: u64) -> StoreResult<Option<StoredSchema>> {
         let mut found = None;
         self.kv.scan(
-            &encoding::schema_key(rev.0),
+            &encoding::schema_key(rev),
             Some(&[SCHEMA + 1]),
             &mut |k, v| {
                 let revision = Revision(encoding::decode_schema_key(k)?);
@@ -299,16 +341,31 @@ impl<K: Kv> Mvcc<K> {
         })
     }
 
-    /// The newest stored version of `key` (whatever its `deleted`), if any.
-    fn newest_version(&self, key: &RelationshipKey) -> StoreResult<Option<VersionValue>> {
-        let prefix = encoding::tuple_prefix(Index::ByResource, key);
-        let end = encoding::after_tuple(Index::ByResource, key);
-        let mut found = None;
-        self.kv.scan(&prefix, Some(&end), &mut |_, v| {
-            found = Some(VersionValue::decode(v)?);
-            Ok(false)
-        })?;
-        Ok(found)
+    /// The newest stored version of `key` (whatever its `deleted`), if any, from the graph,
+    /// which holds every version the key-value store does (writers hold the write lock, so it
+    /// is current).
+    fn newest_version(&self, key: &RelationshipKey) -> Option<VersionValue> {
+        self.graph.newest_version(key)
+    }
+
+    /// Every relationship visible at `rev` (and not expired at `now`) matching `filter`, in no
+    /// particular order: from the in-memory graph when the filter pins an object's relation or
+    /// a subject object, else by a key-value scan.
+    pub(crate) fn query_all(
+        &self,
+        rev: Revision,
+        filter: &RelationshipFilter,
+        now: Timestamp,
+        out: &mut Vec<Relationship>,
+    ) -> StoreResult<()> {
+        self.check_revision(rev)?;
+        if self.graph.query(rev.0, filter, now, out) {
+            return Ok(());
+        }
+        self.scan_visible(rev.0, filter, None, now, &mut |found| {
+            out.push(found.rel);
+            Ok(true)
+        })
     }
 
     /// Writes `value` (a version of `key`) into both indexes.
@@ -353,11 +410,19 @@ impl<K: Kv> Mvcc<K> {
         Ok(())
     }
 
-    /// Adds the new head revision and its commit time, commits, then publishes the head.
-    fn commit_revision(&self, mut batch: Batch, rev: u64, now: Timestamp) -> StoreResult<Revision> {
+    /// Adds the new head revision and its commit time, commits, replays `changes` on the
+    /// graph, then publishes the head.
+    fn commit_revision(
+        &self,
+        mut batch: Batch,
+        rev: u64,
+        now: Timestamp,
+        changes: &[GraphChange],
+    ) -> StoreResult<Revision> {
         batch.put(encoding::rev_time_key(rev), encoding::encode_time(now));
         batch.put(encoding::meta_key(META_HEAD), rev.to_be_bytes().to_vec());
         self.kv.commit(batch)?;
+        self.graph.apply(changes);
         self.head.store(rev, Ordering::Release);
         Ok(Revision(rev))
     }
@@ -394,7 +459,7 @@ impl<K: Kv> Mvcc<K> {
                     (p.result.is_some_and(|r| !r.is_expired_at(now)), p)
                 }
                 Entry::Vacant(v) => {
-                    let stored = self.newest_version(&key)?;
+                    let stored = self.newest_version(&key);
                     let live = stored
                         .as_ref()
                         .is_some_and(|s| s.deleted == LIVE && s.expires_at.is_none_or(|e| e > now));
@@ -413,13 +478,20 @@ impl<K: Kv> Mvcc<K> {
         }
 
         let mut batch = Batch::default();
-        for (key, p) in &pending {
-            if let Some(stored) = &p.stored
+        let mut changes = Vec::with_capacity(pending.len());
+        for (key, p) in pending {
+            if let Some(stored) = p.stored
                 && stored.deleted == LIVE
             {
-                let mut old = stored.clone();
+                let created = stored.created;
+                let mut old = stored;
                 old.deleted = rev;
-                Self::put_version(&mut batch, key, &old)?;
+                Self::put_version(&mut batch, &key, &old)?;
+                changes.push(GraphChange::Close {
+                    key: key.clone(),
+                    created,
+                    rev,
+                });
             }
             if let Some(r) = p.result {
                 let new = VersionValue {
@@ -428,10 +500,11 @@ impl<K: Kv> Mvcc<K> {
                     caveat: r.caveat.clone(),
                     expires_at: r.expires_at,
                 };
-                Self::put_version(&mut batch, key, &new)?;
+                Self::put_version(&mut batch, &key, &new)?;
+                changes.push(GraphChange::Add { key, value: new });
             }
         }
-        self.commit_revision(batch, rev, now)
+        self.commit_revision(batch, rev, now, &changes)
     }
 
     pub(crate) fn delete_relationships(
@@ -470,12 +543,19 @@ impl<K: Kv> Mvcc<K> {
         }
         let rev = Self::next_revision(head)?;
         let mut batch = Batch::default();
+        let mut changes = Vec::with_capacity(matches.len());
         for m in &matches {
             let mut old = m.value.clone();
             old.deleted = rev;
-            Self::put_version(&mut batch, &m.rel.key(), &old)?;
+            let key = m.rel.key();
+            Self::put_version(&mut batch, &key, &old)?;
+            changes.push(GraphChange::Close {
+                key,
+                created: m.value.created,
+                rev,
+            });
         }
-        let revision = self.commit_revision(batch, rev, now)?;
+        let revision = self.commit_revision(batch, rev, now, &changes)?;
         Ok(DeleteOutcome {
             revision,
             deleted: u64::try_from(matches.len()).unwrap_or(u64::MAX),
@@ -510,7 +590,18 @@ impl<K: Kv> Mvcc<K> {
         let rev = Self::next_revision(head)?;
         let mut batch = Batch::default();
         batch.put(encoding::schema_key(rev), text.as_bytes().to_vec());
-        self.commit_revision(batch, rev, now)
+        // Published with the head: the write lock is held, so no reader can see the new head
+        // before the new schema (readers of `rev` wait for `commit_revision` to return).
+        let mut latest = self
+            .latest_schema
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let revision = self.commit_revision(batch, rev, now, &[])?;
+        *latest = Some(StoredSchema {
+            text: text.to_string(),
+            revision,
+        });
+        Ok(revision)
     }
 
     /// Scans `[start, end)` and lets `visit` queue deletions, committing every [`GC_BATCH`]
@@ -586,6 +677,10 @@ impl<K: Kv> Mvcc<K> {
             }
             Ok(())
         })?;
+
+        // The graph drops the same versions (its own pass: both only remove versions no
+        // readable revision sees, so they need not move in lockstep).
+        self.graph.gc(horizon, cutoff);
 
         // 3. Schema versions superseded at or before the horizon: keep the newest one there.
         let mut schemas = 0u64;
@@ -669,6 +764,16 @@ macro_rules! delegate_datastore {
                 now: $crate::model::Timestamp,
             ) -> $crate::store::StoreResult<$crate::store::Page> {
                 self.inner.query(rev, filter, after, limit, now)
+            }
+
+            fn query_all(
+                &self,
+                rev: $crate::model::Revision,
+                filter: &$crate::model::RelationshipFilter,
+                now: $crate::model::Timestamp,
+                out: &mut Vec<$crate::model::Relationship>,
+            ) -> $crate::store::StoreResult<()> {
+                self.inner.query_all(rev, filter, now, out)
             }
 
             fn write_relationships(

@@ -1,0 +1,616 @@
+//! Step two, durable state — the in-memory relationship graph: every relationship version the
+//! key-value store holds, with interned names and hash adjacency by resource and by subject, so
+//! the engine's queries (one object's relation, one subject's incoming edges, one exact tuple)
+//! are hash lookups instead of ordered scans. The MVCC layer loads it when the store opens and
+//! applies every committed write to it before publishing the new head; the key-value store
+//! stays the durable copy and serves ordered, paged reads.
+//!
+//! Versions carry `[created, deleted)` exactly as stored, so a read at any readable revision
+//! sees the same relationships here as in the key-value store. Garbage collection removes the
+//! versions no readable revision can see, in short chunks so readers are never held up long.
+
+use std::hash::BuildHasherDefault;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use rustc_hash::FxHasher;
+use smallvec::SmallVec;
+
+use crate::model::{
+    Caveat, ObjectRef, Relationship, RelationshipFilter, RelationshipKey, SubjectRef,
+    SubjectRelationFilter, Timestamp,
+};
+use crate::store::encoding::VersionValue;
+
+type FxMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// An interned name (type, id or relation). `0` is the empty string: a plain subject's
+/// relation (the `...` ellipsis).
+type Sym = u32;
+
+/// The empty name.
+const EMPTY: Sym = 0;
+
+/// How many tuples one garbage-collection chunk visits under the write lock.
+const GC_CHUNK: usize = 4096;
+
+/// A tuple in interned form: resource type, resource id, relation, subject type, subject id,
+/// subject relation (`EMPTY` for a plain subject).
+type TupleSyms = [Sym; 6];
+
+/// One stored version of a tuple.
+#[derive(Debug, Clone)]
+struct Version {
+    created: u64,
+    deleted: u64,
+    expires_at: Option<Timestamp>,
+    caveat: Option<Arc<Caveat>>,
+}
+
+impl Version {
+    fn visible(&self, rev: u64, now: Timestamp) -> bool {
+        self.created <= rev && rev < self.deleted && self.expires_at.is_none_or(|e| e > now)
+    }
+}
+
+/// A tuple and its versions (oldest first).
+#[derive(Debug, Clone)]
+struct Slot {
+    key: TupleSyms,
+    versions: SmallVec<[Version; 1]>,
+}
+
+/// Names to symbols and back.
+#[derive(Debug, Default)]
+struct Interner {
+    ids: FxMap<Arc<str>, Sym>,
+    names: Vec<Arc<str>>,
+}
+
+impl Interner {
+    fn new() -> Interner {
+        let mut i = Interner::default();
+        i.intern("");
+        i
+    }
+
+    fn get(&self, s: &str) -> Option<Sym> {
+        self.ids.get(s).copied()
+    }
+
+    fn intern(&mut self, s: &str) -> Sym {
+        if let Some(id) = self.ids.get(s) {
+            return *id;
+        }
+        let id = Sym::try_from(self.names.len()).unwrap_or(Sym::MAX);
+        let name: Arc<str> = Arc::from(s);
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
+        id
+    }
+
+    fn name(&self, s: Sym) -> &str {
+        self.names.get(s as usize).map_or("", |n| n)
+    }
+}
+
+/// The graph's state, behind one lock.
+#[derive(Debug)]
+struct Inner {
+    names: Interner,
+    /// exact tuple → its slot
+    tuples: FxMap<TupleSyms, u32>,
+    /// every tuple with stored versions; `None` are free slots
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    /// (resource type, resource id, relation) → slots
+    by_resource: FxMap<[Sym; 3], Vec<u32>>,
+    /// (subject type, subject id) → slots
+    by_subject: FxMap<[Sym; 2], Vec<u32>>,
+}
+
+/// The in-memory copy of every stored relationship version.
+#[derive(Debug)]
+pub(crate) struct Graph {
+    inner: RwLock<Inner>,
+}
+
+/// How a filter can be answered from the graph.
+enum Access {
+    /// one exact tuple
+    Tuple(TupleSyms),
+    /// the subjects of one object's relation
+    Resource([Sym; 3]),
+    /// the relationships of one subject object
+    Subject([Sym; 2]),
+    /// nothing can match (a name the graph has never seen)
+    Empty,
+}
+
+/// A filter's constrained names as symbols (`None`: not constrained).
+#[derive(Debug, Default, Clone, Copy)]
+struct SymFilter {
+    rt: Option<Sym>,
+    rid: Option<Sym>,
+    rel: Option<Sym>,
+    st: Option<Sym>,
+    sid: Option<Sym>,
+    srel: Option<Sym>,
+}
+
+impl SymFilter {
+    fn matches(&self, k: &TupleSyms) -> bool {
+        let ok = |p: Option<Sym>, v: Sym| p.is_none_or(|p| p == v);
+        ok(self.rt, k[0])
+            && ok(self.rid, k[1])
+            && ok(self.rel, k[2])
+            && ok(self.st, k[3])
+            && ok(self.sid, k[4])
+            && ok(self.srel, k[5])
+    }
+}
+
+fn subject_relation_sym(names: &Interner, r: &SubjectRelationFilter) -> Option<Option<Sym>> {
+    match r {
+        SubjectRelationFilter::Any => Some(None),
+        SubjectRelationFilter::Ellipsis => Some(Some(EMPTY)),
+        SubjectRelationFilter::Relation(r) => names.get(r).map(Some),
+    }
+}
+
+impl Graph {
+    pub(crate) fn new() -> Graph {
+        Graph {
+            inner: RwLock::new(Inner {
+                names: Interner::new(),
+                tuples: FxMap::default(),
+                slots: Vec::new(),
+                free: Vec::new(),
+                by_resource: FxMap::default(),
+                by_subject: FxMap::default(),
+            }),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        // A panic while holding the lock could only come from an allocation failure inside a
+        // mutation; every mutation keeps the maps consistent step by step.
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a stored version of `key` (loading, or a write's new version).
+    pub(crate) fn insert(&self, key: &RelationshipKey, value: &VersionValue) {
+        self.write().insert(key, value);
+    }
+
+    /// Applies a committed write's changes: versions it closed and versions it added.
+    pub(crate) fn apply(&self, changes: &[GraphChange]) {
+        let mut g = self.write();
+        for c in changes {
+            match c {
+                GraphChange::Close { key, created, rev } => g.close(key, *created, *rev),
+                GraphChange::Add { key, value } => g.insert(key, value),
+            }
+        }
+    }
+
+    /// The newest stored version of `key`, whatever its `deleted`.
+    pub(crate) fn newest_version(&self, key: &RelationshipKey) -> Option<VersionValue> {
+        let g = self.read();
+        let syms = g.lookup_key(key)?;
+        let slot = g.slot(*g.tuples.get(&syms)?)?;
+        slot.versions.last().map(|v| VersionValue {
+            created: v.created,
+            deleted: v.deleted,
+            caveat: v.caveat.as_deref().cloned(),
+            expires_at: v.expires_at,
+        })
+    }
+
+    /// Appends to `out` the relationships visible at `rev` (and not expired at `now`) that
+    /// match `filter`, in no particular order. Returns `false` (appending nothing) if the
+    /// filter does not pin an object or a subject, so the graph cannot answer it.
+    pub(crate) fn query(
+        &self,
+        rev: u64,
+        filter: &RelationshipFilter,
+        now: Timestamp,
+        out: &mut Vec<Relationship>,
+    ) -> bool {
+        let g = self.read();
+        let Some((access, pins)) = g.access(filter) else {
+            return false;
+        };
+        let prefix = filter.resource_id_prefix.as_deref();
+        let mut emit = |slot: u32| {
+            if let Some(s) = g.slot(slot)
+                && pins.matches(&s.key)
+                && prefix.is_none_or(|p| g.names.name(s.key[1]).starts_with(p))
+                && let Some(v) = s.versions.iter().rev().find(|v| v.visible(rev, now))
+            {
+                out.push(g.relationship(&s.key, v));
+            }
+        };
+        match access {
+            Access::Empty => {}
+            Access::Tuple(t) => {
+                if let Some(slot) = g.tuples.get(&t) {
+                    emit(*slot);
+                }
+            }
+            Access::Resource(k) => {
+                for slot in g.by_resource.get(&k).into_iter().flatten() {
+                    emit(*slot);
+                }
+            }
+            Access::Subject(k) => {
+                for slot in g.by_subject.get(&k).into_iter().flatten() {
+                    emit(*slot);
+                }
+            }
+        }
+        true
+    }
+
+    /// Removes versions deleted at or before `horizon` or expired at or before `cutoff`, and
+    /// tuples left without versions, a chunk of tuples per write-lock hold. Returns how many
+    /// versions it removed.
+    pub(crate) fn gc(&self, horizon: u64, cutoff: Timestamp) -> u64 {
+        let mut removed = 0u64;
+        let mut start = 0usize;
+        loop {
+            let mut g = self.write();
+            let end = start.saturating_add(GC_CHUNK).min(g.slots.len());
+            for i in start..end {
+                let Ok(idx) = u32::try_from(i) else { break };
+                let mut emptied = None;
+                if let Some(Some(s)) = g.slots.get_mut(i) {
+                    let before = s.versions.len();
+                    s.versions
+                        .retain(|v| v.deleted > horizon && v.expires_at.is_none_or(|e| e > cutoff));
+                    removed += u64::try_from(before - s.versions.len()).unwrap_or(0);
+                    if s.versions.is_empty() {
+                        emptied = Some(s.key);
+                    }
+                }
+                if let Some(key) = emptied {
+                    g.remove_slot(idx, key);
+                }
+            }
+            let done = end >= g.slots.len();
+            drop(g);
+            if done {
+                return removed;
+            }
+            start = end;
+        }
+    }
+}
+
+/// One change a committed write made, replayed on the graph.
+#[derive(Debug, Clone)]
+pub(crate) enum GraphChange {
+    /// the version of `key` created at `created` got `deleted = rev`
+    Close {
+        key: RelationshipKey,
+        created: u64,
+        rev: u64,
+    },
+    /// a new version of `key`
+    Add {
+        key: RelationshipKey,
+        value: VersionValue,
+    },
+}
+
+impl Inner {
+    fn slot(&self, idx: u32) -> Option<&Slot> {
+        self.slots.get(idx as usize).and_then(Option::as_ref)
+    }
+
+    fn lookup_key(&self, key: &RelationshipKey) -> Option<TupleSyms> {
+        let n = &self.names;
+        Some([
+            n.get(&key.resource.object_type)?,
+            n.get(&key.resource.object_id)?,
+            n.get(&key.relation)?,
+            n.get(&key.subject.object.object_type)?,
+            n.get(&key.subject.object.object_id)?,
+            match &key.subject.relation {
+                None => EMPTY,
+                Some(r) => n.get(r)?,
+            },
+        ])
+    }
+
+    fn intern_key(&mut self, key: &RelationshipKey) -> TupleSyms {
+        let n = &mut self.names;
+        [
+            n.intern(&key.resource.object_type),
+            n.intern(&key.resource.object_id),
+            n.intern(&key.relation),
+            n.intern(&key.subject.object.object_type),
+            n.intern(&key.subject.object.object_id),
+            key.subject
+                .relation
+                .as_deref()
+                .map_or(EMPTY, |r| n.intern(r)),
+        ]
+    }
+
+    fn insert(&mut self, key: &RelationshipKey, value: &VersionValue) {
+        let syms = self.intern_key(key);
+        let version = Version {
+            created: value.created,
+            deleted: value.deleted,
+            expires_at: value.expires_at,
+            caveat: value.caveat.clone().map(Arc::new),
+        };
+        if let Some(idx) = self.tuples.get(&syms).copied()
+            && let Some(Some(slot)) = self.slots.get_mut(idx as usize)
+        {
+            // Keep versions ordered by creation; a reload or a replay may repeat one.
+            match slot
+                .versions
+                .binary_search_by_key(&version.created, |v| v.created)
+            {
+                Ok(i) => {
+                    if let Some(v) = slot.versions.get_mut(i) {
+                        *v = version;
+                    }
+                }
+                Err(i) => slot.versions.insert(i, version),
+            }
+            return;
+        }
+        let slot = Slot {
+            key: syms,
+            versions: SmallVec::from_elem(version, 1),
+        };
+        let idx = match self.free.pop() {
+            Some(i) => {
+                if let Some(s) = self.slots.get_mut(i as usize) {
+                    *s = Some(slot);
+                }
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.tuples.insert(syms, idx);
+        self.by_resource
+            .entry([syms[0], syms[1], syms[2]])
+            .or_default()
+            .push(idx);
+        self.by_subject
+            .entry([syms[3], syms[4]])
+            .or_default()
+            .push(idx);
+    }
+
+    fn close(&mut self, key: &RelationshipKey, created: u64, rev: u64) {
+        let Some(syms) = self.lookup_key(key) else {
+            return;
+        };
+        let Some(idx) = self.tuples.get(&syms).copied() else {
+            return;
+        };
+        if let Some(Some(slot)) = self.slots.get_mut(idx as usize)
+            && let Some(v) = slot.versions.iter_mut().find(|v| v.created == created)
+        {
+            v.deleted = rev;
+        }
+    }
+
+    fn remove_slot(&mut self, idx: u32, key: TupleSyms) {
+        self.tuples.remove(&key);
+        let r = [key[0], key[1], key[2]];
+        if let Some(list) = self.by_resource.get_mut(&r) {
+            list.retain(|s| *s != idx);
+            if list.is_empty() {
+                self.by_resource.remove(&r);
+            }
+        }
+        let s = [key[3], key[4]];
+        if let Some(list) = self.by_subject.get_mut(&s) {
+            list.retain(|x| *x != idx);
+            if list.is_empty() {
+                self.by_subject.remove(&s);
+            }
+        }
+        if let Some(slot) = self.slots.get_mut(idx as usize) {
+            *slot = None;
+        }
+        self.free.push(idx);
+    }
+
+    /// How to answer `filter`, or `None` if it pins neither an object's relation nor a
+    /// subject object.
+    fn access(&self, filter: &RelationshipFilter) -> Option<(Access, SymFilter)> {
+        let n = &self.names;
+        // `Some(None)`: not constrained; `None`: a name never seen, so nothing matches.
+        let pin = |s: Option<&String>| match s {
+            None => Some(None),
+            Some(s) => n.get(s).map(Some),
+        };
+        let sf = filter.subject.as_ref();
+        let pins = (|| {
+            Some(SymFilter {
+                rt: pin(filter.resource_type.as_ref())?,
+                rid: pin(filter.resource_id.as_ref())?,
+                rel: pin(filter.relation.as_ref())?,
+                st: pin(sf.map(|s| &s.subject_type))?,
+                sid: pin(sf.and_then(|s| s.subject_id.as_ref()))?,
+                srel: match sf {
+                    None => None,
+                    Some(s) => subject_relation_sym(n, &s.relation)?,
+                },
+            })
+        })();
+        let pinned_resource = filter.resource_type.is_some()
+            && filter.resource_id.is_some()
+            && filter.relation.is_some();
+        let pinned_subject = sf.is_some_and(|s| s.subject_id.is_some());
+        if !pinned_resource && !pinned_subject {
+            return None;
+        }
+        let Some(p) = pins else {
+            return Some((Access::Empty, SymFilter::default()));
+        };
+        let access = match (p.rt, p.rid, p.rel, p.st, p.sid, p.srel) {
+            (Some(rt), Some(rid), Some(rel), Some(st), Some(sid), Some(srel)) => {
+                Access::Tuple([rt, rid, rel, st, sid, srel])
+            }
+            (Some(rt), Some(rid), Some(rel), ..) => Access::Resource([rt, rid, rel]),
+            (.., Some(st), Some(sid), _) => Access::Subject([st, sid]),
+            _ => return None,
+        };
+        Some((access, p))
+    }
+
+    fn relationship(&self, key: &TupleSyms, v: &Version) -> Relationship {
+        let n = &self.names;
+        let name = |s: Sym| n.name(s).to_string();
+        Relationship {
+            resource: ObjectRef {
+                object_type: name(key[0]),
+                object_id: name(key[1]),
+            },
+            relation: name(key[2]),
+            subject: SubjectRef {
+                object: ObjectRef {
+                    object_type: name(key[3]),
+                    object_id: name(key[4]),
+                },
+                relation: (key[5] != EMPTY).then(|| name(key[5])),
+            },
+            caveat: v.caveat.as_deref().cloned(),
+            expires_at: v.expires_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{SubjectFilter, parse_relationship};
+    use crate::store::encoding::LIVE;
+
+    const NOW: Timestamp = Timestamp {
+        seconds: 1_700_000_000,
+        nanos: 0,
+    };
+
+    fn key(s: &str) -> RelationshipKey {
+        parse_relationship(s).unwrap().key()
+    }
+
+    fn live(created: u64) -> VersionValue {
+        VersionValue {
+            created,
+            deleted: LIVE,
+            caveat: None,
+            expires_at: None,
+        }
+    }
+
+    fn ids(g: &Graph, rev: u64, f: &RelationshipFilter) -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        if !g.query(rev, f, NOW, &mut out) {
+            return None;
+        }
+        let mut v: Vec<String> = out.iter().map(|r| r.key().to_string()).collect();
+        v.sort();
+        Some(v)
+    }
+
+    fn by_resource(t: &str, id: &str, rel: &str) -> RelationshipFilter {
+        RelationshipFilter {
+            resource_type: Some(t.into()),
+            resource_id: Some(id.into()),
+            relation: Some(rel.into()),
+            ..RelationshipFilter::default()
+        }
+    }
+
+    #[test]
+    fn versions_are_seen_at_their_revisions_and_gc_drops_the_dead() {
+        let g = Graph::new();
+        let a = key("document:a#viewer@user:ann");
+        let b = key("document:a#viewer@group:eng#member");
+        g.insert(&a, &live(1));
+        g.insert(&b, &live(2));
+        g.apply(&[GraphChange::Close {
+            key: a.clone(),
+            created: 1,
+            rev: 3,
+        }]);
+        let f = by_resource("document", "a", "viewer");
+        assert_eq!(ids(&g, 1, &f).unwrap(), vec![a.to_string()]);
+        assert_eq!(ids(&g, 2, &f).unwrap().len(), 2);
+        assert_eq!(ids(&g, 3, &f).unwrap(), vec![b.to_string()]);
+        // exact tuple, subject side, unknown names, unpinned filters
+        let mut exact = f.clone();
+        exact.subject = Some(SubjectFilter {
+            subject_type: "group".into(),
+            subject_id: Some("eng".into()),
+            relation: SubjectRelationFilter::Relation("member".into()),
+        });
+        assert_eq!(ids(&g, 3, &exact).unwrap(), vec![b.to_string()]);
+        exact.subject = Some(SubjectFilter {
+            subject_type: "group".into(),
+            subject_id: Some("eng".into()),
+            relation: SubjectRelationFilter::Ellipsis,
+        });
+        assert_eq!(ids(&g, 3, &exact).unwrap(), Vec::<String>::new());
+        let subj = RelationshipFilter {
+            subject: Some(SubjectFilter {
+                subject_type: "user".into(),
+                subject_id: Some("ann".into()),
+                relation: SubjectRelationFilter::Any,
+            }),
+            ..RelationshipFilter::default()
+        };
+        assert_eq!(ids(&g, 2, &subj).unwrap(), vec![a.to_string()]);
+        assert_eq!(
+            ids(&g, 2, &by_resource("document", "zzz", "viewer")).unwrap(),
+            Vec::<String>::new()
+        );
+        let unpinned = RelationshipFilter {
+            resource_type: Some("document".into()),
+            ..RelationshipFilter::default()
+        };
+        assert_eq!(ids(&g, 2, &unpinned), None);
+
+        assert_eq!(g.gc(3, NOW), 1);
+        assert!(g.newest_version(&a).is_none());
+        assert_eq!(ids(&g, 3, &f).unwrap(), vec![b.to_string()]);
+        // the freed slot is reused
+        g.insert(&a, &live(4));
+        assert_eq!(ids(&g, 4, &f).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn expired_versions_are_invisible_and_collected() {
+        let g = Graph::new();
+        let a = key("document:a#viewer@user:ann");
+        let mut v = live(1);
+        v.expires_at = Some(NOW);
+        g.insert(&a, &v);
+        let f = by_resource("document", "a", "viewer");
+        assert_eq!(ids(&g, 1, &f).unwrap(), Vec::<String>::new());
+        let mut out = Vec::new();
+        let earlier = Timestamp {
+            seconds: NOW.seconds - 1,
+            nanos: 0,
+        };
+        assert!(g.query(1, &f, earlier, &mut out));
+        assert_eq!(out.len(), 1);
+        assert_eq!(g.gc(0, NOW), 1);
+    }
+}
