@@ -725,19 +725,21 @@ impl<'a> World<'a> {
                         };
                         let id = &s.object.object_id;
                         let listed = ls.iter().find(|r| &r.subject_id == id);
-                        let got = match (listed, wildcard) {
-                            (Some(r), _) => resolved_answer(r),
-                            (None, Some(w)) => match w
-                                .excluded_subjects
-                                .iter()
-                                .find(|e| &e.subject_id == id)
-                            {
+                        // As SpiceDB, a concrete subject may be listed (say conditional)
+                        // beside a wildcard that covers it (say unconditionally): the answer is
+                        // the better of the two.
+                        let via_wildcard = wildcard.map(|w| {
+                            match w.excluded_subjects.iter().find(|e| &e.subject_id == id) {
                                 Some(e) if e.permissionship == Permissionship::HasPermission => {
                                     "NO_PERMISSION".to_string()
                                 }
                                 Some(e) => format!("CONDITIONAL_PERMISSION{:?}", e.missing_context),
                                 None => resolved_answer(w),
-                            },
+                            }
+                        });
+                        let got = match (listed.map(resolved_answer), via_wildcard) {
+                            (Some(a), Some(b)) => better_answer(a, b),
+                            (Some(a), None) | (None, Some(a)) => a,
                             (None, None) => "NO_PERMISSION".to_string(),
                         };
                         let ok = if want == "MaxDepthExceeded" {
@@ -879,6 +881,25 @@ fn answer(r: Result<pemba::engine::CheckResult, EngineError>) -> String {
         },
         Err(e) => err_kind(&e),
     }
+}
+
+/// The better of two answers for one subject: HAS over CONDITIONAL over NO; two conditional
+/// answers need the missing context of either.
+fn better_answer(a: String, b: String) -> String {
+    if a == "HAS_PERMISSION" || b == "NO_PERMISSION" {
+        return a;
+    }
+    if b == "HAS_PERMISSION" || a == "NO_PERMISSION" {
+        return b;
+    }
+    let missing = |s: &str| -> Vec<String> {
+        serde_json::from_str(s.trim_start_matches("CONDITIONAL_PERMISSION")).unwrap_or_default()
+    };
+    let mut all = missing(&a);
+    all.extend(missing(&b));
+    all.sort();
+    all.dedup();
+    format!("CONDITIONAL_PERMISSION{all:?}")
 }
 
 fn resolved_answer(r: &ResolvedSubject) -> String {

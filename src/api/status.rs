@@ -259,6 +259,12 @@ fn engine_status(err: EngineError) -> tonic::Status {
             "ERROR_REASON_CAVEAT_EVALUATION_ERROR",
             Metadata::new(),
         ),
+        EngineError::CaveatParameterType(_) => with_reason(
+            Code::InvalidArgument,
+            message,
+            "ERROR_REASON_CAVEAT_PARAMETER_TYPE_ERROR",
+            Metadata::new(),
+        ),
         EngineError::Store(e) => store_status(*e),
     }
 }

@@ -46,6 +46,26 @@ impl fmt::Display for CaveatExpr {
     }
 }
 
+impl CaveatExpr {
+    /// `self && other` (flattened; `a && a` is `a`).
+    pub(crate) fn and(self, other: CaveatExpr) -> CaveatExpr {
+        join(self, other, true)
+    }
+
+    /// `self || other` (flattened; `a || a` is `a`).
+    pub(crate) fn or(self, other: CaveatExpr) -> CaveatExpr {
+        join(self, other, false)
+    }
+
+    /// `!self` (`!!a` is `a`).
+    pub(crate) fn negate(self) -> CaveatExpr {
+        match self {
+            CaveatExpr::Not(inner) => *inner,
+            e => CaveatExpr::Not(Box::new(e)),
+        }
+    }
+}
+
 /// A condition that may be constant: `True` (unconditional), `False` (never), or a caveat
 /// expression. The constructors fold constants, so `True`/`False` never appear inside `Expr`.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,12 +169,42 @@ pub enum CaveatOutcome {
     Missing(Vec<String>),
 }
 
+/// Why a caveat could not be decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaveatError {
+    /// the expression failed (SpiceDB's `ERROR_REASON_CAVEAT_EVALUATION_ERROR`)
+    Evaluation(String),
+    /// a context value does not convert to its parameter's type (SpiceDB's
+    /// `ERROR_REASON_CAVEAT_PARAMETER_TYPE_ERROR`)
+    ParameterType(String),
+}
+
+impl From<CaveatError> for EngineError {
+    fn from(e: CaveatError) -> EngineError {
+        match e {
+            CaveatError::Evaluation(m) => EngineError::CaveatEvaluation(m),
+            CaveatError::ParameterType(m) => EngineError::CaveatParameterType(m),
+        }
+    }
+}
+
 /// Decides one caveat for one merged context (request context overridden by the
 /// relationship's context). `Err` is an evaluation error, reported as
 /// [`EngineError::CaveatEvaluation`].
 pub trait CaveatEvaluator: Send + Sync + fmt::Debug {
     /// Evaluates `caveat` with `context`.
     fn evaluate(&self, caveat: &CaveatDef, context: &Context) -> Result<CaveatOutcome, String>;
+
+    /// As [`evaluate`](CaveatEvaluator::evaluate), telling a context value of the wrong type
+    /// apart from an evaluation failure (by default every failure is an evaluation failure).
+    fn evaluate_typed(
+        &self,
+        caveat: &CaveatDef,
+        context: &Context,
+    ) -> Result<CaveatOutcome, CaveatError> {
+        self.evaluate(caveat, context)
+            .map_err(CaveatError::Evaluation)
+    }
 }
 
 /// The evaluator used until CEL evaluation exists: reports the parameters missing from the
@@ -193,18 +243,42 @@ pub(crate) fn evaluate(
     schema: &CompiledSchema,
     evaluator: &dyn CaveatEvaluator,
 ) -> EngineResult<CaveatOutcome> {
-    Ok(match eval(expr, request_context, schema, evaluator)? {
-        Tri::True => CaveatOutcome::True,
-        Tri::False => CaveatOutcome::False,
-        Tri::Missing(m) => CaveatOutcome::Missing(m.into_iter().collect()),
-    })
+    Ok(
+        match eval(expr, request_context, schema, evaluator, false)? {
+            Tri::True => CaveatOutcome::True,
+            Tri::False => CaveatOutcome::False,
+            Tri::Missing(m) => CaveatOutcome::Missing(m.into_iter().collect()),
+        },
+    )
 }
 
+/// As [`evaluate`], but every operand of an `||` is evaluated, so that an error in any of them
+/// fails the evaluation even when another holds. SpiceDB's LookupResources and LookupSubjects
+/// evaluate the caveats of the paths to a result one by one (streamed results, not merged), so
+/// a context that fails on one path fails the call although another path decides the answer.
+pub(crate) fn evaluate_every_path(
+    expr: &CaveatExpr,
+    request_context: &Context,
+    schema: &CompiledSchema,
+    evaluator: &dyn CaveatEvaluator,
+) -> EngineResult<CaveatOutcome> {
+    Ok(
+        match eval(expr, request_context, schema, evaluator, true)? {
+            Tri::True => CaveatOutcome::True,
+            Tri::False => CaveatOutcome::False,
+            Tri::Missing(m) => CaveatOutcome::Missing(m.into_iter().collect()),
+        },
+    )
+}
+
+/// `every_path`: `||` evaluates all its operands (an error in any fails) instead of stopping at
+/// the first that holds.
 fn eval(
     expr: &CaveatExpr,
     ctx: &Context,
     schema: &CompiledSchema,
     evaluator: &dyn CaveatEvaluator,
+    every_path: bool,
 ) -> EngineResult<Tri> {
     match expr {
         CaveatExpr::Leaf(c) => {
@@ -212,15 +286,15 @@ fn eval(
                 EngineError::CaveatEvaluation(format!("caveat `{}` not found", c.name))
             })?;
             let outcome = if c.context.is_empty() {
-                evaluator.evaluate(def, ctx)
+                evaluator.evaluate_typed(def, ctx)
             } else {
                 let mut merged = ctx.clone();
                 for (k, v) in &c.context {
                     merged.insert(k.clone(), v.clone());
                 }
-                evaluator.evaluate(def, &merged)
+                evaluator.evaluate_typed(def, &merged)
             };
-            Ok(match outcome.map_err(EngineError::CaveatEvaluation)? {
+            Ok(match outcome.map_err(EngineError::from)? {
                 CaveatOutcome::True => Tri::True,
                 CaveatOutcome::False => Tri::False,
                 CaveatOutcome::Missing(m) => Tri::Missing(m.into_iter().collect()),
@@ -229,7 +303,7 @@ fn eval(
         CaveatExpr::And(items) => {
             let mut missing = BTreeSet::new();
             for e in items {
-                match eval(e, ctx, schema, evaluator)? {
+                match eval(e, ctx, schema, evaluator, every_path)? {
                     Tri::False => return Ok(Tri::False),
                     Tri::True => {}
                     Tri::Missing(m) => missing.extend(m),
@@ -243,20 +317,24 @@ fn eval(
         }
         CaveatExpr::Or(items) => {
             let mut missing = BTreeSet::new();
+            let mut holds = false;
             for e in items {
-                match eval(e, ctx, schema, evaluator)? {
+                match eval(e, ctx, schema, evaluator, every_path)? {
+                    Tri::True if every_path => holds = true,
                     Tri::True => return Ok(Tri::True),
                     Tri::False => {}
                     Tri::Missing(m) => missing.extend(m),
                 }
             }
-            Ok(if missing.is_empty() {
+            Ok(if holds {
+                Tri::True
+            } else if missing.is_empty() {
                 Tri::False
             } else {
                 Tri::Missing(missing)
             })
         }
-        CaveatExpr::Not(e) => Ok(match eval(e, ctx, schema, evaluator)? {
+        CaveatExpr::Not(e) => Ok(match eval(e, ctx, schema, evaluator, every_path)? {
             Tri::True => Tri::False,
             Tri::False => Tri::True,
             m @ Tri::Missing(_) => m,

@@ -1128,6 +1128,7 @@ fn copy_error(err: &EngineError, d: &Dispatcher<'_>) -> EngineError {
         EngineError::Cancelled => EngineError::Cancelled,
         EngineError::DeadlineExceeded => EngineError::DeadlineExceeded,
         EngineError::CaveatEvaluation(m) => EngineError::CaveatEvaluation(m.clone()),
+        EngineError::CaveatParameterType(m) => EngineError::CaveatParameterType(m.clone()),
         EngineError::Store(e) => {
             EngineError::Store(Box::new(crate::store::StoreError::Engine(e.to_string())))
         }

@@ -48,6 +48,10 @@ pub enum EngineError {
     /// A caveat could not be evaluated (INVALID_ARGUMENT, `ERROR_REASON_CAVEAT_EVALUATION_ERROR`).
     #[error("caveat evaluation error: {0}")]
     CaveatEvaluation(String),
+    /// A context value does not convert to its caveat parameter's type (INVALID_ARGUMENT,
+    /// `ERROR_REASON_CAVEAT_PARAMETER_TYPE_ERROR`).
+    #[error("caveat parameter type error: {0}")]
+    CaveatParameterType(String),
     /// The datastore failed (boxed: the error is large, and results travel up every level of
     /// the traversal).
     #[error(transparent)]

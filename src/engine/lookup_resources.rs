@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
+use crate::engine::caveats::{self, Cond};
 use crate::engine::check::{self, Outcome};
 use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, Pager};
 use crate::engine::error::EngineResult;
@@ -610,6 +611,20 @@ pub(crate) fn lookup_resources(
         )?;
         if outcome == Outcome::No {
             continue;
+        }
+        // SpiceDB evaluates the caveats of every path to the resource, so a context that fails
+        // on any of them fails the call (see `caveats::evaluate_every_path`).
+        if let Outcome::Member {
+            cond: Cond::Expr(e),
+            ..
+        } = &outcome
+        {
+            caveats::evaluate_every_path(
+                e,
+                context,
+                checker.d.snap.schema,
+                checker.d.engine.caveats.as_ref(),
+            )?;
         }
         let (permissionship, missing_context, _) = check::finish(checker.d, outcome, context)?;
         if permissionship != Permissionship::NoPermission {

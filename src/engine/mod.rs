@@ -50,7 +50,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-pub use caveats::{CaveatEvaluator, CaveatExpr, CaveatOutcome, DefaultCaveatEvaluator};
+pub use caveats::{
+    CaveatError, CaveatEvaluator, CaveatExpr, CaveatOutcome, DefaultCaveatEvaluator,
+};
 pub use cel::{CelCaveatEvaluator, check_context_types};
 pub use check::{CheckTrace, PermissionType};
 pub use error::{EngineError, EngineResult};
@@ -231,8 +233,8 @@ impl Engine {
         check::run_check(self, snap, &mut memo, req)
     }
 
-    /// Many checks at one snapshot, answered in request order with one error per failed item.
-    /// Sub-problems shared between items are solved once. As in SpiceDB, items with the same
+    /// Many checks at one snapshot, answered in request order with one error per failed item,
+    /// spread over the cores. Sub-problems shared between items on one thread are solved once. As in SpiceDB, items with the same
     /// resource type, permission, subject and context are evaluated together in chunks of up to
     /// 100 resources, and a chunk of several resources fails as a whole when any of it runs
     /// into a data cycle or out of depth.
