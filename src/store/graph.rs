@@ -9,7 +9,9 @@
 //! sees the same relationships here as in the key-value store. Garbage collection removes the
 //! versions no readable revision can see, in short chunks so readers are never held up long.
 
-use std::hash::BuildHasherDefault;
+use std::cell::RefCell;
+use std::hash::{BuildHasher, BuildHasherDefault};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rustc_hash::FxHasher;
@@ -32,6 +34,28 @@ const EMPTY: Sym = 0;
 
 /// How many tuples one garbage-collection chunk visits under the write lock.
 const GC_CHUNK: usize = 4096;
+
+/// Slots of the per-thread cache of recent name lookups (a power of two).
+const RECENT_NAMES: usize = 256;
+
+/// Gives each graph its own id, so a thread's cache of recent names never mixes graphs.
+static NEXT_GRAPH_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A small direct-mapped cache of recent name → symbol lookups, per thread. A check asks for
+/// the same few names again and again (the subject, the types and relations, the object it is
+/// at), and a hit here costs a short string compare in memory this thread just touched,
+/// where the interner's table (one entry per distinct id in the store) costs cache misses.
+/// Symbols never change once assigned, so an entry stays right until the graph is dropped.
+struct RecentNames {
+    graph: u64,
+    slots: Vec<Option<(Box<str>, Sym)>>,
+}
+
+thread_local! {
+    static RECENT: RefCell<RecentNames> = const {
+        RefCell::new(RecentNames { graph: 0, slots: Vec::new() })
+    };
+}
 
 /// A tuple in interned form: resource type, resource id, relation, subject type, subject id,
 /// subject relation (`EMPTY` for a plain subject).
@@ -77,6 +101,36 @@ impl Interner {
         self.ids.get(s).copied()
     }
 
+    /// [`Interner::get`] through this thread's cache of recent lookups in graph `graph`.
+    fn get_cached(&self, graph: u64, s: &str) -> Option<Sym> {
+        let hash = BuildHasherDefault::<FxHasher>::default().hash_one(s);
+        let index = usize::try_from(hash).unwrap_or(0) & (RECENT_NAMES - 1);
+        let cached = RECENT.with(|cell| {
+            let mut recent = cell.try_borrow_mut().ok()?;
+            if recent.graph != graph || recent.slots.len() != RECENT_NAMES {
+                recent.graph = graph;
+                recent.slots = vec![None; RECENT_NAMES];
+            }
+            match recent.slots.get(index) {
+                Some(Some((name, sym))) if **name == *s => Some(*sym),
+                _ => None,
+            }
+        });
+        if cached.is_some() {
+            return cached;
+        }
+        let sym = self.get(s)?;
+        RECENT.with(|cell| {
+            if let Ok(mut recent) = cell.try_borrow_mut()
+                && recent.graph == graph
+                && let Some(slot) = recent.slots.get_mut(index)
+            {
+                *slot = Some((Box::from(s), sym));
+            }
+        });
+        Some(sym)
+    }
+
     fn intern(&mut self, s: &str) -> Sym {
         if let Some(id) = self.ids.get(s) {
             return *id;
@@ -111,6 +165,8 @@ struct Inner {
 /// The in-memory copy of every stored relationship version.
 #[derive(Debug)]
 pub(crate) struct Graph {
+    /// distinguishes this graph in the per-thread name caches
+    id: u64,
     inner: RwLock<Inner>,
 }
 
@@ -149,17 +205,22 @@ impl SymFilter {
     }
 }
 
-fn subject_relation_sym(names: &Interner, r: &SubjectRelationFilter) -> Option<Option<Sym>> {
+fn subject_relation_sym(
+    names: &Interner,
+    graph: u64,
+    r: &SubjectRelationFilter,
+) -> Option<Option<Sym>> {
     match r {
         SubjectRelationFilter::Any => Some(None),
         SubjectRelationFilter::Ellipsis => Some(Some(EMPTY)),
-        SubjectRelationFilter::Relation(r) => names.get(r).map(Some),
+        SubjectRelationFilter::Relation(r) => names.get_cached(graph, r).map(Some),
     }
 }
 
 impl Graph {
     pub(crate) fn new() -> Graph {
         Graph {
+            id: NEXT_GRAPH_ID.fetch_add(1, Ordering::Relaxed),
             inner: RwLock::new(Inner {
                 names: Interner::new(),
                 tuples: FxMap::default(),
@@ -221,7 +282,7 @@ impl Graph {
         out: &mut Vec<Relationship>,
     ) -> bool {
         let g = self.read();
-        let Some((access, pins)) = g.access(filter) else {
+        let Some((access, pins)) = g.access(filter, self.id) else {
             return false;
         };
         let prefix = filter.resource_id_prefix.as_deref();
@@ -431,12 +492,12 @@ impl Inner {
 
     /// How to answer `filter`, or `None` if it pins neither an object's relation nor a
     /// subject object.
-    fn access(&self, filter: &RelationshipFilter) -> Option<(Access, SymFilter)> {
+    fn access(&self, filter: &RelationshipFilter, graph: u64) -> Option<(Access, SymFilter)> {
         let n = &self.names;
         // `Some(None)`: not constrained; `None`: a name never seen, so nothing matches.
         let pin = |s: Option<&String>| match s {
             None => Some(None),
-            Some(s) => n.get(s).map(Some),
+            Some(s) => n.get_cached(graph, s).map(Some),
         };
         let sf = filter.subject.as_ref();
         let pins = (|| {
@@ -448,7 +509,7 @@ impl Inner {
                 sid: pin(sf.and_then(|s| s.subject_id.as_ref()))?,
                 srel: match sf {
                     None => None,
-                    Some(s) => subject_relation_sym(n, &s.relation)?,
+                    Some(s) => subject_relation_sym(n, graph, &s.relation)?,
                 },
             })
         })();
