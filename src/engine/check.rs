@@ -16,8 +16,10 @@
 
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
+
 use crate::engine::caveats::{self, CaveatOutcome, Cond};
-use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, MemoEntry, Pager};
+use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, MemoEntry, Pager, parallel_chunks};
 use crate::engine::error::{EngineError, EngineResult};
 use crate::engine::validate;
 use crate::engine::{CheckRequest, CheckResult, Engine, Permissionship, Snapshot};
@@ -992,7 +994,8 @@ pub(crate) fn run_check(
 /// context are dispatched together, up to [`BULK_CHUNK`] resource ids at a time. A chunk of one
 /// resource is answered as a Check; a chunk of several evaluates every branch (SpiceDB's
 /// "require all results"), and a failure anywhere in it (such as a data cycle) fails every item
-/// of the chunk. Sub-problems are shared between all items.
+/// of the chunk. Groups are spread over the cores (see [`solve_bulk_groups_in_parallel`]);
+/// sub-problems are shared between the items solved on one thread.
 pub(crate) fn run_check_bulk(
     engine: &Engine,
     snap: &Snapshot<'_>,
@@ -1000,6 +1003,8 @@ pub(crate) fn run_check_bulk(
 ) -> Vec<EngineResult<CheckResult>> {
     let mut out: Vec<Option<EngineResult<CheckResult>>> = reqs.iter().map(|_| None).collect();
     let mut groups: Vec<(BulkKey<'_>, BulkGroup<'_>)> = Vec::new();
+    let mut group_of: FxHashMap<BulkKey<'_>, usize> = FxHashMap::default();
+    let mut resource_of: Vec<FxHashMap<&str, usize>> = Vec::new();
     for (i, req) in reqs.iter().enumerate() {
         let valid =
             validate::resource_member(snap.schema, &req.resource.object_type, &req.permission)
@@ -1010,32 +1015,89 @@ pub(crate) fn run_check_bulk(
             }
             continue;
         }
+        let context = if req.context.is_empty() {
+            String::new()
+        } else {
+            serde_json::Value::Object(req.context.clone()).to_string()
+        };
         let key = (
             req.resource.object_type.as_str(),
             req.permission.as_str(),
             &req.subject,
-            serde_json::Value::Object(req.context.clone()).to_string(),
+            context,
         );
-        let group = match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, g)) => g,
-            None => {
-                groups.push((key, Vec::new()));
-                match groups.last_mut() {
-                    Some((_, g)) => g,
-                    None => continue,
-                }
-            }
+        let g = *group_of.entry(key.clone()).or_insert_with(|| {
+            groups.push((key, Vec::new()));
+            resource_of.push(FxHashMap::default());
+            groups.len() - 1
+        });
+        let (Some((_, group)), Some(index)) = (groups.get_mut(g), resource_of.get_mut(g)) else {
+            continue;
         };
         let id = req.resource.object_id.as_str();
-        match group.iter_mut().find(|(r, _)| *r == id) {
+        match index.get(id).and_then(|r| group.get_mut(*r)) {
             Some((_, items)) => items.push(i),
-            None => group.push((id, vec![i])),
+            None => {
+                index.insert(id, group.len());
+                group.push((id, vec![i]));
+            }
         }
     }
 
+    for (i, result) in solve_bulk_groups_in_parallel(engine, snap, reqs, &groups) {
+        if let Some(slot) = out.get_mut(i) {
+            *slot = Some(result);
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or(Err(EngineError::Cancelled)))
+        .collect()
+}
+
+/// Below this many items a CheckBulk request runs on the calling thread alone.
+const BULK_PARALLEL_MIN: usize = 64;
+
+/// Solves CheckBulk groups on up to one thread per core: contiguous shards of groups with
+/// about equal item counts, each with its own memos (groups of different subjects share no
+/// sub-problems). Answers are the same as on one thread.
+fn solve_bulk_groups_in_parallel(
+    engine: &Engine,
+    snap: &Snapshot<'_>,
+    reqs: &[CheckRequest],
+    groups: &[(BulkKey<'_>, BulkGroup<'_>)],
+) -> Vec<(usize, EngineResult<CheckResult>)> {
+    parallel_chunks(
+        groups,
+        |(_, g)| g.len(),
+        BULK_PARALLEL_MIN,
+        |shard| solve_bulk_groups(engine, snap, reqs, shard),
+    )
+    // A shard whose thread died leaves its items unanswered: they fail as cancelled.
+    .unwrap_or_default()
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Solves CheckBulk groups one after the other, sharing memos between them.
+fn solve_bulk_groups(
+    engine: &Engine,
+    snap: &Snapshot<'_>,
+    reqs: &[CheckRequest],
+    groups: &[(BulkKey<'_>, BulkGroup<'_>)],
+) -> Vec<(usize, EngineResult<CheckResult>)> {
+    let mut out = Vec::new();
     let mut single = CheckMemo::new(EvalMode::CHECK);
     let mut batch = CheckMemo::new(EvalMode::BATCH);
-    for ((_, _, _, _), resources) in &groups {
+    let mut last_subject: Option<&SubjectRef> = None;
+    for ((_, _, subject, _), resources) in groups {
+        // Every memo key names its subject: a new subject can reuse nothing, and clearing
+        // keeps the memos small (no rehashing of thousands of dead entries).
+        if last_subject.is_some_and(|s| s != *subject) {
+            single.clear();
+            batch.clear();
+        }
+        last_subject = Some(subject);
         for chunk in resources.chunks(BULK_CHUNK) {
             let memo = if chunk.len() == 1 {
                 &mut single
@@ -1069,9 +1131,7 @@ pub(crate) fn run_check_bulk(
             if let Some(err) = failure {
                 for (_, items) in chunk {
                     for i in items {
-                        if let Some(slot) = out.get_mut(*i) {
-                            *slot = Some(Err(copy_error(&err, &d)));
-                        }
+                        out.push((*i, Err(copy_error(&err, &d))));
                     }
                 }
                 continue;
@@ -1090,16 +1150,12 @@ pub(crate) fn run_check_bulk(
                             }),
                         },
                     );
-                    if let Some(slot) = out.get_mut(*i) {
-                        *slot = Some(result);
-                    }
+                    out.push((*i, result));
                 }
             }
         }
     }
-    out.into_iter()
-        .map(|r| r.unwrap_or(Err(EngineError::Cancelled)))
-        .collect()
+    out
 }
 
 /// What CheckBulk items are grouped by: resource type, permission, subject and context (as

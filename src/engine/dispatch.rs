@@ -139,6 +139,66 @@ impl Pager {
     }
 }
 
+// ---- spreading independent work over the cores ----
+
+/// How many threads one request may use at most.
+const MAX_THREADS: usize = 8;
+
+/// Runs `work` over contiguous chunks of `items` on up to one thread per core, and returns
+/// the chunks' results in order. Chunks get about equal total `weight`; with less than
+/// `min_weight` in all (or one core) everything runs on the calling thread, in one chunk.
+/// Each chunk builds its own dispatcher and memo inside `work`: answers do not depend on the
+/// split. A chunk whose thread cannot be started runs on the calling thread; if a chunk's
+/// thread dies, the result is `None`.
+pub(crate) fn parallel_chunks<T: Sync, R: Send>(
+    items: &[T],
+    weight: impl Fn(&T) -> usize,
+    min_weight: usize,
+    work: impl Fn(&[T]) -> R + Sync,
+) -> Option<Vec<R>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(MAX_THREADS);
+    let total: usize = items.iter().map(&weight).sum();
+    if threads <= 1 || total < min_weight || items.len() < 2 {
+        return Some(vec![work(items)]);
+    }
+    let per_chunk = total.div_ceil(threads);
+    let mut chunks: Vec<&[T]> = Vec::with_capacity(threads);
+    let (mut start, mut acc) = (0usize, 0usize);
+    for (i, item) in items.iter().enumerate() {
+        acc += weight(item);
+        if acc >= per_chunk {
+            chunks.push(items.get(start..=i).unwrap_or_default());
+            start = i + 1;
+            acc = 0;
+        }
+    }
+    if start < items.len() {
+        chunks.push(items.get(start..).unwrap_or_default());
+    }
+    let work = &work;
+    std::thread::scope(|scope| {
+        let mut pending = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let spawned = std::thread::Builder::new()
+                .name("pemba-query".to_string())
+                .spawn_scoped(scope, move || work(chunk));
+            pending.push(match spawned {
+                Ok(handle) => Err(handle),
+                Err(_) => Ok(work(chunk)),
+            });
+        }
+        pending
+            .into_iter()
+            .map(|p| match p {
+                Ok(done) => Some(done),
+                Err(handle) => handle.join().ok(),
+            })
+            .collect()
+    })
+}
+
 // ---- the check memo ----
 
 /// The parts of a memo key: resource type, resource id, relation, interned subject.
@@ -300,6 +360,13 @@ impl CheckMemo {
             },
             entry,
         );
+    }
+
+    /// Forgets every sub-problem, keeping the allocated capacity (for a run of checks of
+    /// another subject, whose sub-problems never meet the previous ones).
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.subjects.clear();
     }
 
     pub(crate) fn remove(&mut self, key: (&str, &str, &str, u32)) {

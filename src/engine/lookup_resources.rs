@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::engine::caveats::{self, Cond};
 use crate::engine::check::{self, Outcome};
-use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, Pager};
-use crate::engine::error::EngineResult;
+use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, Pager, parallel_chunks};
+use crate::engine::error::{EngineError, EngineResult};
 use crate::engine::validate;
 use crate::engine::{Engine, LookupResult, Permissionship, Snapshot};
 use crate::model::{
@@ -589,26 +589,69 @@ pub(crate) fn lookup_resources(
             candidates.insert(id, exact);
         }
     }
+    let candidates: Vec<(String, bool)> = candidates.into_iter().collect();
+    let needs_check = |(_, exact): &(String, bool)| usize::from(!*exact);
+    if candidates.iter().map(needs_check).sum::<usize>() < PARALLEL_CHECKS_MIN {
+        return resolve_candidates(
+            checker.d,
+            &mut checker.memo,
+            &candidates,
+            resource_type,
+            permission,
+            subject,
+            context,
+        );
+    }
+    // Many candidates to check: spread them over the cores, each chunk with its own
+    // dispatcher and memo; chunks are contiguous, so the results stay sorted by id.
+    let chunks = parallel_chunks(&candidates, needs_check, PARALLEL_CHECKS_MIN, |chunk| {
+        let mut d = Dispatcher::new(engine, snap);
+        let mut memo = CheckMemo::new(EvalMode::CHECK);
+        resolve_candidates(
+            &mut d,
+            &mut memo,
+            chunk,
+            resource_type,
+            permission,
+            subject,
+            context,
+        )
+    })
+    // A chunk's thread died: its answers are missing.
+    .ok_or(EngineError::Cancelled)?;
+    let mut out = Vec::with_capacity(candidates.len());
+    for chunk in chunks {
+        out.extend(chunk?);
+    }
+    Ok(out)
+}
+
+/// Below this many candidates to check, LookupResources checks them on the calling thread.
+const PARALLEL_CHECKS_MIN: usize = 64;
+
+/// The results among `candidates` (sorted by id): exact ones as they are, the others checked.
+fn resolve_candidates(
+    d: &mut Dispatcher<'_>,
+    memo: &mut CheckMemo,
+    candidates: &[(String, bool)],
+    resource_type: &str,
+    permission: &str,
+    subject: &SubjectRef,
+    context: &Context,
+) -> EngineResult<Vec<LookupResult>> {
     let mut out = Vec::with_capacity(candidates.len());
     for (id, exact) in candidates {
-        if exact {
+        if *exact {
             out.push(LookupResult {
-                resource_id: id,
+                resource_id: id.clone(),
                 permissionship: Permissionship::HasPermission,
                 missing_context: Vec::new(),
             });
             continue;
         }
         let resource = ObjectRef::new(resource_type, id.as_str());
-        let depth = checker.d.max_depth();
-        let (outcome, _) = check::check_outcome_at(
-            checker.d,
-            &mut checker.memo,
-            &resource,
-            permission,
-            subject,
-            depth,
-        )?;
+        let depth = d.max_depth();
+        let (outcome, _) = check::check_outcome_at(d, memo, &resource, permission, subject, depth)?;
         if outcome == Outcome::No {
             continue;
         }
@@ -619,17 +662,12 @@ pub(crate) fn lookup_resources(
             ..
         } = &outcome
         {
-            caveats::evaluate_every_path(
-                e,
-                context,
-                checker.d.snap.schema,
-                checker.d.engine.caveats.as_ref(),
-            )?;
+            caveats::evaluate_every_path(e, context, d.snap.schema, d.engine.caveats.as_ref())?;
         }
-        let (permissionship, missing_context, _) = check::finish(checker.d, outcome, context)?;
+        let (permissionship, missing_context, _) = check::finish(d, outcome, context)?;
         if permissionship != Permissionship::NoPermission {
             out.push(LookupResult {
-                resource_id: id,
+                resource_id: id.clone(),
                 permissionship,
                 missing_context,
             });
