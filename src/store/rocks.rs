@@ -75,8 +75,14 @@ impl Kv for RocksKv {
     }
 
     fn commit(&self, batch: Batch) -> StoreResult<()> {
+        // In key order: the memtable's skip list then finds each insertion point next to the
+        // previous one instead of searching from the top (a third of a bulk load's CPU went
+        // into that search). A stable sort keeps the order of operations on one key, which is
+        // all a batch's meaning depends on.
+        let mut ops = batch.ops;
+        ops.sort_by(|a, b| op_key(a).cmp(op_key(b)));
         let mut wb = WriteBatch::default();
-        for op in batch.ops {
+        for op in ops {
             match op {
                 BatchOp::Put(k, v) => wb.put(k, v),
                 BatchOp::Delete(k) => wb.delete(k),
@@ -85,6 +91,13 @@ impl Kv for RocksKv {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(wb, &wo).map_err(engine)
+    }
+}
+
+/// The key an operation writes.
+fn op_key(op: &BatchOp) -> &[u8] {
+    match op {
+        BatchOp::Put(k, _) | BatchOp::Delete(k) => k,
     }
 }
 
