@@ -286,13 +286,26 @@ impl Graph {
             return false;
         };
         let prefix = filter.resource_id_prefix.as_deref();
+        let sf = filter.subject.as_ref();
+        let known: [Option<&str>; 6] = [
+            filter.resource_type.as_deref(),
+            filter.resource_id.as_deref(),
+            filter.relation.as_deref(),
+            sf.map(|s| s.subject_type.as_str()),
+            sf.and_then(|s| s.subject_id.as_deref()),
+            sf.and_then(|s| match &s.relation {
+                SubjectRelationFilter::Any => None,
+                SubjectRelationFilter::Ellipsis => Some(""),
+                SubjectRelationFilter::Relation(r) => Some(r.as_str()),
+            }),
+        ];
         let mut emit = |slot: u32| {
             if let Some(s) = g.slot(slot)
                 && pins.matches(&s.key)
                 && prefix.is_none_or(|p| g.names.name(s.key[1]).starts_with(p))
                 && let Some(v) = s.versions.iter().rev().find(|v| v.visible(rev, now))
             {
-                out.push(g.relationship(&s.key, v));
+                out.push(g.relationship(&s.key, v, &known));
             }
         };
         match access {
@@ -534,21 +547,35 @@ impl Inner {
         Some((access, p))
     }
 
-    fn relationship(&self, key: &TupleSyms, v: &Version) -> Relationship {
+    /// The relationship `key` at version `v`. `known` holds the names the query's filter
+    /// pinned (in `key`'s order): they are copied from there, not looked up in the interner,
+    /// whose table and strings are mostly out of cache.
+    fn relationship(
+        &self,
+        key: &TupleSyms,
+        v: &Version,
+        known: &[Option<&str>; 6],
+    ) -> Relationship {
         let n = &self.names;
-        let name = |s: Sym| n.name(s).to_string();
+        let name = |i: usize| {
+            let sym = key.get(i).copied().unwrap_or(EMPTY);
+            match known.get(i).copied().flatten() {
+                Some(s) => s.to_string(),
+                None => n.name(sym).to_string(),
+            }
+        };
         Relationship {
             resource: ObjectRef {
-                object_type: name(key[0]),
-                object_id: name(key[1]),
+                object_type: name(0),
+                object_id: name(1),
             },
-            relation: name(key[2]),
+            relation: name(2),
             subject: SubjectRef {
                 object: ObjectRef {
-                    object_type: name(key[3]),
-                    object_id: name(key[4]),
+                    object_type: name(3),
+                    object_id: name(4),
                 },
-                relation: (key[5] != EMPTY).then(|| name(key[5])),
+                relation: (key[5] != EMPTY).then(|| name(5)),
             },
             caveat: v.caveat.as_deref().cloned(),
             expires_at: v.expires_at,
