@@ -11,6 +11,7 @@
 //! [`compile`] runs all of it. Errors are one type, [`SchemaError`], with a position.
 
 pub mod ast;
+mod celtype;
 pub mod compiled;
 pub mod error;
 pub mod lexer;

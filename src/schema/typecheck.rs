@@ -19,6 +19,7 @@ use super::ast::{
     ArrowFn, CaveatAst, CaveatTypeAst, DefinitionAst, ExprAst, Item, MemberAst, Name,
     PermissionAst, RelationAst, SchemaFile, TypeRefKind,
 };
+use super::celtype;
 use super::compiled::{
     AllowedKind, AllowedType, ArrowKind, CaveatDef, CaveatParam, CaveatType, CompiledSchema,
     Definition, Expr, Permission, Relation,
@@ -126,6 +127,21 @@ fn check_caveat(c: &CaveatAst) -> Result<CaveatDef, SchemaError> {
             type_,
         });
     }
+    // As SpiceDB, the expression must type-check over the parameters and give a bool (this
+    // is its compiler's check, before the type system's unused parameters).
+    if let Err(e) = celtype::check_expression(&c.expression, &parameters) {
+        let message = match e.offset {
+            Some(offset) => {
+                let (line, column) = position_in(&c.expression, c.expression_pos, offset);
+                format!(
+                    "invalid expression for caveat `{name}`: ERROR: {name}:{line}:{column}: {}",
+                    e.message
+                )
+            }
+            None => format!("invalid expression for caveat `{name}`: {}", e.message),
+        };
+        return Err(SchemaError::parse(message, c.expression_pos));
+    }
     for p in &c.params {
         if !c.identifiers.contains(&p.name.text) {
             return Err(SchemaError::type_error(
@@ -140,6 +156,19 @@ fn check_caveat(c: &CaveatAst) -> Result<CaveatDef, SchemaError> {
         parameters,
         expression: c.expression.clone(),
     })
+}
+
+/// The 1-based line and column, in the schema, of byte `offset` of a caveat expression that
+/// starts at `start` (as cel-go's messages in SpiceDB count them).
+fn position_in(expression: &str, start: Position, offset: usize) -> (usize, usize) {
+    let before = expression.get(..offset).unwrap_or(expression);
+    match before.rfind('\n') {
+        None => (start.line + 1, start.column + 1 + before.chars().count()),
+        Some(nl) => (
+            start.line + 1 + before.matches('\n').count(),
+            before.get(nl + 1..).map_or(0, |l| l.chars().count()) + 1,
+        ),
+    }
 }
 
 /// Resolves a parameter type (depth bounded by the parser).
@@ -897,6 +926,31 @@ mod tests {
     }
 
     #[test]
+    fn caveat_expression_type_errors() {
+        // As SpiceDB's WriteSchema (INVALID_ARGUMENT, at the expression's start; cel-go's
+        // position inside the message).
+        let e = compile("caveat c(x int) {\n    x == \"a\"\n}\ndefinition user {}").unwrap_err();
+        assert!(matches!(e, SchemaError::Parse { .. }), "{e:?}");
+        assert_eq!((e.line(), e.column()), (2, 5));
+        assert_eq!(
+            e.message(),
+            "invalid expression for caveat `c`: ERROR: c:2:7: found no matching overload for '_==_' applied to '(int, string)'"
+        );
+        let e = compile("caveat c(x int) { x + 1 }\ndefinition user {}").unwrap_err();
+        assert_eq!(
+            e.message(),
+            "invalid expression for caveat `c`: caveat expression must result in a boolean value: found `int`"
+        );
+        // An unknown name is reported before the parameter it replaces is found unused.
+        let e = compile("caveat c(x int) { y > 1 }\ndefinition user {}").unwrap_err();
+        assert!(matches!(e, SchemaError::Parse { .. }), "{e:?}");
+        assert!(
+            e.message()
+                .ends_with("undeclared reference to 'y' (in container '')")
+        );
+    }
+
+    #[test]
     fn caveat_checks() {
         assert_eq!(
             parse_err("caveat c() { true }"),
@@ -959,7 +1013,7 @@ mod tests {
         );
         assert!(
             compile(
-                "caveat c(x int) { x }\ndefinition user {}\ndefinition doc { relation aaa: user | user with c | user:* }"
+                "caveat c(x int) { x > 0 }\ndefinition user {}\ndefinition doc { relation aaa: user | user with c | user:* }"
             )
             .is_ok()
         );
