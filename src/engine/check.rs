@@ -486,6 +486,11 @@ impl<'c, 's> Checker<'c, 's> {
                     _ => false,
                 }
         });
+        // A caveated exact tuple joins the union after a caveated wildcard: SpiceDB reads both
+        // in one query, sorted by subject id, and `*` sorts first (the order decides which
+        // caveat is evaluated first, so which error a context failing on both gives, or whether
+        // one failing on the wildcard's caveat fails a check the other caveat decides).
+        let mut exact_caveated = None;
         if direct_allowed {
             let filter = resource_filter(
                 resource_type,
@@ -505,7 +510,7 @@ impl<'c, 's> Checker<'c, 's> {
                 if rel.caveat.is_none() {
                     return Ok(member_by(&rel));
                 }
-                acc.add(member_by(&rel));
+                exact_caveated = Some(member_by(&rel));
             }
         }
 
@@ -533,6 +538,9 @@ impl<'c, 's> Checker<'c, 's> {
                 }
                 acc.add(member_by(&rel));
             }
+        }
+        if let Some(o) = exact_caveated {
+            acc.add(o);
         }
 
         let mut followed: Vec<(&str, &str)> = Vec::new();
@@ -993,8 +1001,8 @@ pub(crate) fn run_check(
 /// CheckBulk as SpiceDB runs it: items with the same resource type, permission, subject and
 /// context are dispatched together, up to [`BULK_CHUNK`] resource ids at a time. A chunk of one
 /// resource is answered as a Check; a chunk of several evaluates every branch (SpiceDB's
-/// "require all results"), and a failure anywhere in it (such as a data cycle) fails every item
-/// of the chunk. Groups are spread over the cores (see [`solve_bulk_groups_in_parallel`]);
+/// "require all results"), and a failure anywhere in it (such as a data cycle, or a caveat of
+/// one of its resources failing on the context) fails every item of the chunk. Groups are spread over the cores (see [`solve_bulk_groups_in_parallel`]);
 /// sub-problems are shared between the items solved on one thread.
 pub(crate) fn run_check_bulk(
     engine: &Engine,
@@ -1136,22 +1144,47 @@ fn solve_bulk_groups(
                 }
                 continue;
             }
+            // As SpiceDB's bulk checker: the caveats of every resource of the chunk are
+            // evaluated, and one that fails (a context value of the wrong type, an evaluation
+            // error) fails every item of the chunk, whatever their own answers.
+            let mut answers = Vec::with_capacity(chunk.len());
             for (items, (outcome, trace)) in outcomes {
                 for i in items {
                     let Some(req) = reqs.get(*i) else { continue };
-                    let result = finish(&d, outcome.clone(), &req.context).map(
-                        |(permissionship, missing_context, expires_at)| CheckResult {
-                            permissionship,
-                            missing_context,
-                            expires_at,
-                            trace: trace.clone().map(|mut t| {
-                                t.result = permissionship;
-                                t
-                            }),
-                        },
-                    );
-                    out.push((*i, result));
+                    match finish(&d, outcome.clone(), &req.context) {
+                        Ok((permissionship, missing_context, expires_at)) => {
+                            answers.push((
+                                *i,
+                                CheckResult {
+                                    permissionship,
+                                    missing_context,
+                                    expires_at,
+                                    trace: trace.clone().map(|mut t| {
+                                        t.result = permissionship;
+                                        t
+                                    }),
+                                },
+                            ));
+                        }
+                        Err(e) => failure = Some(e),
+                    }
+                    if failure.is_some() {
+                        break;
+                    }
                 }
+                if failure.is_some() {
+                    break;
+                }
+            }
+            match failure {
+                Some(err) => {
+                    for (_, items) in chunk {
+                        for i in items {
+                            out.push((*i, Err(copy_error(&err, &d))));
+                        }
+                    }
+                }
+                None => out.extend(answers.into_iter().map(|(i, r)| (i, Ok(r)))),
             }
         }
     }

@@ -6,20 +6,27 @@
 //! `.all()` arrow or a caveated relationship. Candidates reached through unions and uncaveated
 //! relationships only are members without a check.
 //!
+//! As in SpiceDB, the caveat of every caveated relationship the walk follows is evaluated with
+//! the request context when SpiceDB's walk would go on from there towards the target (it walks
+//! unions, exclusion bases, arrows and the first operand of an intersection, and checks the
+//! other operands), also on paths that end in no result or beside an uncaveated path: a context
+//! failing on one of them fails the call.
+//!
 //! A data cycle on the way (groups in each other, folders that are each other's parent) is
 //! [`MaxDepthExceeded`](crate::engine::EngineError::MaxDepthExceeded), as SpiceDB reports
 //! after following it until its depth budget runs out.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use crate::engine::caveats::{self, Cond};
+use crate::engine::caveats::{self, CaveatExpr, Cond};
 use crate::engine::check::{self, Outcome};
 use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, Pager, parallel_chunks};
 use crate::engine::error::{EngineError, EngineResult};
 use crate::engine::validate;
 use crate::engine::{Engine, LookupResult, Permissionship, Snapshot};
 use crate::model::{
-    Context, ObjectRef, RelationshipFilter, SubjectFilter, SubjectRef, SubjectRelationFilter,
+    Caveat, Context, ObjectRef, RelationshipFilter, SubjectFilter, SubjectRef,
+    SubjectRelationFilter,
 };
 use crate::schema::{AllowedKind, ArrowKind, CompiledSchema, Expr};
 
@@ -43,6 +50,12 @@ struct ReverseIndex<'s> {
     arrows: HashMap<(&'s str, &'s str), Vec<ArrowIn<'s>>>,
     /// type -> permissions of it using `self`, with "reached by unions only"
     selfs: HashMap<&'s str, Vec<(&'s str, bool)>>,
+    /// the uses above that SpiceDB's reverse walk follows (all but the operands of an
+    /// intersection after the first, which it checks instead): `(type, relation, permission)`;
+    /// a `self` use has relation `None`
+    walked: HashSet<(&'s str, Option<&'s str>, &'s str)>,
+    /// the same for arrows: `(type, tupleset relation, permission)`
+    walked_arrows: HashSet<(&'s str, &'s str, &'s str)>,
 }
 
 fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {
@@ -86,7 +99,7 @@ impl<'s> ReverseIndex<'s> {
                 }
             }
             for perm in &def.permissions {
-                ix.walk(schema, t, &perm.name, &perm.expr, true);
+                ix.walk(schema, t, &perm.name, &perm.expr, true, true);
             }
         }
         ix
@@ -94,7 +107,8 @@ impl<'s> ReverseIndex<'s> {
 
     /// Records where permission `perm` of `t` uses relations, arrows and `self`; `exact` is
     /// false below an intersection or the base of an exclusion (the subtracted side leads to
-    /// no member at all).
+    /// no member at all); `walked` is false where SpiceDB's walk does not go: the operands of an
+    /// intersection but the first.
     fn walk(
         &mut self,
         schema: &'s CompiledSchema,
@@ -102,11 +116,20 @@ impl<'s> ReverseIndex<'s> {
         perm: &'s str,
         e: &'s Expr,
         exact: bool,
+        walked: bool,
     ) {
         match e {
             Expr::Nil => {}
-            Expr::Self_ => push_exact(self.selfs.entry(t).or_default(), perm, exact),
+            Expr::Self_ => {
+                if walked {
+                    self.walked.insert((t, None, perm));
+                }
+                push_exact(self.selfs.entry(t).or_default(), perm, exact)
+            }
             Expr::Computed(r) => {
+                if walked {
+                    self.walked.insert((t, Some(r.as_str()), perm));
+                }
                 push_exact(
                     self.computed.entry((t, r.as_str())).or_default(),
                     perm,
@@ -129,6 +152,9 @@ impl<'s> ReverseIndex<'s> {
                     if !schema.has_member(x, computed) {
                         continue;
                     }
+                    if walked {
+                        self.walked_arrows.insert((t, tupleset.as_str(), perm));
+                    }
                     let v = self.arrows.entry((x, computed.as_str())).or_default();
                     let item = (t, tupleset.as_str(), perm);
                     let e = exact && *kind == ArrowKind::Any;
@@ -140,20 +166,27 @@ impl<'s> ReverseIndex<'s> {
             }
             Expr::Union(items) => {
                 for i in items {
-                    self.walk(schema, t, perm, i, exact);
+                    self.walk(schema, t, perm, i, exact, walked);
                 }
             }
+            // SpiceDB walks the first operand of an intersection and checks the others.
             Expr::Intersection(items) => {
-                for i in items {
-                    self.walk(schema, t, perm, i, false);
+                for (k, i) in items.iter().enumerate() {
+                    self.walk(schema, t, perm, i, false, walked && k == 0);
                 }
             }
-            Expr::Exclusion(base, _) => self.walk(schema, t, perm, base, false),
+            Expr::Exclusion(base, _) => self.walk(schema, t, perm, base, false, walked),
         }
     }
 
-    /// The nodes from which `target` can be reached, the subject's own node included if it can.
-    fn relevant(&self, target: Node<'s>, subject_type: &'s str) -> HashSet<Node<'s>> {
+    /// The nodes from which `target` can be reached, the subject's own node included if it can;
+    /// with `walked_only`, along the uses SpiceDB's walk follows only.
+    fn relevant(
+        &self,
+        target: Node<'s>,
+        subject_type: &'s str,
+        walked_only: bool,
+    ) -> HashSet<Node<'s>> {
         let mut edges: Vec<(Node<'s>, Node<'s>)> = Vec::new();
         for (from, tos) in &self.direct {
             for (t, r) in tos {
@@ -169,17 +202,23 @@ impl<'s> ReverseIndex<'s> {
         }
         for ((x, r), ps) in &self.computed {
             for (p, _) in ps {
-                edges.push(((*x, Some(*r)), (*x, Some(*p))));
+                if !walked_only || self.walked.contains(&(*x, Some(*r), *p)) {
+                    edges.push(((*x, Some(*r)), (*x, Some(*p))));
+                }
             }
         }
         for ((x, r), arrows) in &self.arrows {
-            for (t, _, p, _) in arrows {
-                edges.push(((*x, Some(*r)), (*t, Some(*p))));
+            for (t, ts, p, _) in arrows {
+                if !walked_only || self.walked_arrows.contains(&(*t, *ts, *p)) {
+                    edges.push(((*x, Some(*r)), (*t, Some(*p))));
+                }
             }
         }
         for (t, ps) in &self.selfs {
             for (p, _) in ps {
-                edges.push(((*t, None), (*t, Some(*p))));
+                if !walked_only || self.walked.contains(&(*t, None, *p)) {
+                    edges.push(((*t, None), (*t, Some(*p))));
+                }
             }
         }
         let mut relevant = HashSet::from([target]);
@@ -250,6 +289,8 @@ impl EntryChecker<'_, '_> {
 struct Walk<'s> {
     ix: ReverseIndex<'s>,
     relevant: HashSet<Node<'s>>,
+    /// the nodes from which the target can be reached along what SpiceDB's walk follows
+    walk_relevant: HashSet<Node<'s>>,
     /// atom -> its index in `atoms`
     index: HashMap<Atom, usize>,
     /// atoms reached, and whether through unions and uncaveated relationships only
@@ -258,6 +299,12 @@ struct Walk<'s> {
     edges: Vec<Vec<usize>>,
     /// (atom index, exact, level)
     queue: VecDeque<(usize, bool, u32)>,
+    /// the caveats met on the way: of caveated relationships followed (keyed by name and
+    /// context, each once), and the conditions of conditional entry checks
+    met: BTreeMap<String, CaveatExpr>,
+    /// caveated relationships followed where SpiceDB's walk goes: (type, relation of the atom
+    /// they lead to, caveat)
+    pending: Vec<(String, Option<String>, Caveat)>,
     max_depth: u32,
 }
 
@@ -276,6 +323,7 @@ impl<'s> Walk<'s> {
         from: usize,
         atom: Atom,
         entry: Entry,
+        via: Option<&Caveat>,
         level: u32,
     ) -> EngineResult<()> {
         if !self.is_relevant(&atom.0, atom.2.as_deref()) {
@@ -299,6 +347,13 @@ impl<'s> Walk<'s> {
                     Entry::Checked => {
                         match checker.check(&atom, self.max_depth.saturating_sub(level))? {
                             Outcome::No => return Ok(()),
+                            Outcome::Member {
+                                cond: Cond::Expr(e),
+                                ..
+                            } => {
+                                self.met.insert(format!("check {}", self.met.len()), e);
+                                false
+                            }
                             Outcome::Member { cond, .. } => cond.is_true(),
                             Outcome::Unresolved(_) => return Err(checker.d.depth_error()),
                         }
@@ -311,6 +366,12 @@ impl<'s> Walk<'s> {
                 (i, true, exact)
             }
         };
+        // The relationship's caveat, where SpiceDB evaluates it (an entry through an
+        // intersection only when the check keeps it).
+        if let (Some(c), Some((atom, _))) = (via, self.atoms.get(i)) {
+            self.pending
+                .push((atom.0.clone(), atom.2.clone(), c.clone()));
+        }
         if let Some(edges) = self.edges.get_mut(from)
             && !edges.contains(&i)
         {
@@ -320,6 +381,22 @@ impl<'s> Walk<'s> {
             self.queue.push_back((i, exact, level));
         }
         Ok(())
+    }
+
+    /// Records a caveated relationship followed.
+    fn meet(&mut self, c: &Caveat) {
+        let key = format!("{}{}", c.name, serde_json::Value::Object(c.context.clone()));
+        if !self.met.contains_key(&key)
+            && let Cond::Expr(leaf) = Cond::of_caveat(Some(c))
+        {
+            self.met.insert(key, leaf);
+        }
+    }
+
+    /// Does SpiceDB's walk go on from an atom of node `x#rel` to the target (or is it the
+    /// target)?
+    fn walked_to_target(&self, x: &str, rel: Option<&str>) -> bool {
+        self.walk_relevant.contains(&(x, rel))
     }
 
     /// Can an atom of node `x#rel` lead to another relevant atom?
@@ -437,14 +514,18 @@ pub(crate) fn lookup_resources(
         return Ok(Vec::new());
     };
     let target: Node<'_> = (target_def.name.as_str(), Some(target_member.name()));
-    let relevant = ix.relevant(target, subject_def.name.as_str());
+    let relevant = ix.relevant(target, subject_def.name.as_str(), false);
+    let walk_relevant = ix.relevant(target, subject_def.name.as_str(), true);
     let mut walk = Walk {
         ix,
         relevant,
+        walk_relevant,
         index: HashMap::new(),
         atoms: Vec::new(),
         edges: Vec::new(),
         queue: VecDeque::new(),
+        met: BTreeMap::new(),
+        pending: Vec::new(),
         max_depth: d.max_depth(),
     };
     let mut checker = EntryChecker {
@@ -490,7 +571,8 @@ pub(crate) fn lookup_resources(
             for rel in page {
                 let exact = rel.caveat.is_none();
                 let atom = (t.to_string(), rel.resource.object_id, Some(r.to_string()));
-                walk.offer(&mut checker, 0, atom, Entry::Direct { exact }, 1)?;
+                let via = rel.caveat.as_ref();
+                walk.offer(&mut checker, 0, atom, Entry::Direct { exact }, via, 1)?;
             }
         }
     }
@@ -526,7 +608,8 @@ pub(crate) fn lookup_resources(
                         exact: exact && found.caveat.is_none(),
                     };
                     let atom = (t.to_string(), found.resource.object_id, Some(r.to_string()));
-                    walk.offer(&mut checker, i, atom, entry, level + 1)?;
+                    let via = found.caveat.as_ref();
+                    walk.offer(&mut checker, i, atom, entry, via, level + 1)?;
                 }
             }
         }
@@ -542,7 +625,7 @@ pub(crate) fn lookup_resources(
                 for (p, unions_only) in computed {
                     let atom = (x.clone(), id.clone(), Some(p.to_string()));
                     let entry = Entry::new(unions_only, exact);
-                    walk.offer(&mut checker, i, atom, entry, level + 1)?;
+                    walk.offer(&mut checker, i, atom, entry, None, level + 1)?;
                 }
                 // Arrows whose tupleset points at this object.
                 let arrows = walk
@@ -562,7 +645,11 @@ pub(crate) fn lookup_resources(
                             let entry = Entry::new(unions_only, exact && found.caveat.is_none());
                             let atom =
                                 (t.to_string(), found.resource.object_id, Some(p.to_string()));
-                            walk.offer(&mut checker, i, atom, entry, level + 1)?;
+                            let via = found
+                                .caveat
+                                .as_ref()
+                                .filter(|_| walk.ix.walked_arrows.contains(&(t, tupleset, p)));
+                            walk.offer(&mut checker, i, atom, entry, via, level + 1)?;
                         }
                     }
                 }
@@ -572,13 +659,26 @@ pub(crate) fn lookup_resources(
                 for (p, unions_only) in selfs {
                     let atom = (x.clone(), id.clone(), Some(p.to_string()));
                     let entry = Entry::new(unions_only, exact);
-                    walk.offer(&mut checker, i, atom, entry, level + 1)?;
+                    walk.offer(&mut checker, i, atom, entry, None, level + 1)?;
                 }
             }
         }
     }
     if walk.has_cycle() {
         return Err(checker.d.depth_error());
+    }
+    // SpiceDB evaluates the caveat of a relationship its walk follows when the walk can go on
+    // from there to the target (not only through intersection operands it checks rather than
+    // walks), whether or not the path ends in a result or another path makes the result
+    // certain (probed): a context failing on one of them (a value of the wrong type, an
+    // evaluation error) fails the call. So do the conditions of conditional entry checks.
+    for (t, r, c) in std::mem::take(&mut walk.pending) {
+        if walk.walked_to_target(&t, r.as_deref()) {
+            walk.meet(&c);
+        }
+    }
+    for e in walk.met.values() {
+        caveats::evaluate_every_path(e, context, schema, engine.caveats.as_ref())?;
     }
 
     // Candidates of the wanted type and permission: exact ones are members; the others went

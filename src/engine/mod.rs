@@ -25,7 +25,9 @@
 //!   their walk meets a cycle.
 //! - CheckBulk groups items as SpiceDB dispatches them (same resource type, permission,
 //!   subject and context, up to 100 resources): a group of several resources evaluates every
-//!   branch and fails as a whole if any of it meets a cycle or runs out of depth.
+//!   branch and fails as a whole if any of it meets a cycle or runs out of depth; a caveat of
+//!   any of its resources failing on the context (wrong type, evaluation error) fails the
+//!   whole group too, whatever its size.
 //! - A permission that only names another (`permission view = viewer`) is checked as that one
 //!   without spending depth, as SpiceDB's dispatcher does (unless the subject has the
 //!   resource's type).
@@ -237,7 +239,8 @@ impl Engine {
     /// spread over the cores. Sub-problems shared between items on one thread are solved once. As in SpiceDB, items with the same
     /// resource type, permission, subject and context are evaluated together in chunks of up to
     /// 100 resources, and a chunk of several resources fails as a whole when any of it runs
-    /// into a data cycle or out of depth.
+    /// into a data cycle or out of depth; a chunk fails as a whole, too, when a caveat of one of
+    /// its resources fails on the context.
     pub fn check_bulk(
         &self,
         snap: &Snapshot<'_>,

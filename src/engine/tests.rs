@@ -514,3 +514,222 @@ fn wide_lookups_agree_with_checks() {
         assert_eq!(engine.check(&snap, &r).unwrap().permissionship, want);
     }
 }
+
+#[test]
+fn bulk_caveat_error_fails_its_chunk() {
+    // As SpiceDB's bulk checker (probed): a caveat of one resource failing on the context (here
+    // `x` is not an int) fails every item dispatched with it, up to 100 resources a chunk;
+    // other subjects, other contexts and the other chunks of the group are answered.
+    let mut rels = vec![
+        "document:d1#viewer@user:ann".to_string(),
+        "document:d2#viewer@user:ann[cx]".to_string(),
+        r#"document:d3#viewer@user:ann[cx:{"x":5}]"#.to_string(),
+    ];
+    for i in 0..150 {
+        let caveat = if i == 140 { "[cx]" } else { "" };
+        rels.push(format!("document:e{i:03}#viewer@user:ann{caveat}"));
+    }
+    let rel_refs: Vec<&str> = rels.iter().map(String::as_str).collect();
+    let f = Fixture::new(
+        "caveat cx(x int) { x > 1 }
+        definition user {}
+        definition document {
+            relation viewer: user | user with cx
+            permission view = viewer
+        }",
+        &rel_refs,
+    );
+    let engine = Engine::new(EngineConfig::default());
+    let snap = f.snap();
+    let with_bad = |tuple: &str| {
+        let mut r = req(tuple);
+        r.context.insert("x".into(), "abc".into());
+        r
+    };
+    let is_type_error =
+        |r: &EngineResult<CheckResult>| matches!(r, Err(EngineError::CaveatParameterType(_)));
+    let has = |r: &EngineResult<CheckResult>| matches!(r, Ok(c) if c.permissionship == Permissionship::HasPermission);
+
+    let reqs = vec![
+        with_bad("document:d1#view@user:ann"),
+        with_bad("document:d2#view@user:ann"),
+        with_bad("document:d3#view@user:ann"),
+        with_bad("document:d4#view@user:ann"),
+        with_bad("document:d1#view@user:bob"),
+        req("document:d1#view@user:ann"),
+    ];
+    let out = engine.check_bulk(&snap, &reqs);
+    assert!(out[..4].iter().all(is_type_error), "{out:?}");
+    assert!(matches!(&out[4], Ok(c) if c.permissionship == Permissionship::NoPermission));
+    assert!(has(&out[5]));
+    // Alone, d1 and d3 are answered.
+    assert!(has(&engine.check(&snap, &reqs[0])));
+    assert!(has(&engine.check(&snap, &reqs[2])));
+
+    let reqs: Vec<CheckRequest> = (0..150)
+        .map(|i| with_bad(&format!("document:e{i:03}#view@user:ann")))
+        .collect();
+    let out = engine.check_bulk(&snap, &reqs);
+    assert!(out[..100].iter().all(has), "{out:?}");
+    assert!(out[100..].iter().all(is_type_error), "{out:?}");
+}
+
+#[test]
+fn lookup_resources_evaluates_caveated_paths_beside_an_exact_one() {
+    // As SpiceDB (probed): the caveat of every relationship the reverse walk follows is
+    // evaluated, so a context value of the wrong type for one of them fails LookupResources
+    // although an uncaveated path makes the resource a member anyway, or although the path
+    // leads to no result (`read`). Check stops at the uncaveated path.
+    let f = Fixture::new(
+        "caveat named(name string, now timestamp) { name == \"a\" && now > timestamp(\"2000-01-01T00:00:00Z\") }
+        caveat cx(x int) { x > 1 }
+        definition user {}
+        definition group {
+            relation member: user | user with cx
+        }
+        definition team {
+            relation member: user with cx
+        }
+        definition folder {
+            relation manager: user | user:* with named | group#member
+            relation banned: user
+            relation reader: team#member
+            permission view = manager
+            permission not_banned = manager - banned
+            permission read = reader
+        }",
+        &[
+            "folder:f1#manager@user:u1",
+            r#"folder:f1#manager@user:*[named:{"name":"b"}]"#,
+            "folder:f2#manager@group:g1#member",
+            "group:g1#member@user:u1",
+            "folder:f2#manager@group:g2#member",
+            "group:g2#member@user:u1[cx]",
+            "team:t1#member@user:u1[cx]",
+        ],
+    );
+    let engine = Engine::new(EngineConfig::default());
+    let snap = f.snap();
+    let u1 = SubjectRef::object("user", "u1");
+    let ctx = |k: &str, v: &str| {
+        let mut c = Context::new();
+        c.insert(k.into(), v.into());
+        c
+    };
+    for perm in ["manager", "view", "not_banned"] {
+        for bad in [ctx("now", "notatime"), ctx("x", "abc")] {
+            let got = engine.lookup_resources(&snap, "folder", perm, &u1, &bad);
+            assert!(
+                matches!(got, Err(EngineError::CaveatParameterType(_))),
+                "{perm} {bad:?}: {got:?}"
+            );
+        }
+        let ok = engine
+            .lookup_resources(&snap, "folder", perm, &u1, &ctx("name", "z"))
+            .unwrap();
+        let ids: Vec<&str> = ok.iter().map(|r| r.resource_id.as_str()).collect();
+        assert_eq!(ids, ["f1", "f2"]);
+        assert!(
+            ok.iter()
+                .all(|r| r.permissionship == Permissionship::HasPermission)
+        );
+    }
+    let read = engine.lookup_resources(&snap, "folder", "read", &u1, &ctx("x", "abc"));
+    assert!(
+        matches!(read, Err(EngineError::CaveatParameterType(_))),
+        "{read:?}"
+    );
+    let read = engine.lookup_resources(&snap, "folder", "read", &u1, &Context::new());
+    assert_eq!(read.unwrap(), Vec::new());
+    let mut r = req("folder:f1#manager@user:u1");
+    r.context = ctx("now", "notatime");
+    assert_eq!(
+        engine.check(&snap, &r).unwrap().permissionship,
+        Permissionship::HasPermission
+    );
+}
+
+#[test]
+fn lookup_resources_evaluates_caveats_where_spicedb_walks() {
+    // As SpiceDB (probed): its walk goes through the first operand of an intersection (and
+    // checks the others), and through `.all()` arrows; a caveat met there is evaluated, one met
+    // only on a checked operand is not.
+    let f = Fixture::new(
+        "caveat cx(x int) { x > 1 }
+        definition user {}
+        definition doc {
+            relation owner: user with cx
+            relation other: user
+            relation parent: doc with cx
+            permission both = owner & other
+            permission both_reversed = other & owner
+            permission all_parents = parent.all(other)
+        }",
+        &[
+            "doc:d1#owner@user:u1[cx]",
+            "doc:d2#other@user:u1",
+            "doc:d3#parent@doc:d2[cx]",
+        ],
+    );
+    let engine = Engine::new(EngineConfig::default());
+    let snap = f.snap();
+    let u1 = SubjectRef::object("user", "u1");
+    let mut bad = Context::new();
+    bad.insert("x".into(), "abc".into());
+    for (perm, fails) in [
+        ("both", true),
+        ("both_reversed", false),
+        ("all_parents", true),
+    ] {
+        let got = engine.lookup_resources(&snap, "doc", perm, &u1, &bad);
+        if fails {
+            assert!(
+                matches!(got, Err(EngineError::CaveatParameterType(_))),
+                "{perm}: {got:?}"
+            );
+        } else {
+            assert_eq!(got.unwrap(), Vec::new(), "{perm}");
+        }
+    }
+}
+
+#[test]
+fn caveated_wildcard_is_evaluated_before_the_caveated_subject() {
+    // As SpiceDB (probed): it reads a subject's tuple and the wildcard in one query sorted by
+    // subject id, `*` first, and evaluates their caveats in that order, stopping at one that
+    // holds. So a context failing on the wildcard's caveat fails the check, one failing on the
+    // subject's caveat does not when the wildcard's holds.
+    let f = Fixture::new(
+        "caveat cx(x int) { x > 1 }
+        caveat cy(y int) { y > 1 }
+        definition user {}
+        definition doc {
+            relation banned: user with cx | user:* with cy | user with cy | user:* with cx
+        }",
+        &[
+            "doc:d1#banned@user:u1[cx]",
+            "doc:d1#banned@user:*[cy]",
+            "doc:d2#banned@user:u1[cy]",
+            "doc:d2#banned@user:*[cx]",
+        ],
+    );
+    let engine = Engine::new(EngineConfig::default());
+    let snap = f.snap();
+    let with_ctx = |tuple: &str| {
+        let mut r = req(tuple);
+        r.context.insert("x".into(), 5.into());
+        r.context.insert("y".into(), "abc".into());
+        r
+    };
+    assert!(matches!(
+        engine.check(&snap, &with_ctx("doc:d1#banned@user:u1")),
+        Err(EngineError::CaveatParameterType(_))
+    ));
+    assert_eq!(
+        engine
+            .check(&snap, &with_ctx("doc:d2#banned@user:u1"))
+            .unwrap()
+            .permissionship,
+        Permissionship::HasPermission
+    );
+}
