@@ -214,9 +214,11 @@ fn run_case(path: &Path) -> Vec<String> {
     if let Err(e) = validate_relationships(&schema, &rels) {
         return vec![format!("{name}: {e}")];
     }
-    let engine = Engine::new(EngineConfig {
+    let config = EngineConfig {
         max_depth: case.max_depth.unwrap_or(50),
-    });
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(config.clone());
     let now = Timestamp::now();
     let store = MemoryStore::new();
     let rev = load(&store, &rels, now);
@@ -235,6 +237,25 @@ fn run_case(path: &Path) -> Vec<String> {
             serde_json::Value::Array(d.borrow().clone()).to_string(),
         )
         .expect("write dump");
+    }
+
+    // The general checker alone (the fast path off) gives every check the same answer, and
+    // every assertion holds with it too.
+    let general = Engine::new(EngineConfig {
+        fast_path: false,
+        ..config
+    });
+    let glabel = format!("{name} (general checker)");
+    check_assertions(&general, &snap, &case, &glabel, &mut failures);
+    let gworld = World::new(&general, snap, &schema, &rels);
+    for (key, want) in &memory_answers {
+        let got = gworld.check(&key.0, &key.1, &key.2);
+        if got != *want {
+            failures.push(format!(
+                "{glabel}: check {}#{}@{}: with the fast path {want}, without {got}",
+                key.0, key.1, key.2
+            ));
+        }
     }
 
     // Once more on RocksDB: same assertions, same answers.
@@ -1433,7 +1454,7 @@ proptest::proptest! {
         let schema = pemba::schema::compile(&text).unwrap_or_else(|e| panic!("generated schema does not compile: {e}\n{text}"));
         let relationships = generated::to_relationships(&rels);
         validate_relationships(&schema, &relationships).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let engine = Engine::new(EngineConfig { max_depth: 500 });
+        let engine = Engine::new(EngineConfig { max_depth: 500, ..EngineConfig::default() });
         let now = Timestamp::now();
         let store = MemoryStore::new();
         let rev = load(&store, &relationships, now);
@@ -1447,6 +1468,9 @@ proptest::proptest! {
                 extra.objects.insert(ObjectRef::new(*t, *id));
             }
         }
+        // The general checker alone (the fast path off) must agree with the fast path.
+        let general = Engine::new(EngineConfig { max_depth: 500, fast_path: false });
+        let general_world = World::new(&general, snap, &schema, &relationships);
         // Check against the naive evaluator, for every object and subject of the universe.
         for s in &extra.subjects {
             let vals = generated::naive(&types, &rels, s);
@@ -1456,6 +1480,10 @@ proptest::proptest! {
                 let want = generated::tri_str(*v);
                 if got != want {
                     failures.push(format!("check {o}#{m}@{s}: naive says {want}, engine says {got}"));
+                }
+                let general_got = general_world.check(&o, m, s);
+                if general_got != got {
+                    failures.push(format!("check {o}#{m}@{s}: with the fast path {got}, without {general_got}"));
                 }
             }
         }

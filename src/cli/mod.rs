@@ -107,6 +107,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&store),
         EngineConfig {
             max_depth: args.dispatch_max_depth,
+            ..EngineConfig::default()
         },
         Limits::default(),
     );

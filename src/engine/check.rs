@@ -21,8 +21,8 @@ use rustc_hash::FxHashMap;
 use crate::engine::caveats::{self, CaveatOutcome, Cond};
 use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, MemoEntry, Pager, parallel_chunks};
 use crate::engine::error::{EngineError, EngineResult};
-use crate::engine::validate;
 use crate::engine::{CheckRequest, CheckResult, Engine, Permissionship, Snapshot};
+use crate::engine::{fast, validate};
 use crate::model::{
     ObjectRef, Relationship, RelationshipFilter, SubjectFilter, SubjectRef, SubjectRelationFilter,
     Timestamp,
@@ -976,6 +976,9 @@ pub(crate) fn run_check(
 ) -> EngineResult<CheckResult> {
     validate::resource_member(snap.schema, &req.resource.object_type, &req.permission)?;
     validate::check_subject(snap.schema, &req.subject)?;
+    if let Some(&[yes]) = fast_answers(engine, snap, &[req], false).as_deref() {
+        return Ok(plain_result(yes));
+    }
     let mut d = Dispatcher::new(engine, snap);
     let (outcome, trace) = check_outcome(
         &mut d,
@@ -996,6 +999,34 @@ pub(crate) fn run_check(
         expires_at,
         trace,
     })
+}
+
+/// The fast path's answers to `requests` (see `engine::fast`), if it is on and can answer
+/// them all.
+fn fast_answers(
+    engine: &Engine,
+    snap: &Snapshot<'_>,
+    requests: &[&CheckRequest],
+    require_all: bool,
+) -> Option<Vec<bool>> {
+    if !engine.config.fast_path {
+        return None;
+    }
+    fast::try_check(snap, engine.config.max_depth, requests, require_all)
+}
+
+/// A check answered by plain relationships only: no caveat, no expiry, no trace.
+fn plain_result(yes: bool) -> CheckResult {
+    CheckResult {
+        permissionship: if yes {
+            Permissionship::HasPermission
+        } else {
+            Permissionship::NoPermission
+        },
+        missing_context: Vec::new(),
+        expires_at: None,
+        trace: None,
+    }
 }
 
 /// CheckBulk as SpiceDB runs it: items with the same resource type, permission, subject and
@@ -1107,6 +1138,18 @@ fn solve_bulk_groups(
         }
         last_subject = Some(subject);
         for chunk in resources.chunks(BULK_CHUNK) {
+            let first_items: Option<Vec<&CheckRequest>> = chunk
+                .iter()
+                .map(|(_, items)| items.first().and_then(|i| reqs.get(*i)))
+                .collect();
+            if let Some(answers) =
+                first_items.and_then(|firsts| fast_answers(engine, snap, &firsts, chunk.len() > 1))
+            {
+                for ((_, items), yes) in chunk.iter().zip(answers) {
+                    out.extend(items.iter().map(|i| (*i, Ok(plain_result(yes)))));
+                }
+                continue;
+            }
             let memo = if chunk.len() == 1 {
                 &mut single
             } else {

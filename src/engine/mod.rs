@@ -44,6 +44,7 @@ mod check;
 mod dispatch;
 mod error;
 mod expand;
+mod fast;
 mod lookup_resources;
 mod lookup_subjects;
 mod validate;
@@ -72,12 +73,17 @@ pub const DEFAULT_MAX_DEPTH: u32 = 50;
 pub struct EngineConfig {
     /// How many nested dispatches one request may make (SpiceDB's `--dispatch-max-depth`).
     pub max_depth: u32,
+    /// Answer checks over the store's in-memory graph where that gives the same answer (a
+    /// plain subject, no tracing, no caveat or expiration on the way; see `engine::fast`).
+    /// On by default; off, every check takes the general path (for tests that compare them).
+    pub fast_path: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             max_depth: DEFAULT_MAX_DEPTH,
+            fast_path: true,
         }
     }
 }

@@ -27,10 +27,10 @@ type FxMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>
 
 /// An interned name (type, id or relation). `0` is the empty string: a plain subject's
 /// relation (the `...` ellipsis).
-type Sym = u32;
+pub type Sym = u32;
 
-/// The empty name.
-const EMPTY: Sym = 0;
+/// The empty name: a plain subject's relation.
+pub const EMPTY: Sym = 0;
 
 /// How many tuples one garbage-collection chunk visits under the write lock.
 const GC_CHUNK: usize = 4096;
@@ -329,6 +329,18 @@ impl Graph {
         true
     }
 
+    /// A read view at revision `rev` (relationships expiring at or before `now` hidden), for
+    /// the engine's symbolic fast path. It holds the graph's read lock until dropped: writers
+    /// wait for it, and the holder must not query the store again before dropping it.
+    pub(crate) fn view(&self, rev: u64, now: Timestamp) -> GraphView<'_> {
+        GraphView {
+            g: self.read(),
+            graph: self.id,
+            rev,
+            now,
+        }
+    }
+
     /// Removes versions deleted at or before `horizon` or expired at or before `cutoff`, and
     /// tuples left without versions, a chunk of tuples per write-lock hold. Returns how many
     /// versions it removed.
@@ -378,6 +390,82 @@ pub(crate) enum GraphChange {
         key: RelationshipKey,
         value: VersionValue,
     },
+}
+
+/// A relationship seen from its resource: the subject's names as symbols, and whether the
+/// relationship is plain (no caveat, no expiration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edge {
+    /// the subject's type
+    pub subject_type: Sym,
+    /// the subject's id
+    pub subject_id: Sym,
+    /// the subject's relation ([`EMPTY`] for a plain subject)
+    pub subject_relation: Sym,
+    /// neither caveated nor expiring
+    pub plain: bool,
+}
+
+/// The graph at one revision, read through interned names: what the engine's fast path of
+/// Check walks instead of building filters and owned relationships. Holds the graph's read
+/// lock (see [`Datastore::graph_view`](crate::store::Datastore::graph_view)).
+#[derive(Debug)]
+pub struct GraphView<'g> {
+    g: RwLockReadGuard<'g, Inner>,
+    graph: u64,
+    rev: u64,
+    now: Timestamp,
+}
+
+impl GraphView<'_> {
+    /// The symbol of `name`, or `None` if no relationship ever named it.
+    pub fn sym(&self, name: &str) -> Option<Sym> {
+        self.g.names.get_cached(self.graph, name)
+    }
+
+    /// The name of `sym`.
+    pub fn name(&self, sym: Sym) -> &str {
+        self.g.names.name(sym)
+    }
+
+    fn visible<'s>(&self, slot: &'s Slot) -> Option<&'s Version> {
+        slot.versions
+            .iter()
+            .rev()
+            .find(|v| v.visible(self.rev, self.now))
+    }
+
+    /// Whether the exact tuple is visible: `None` if not, else whether it is plain.
+    pub fn tuple(&self, key: [Sym; 6]) -> Option<bool> {
+        let slot = self.g.slot(*self.g.tuples.get(&key)?)?;
+        self.visible(slot)
+            .map(|v| v.caveat.is_none() && v.expires_at.is_none())
+    }
+
+    /// The visible relationships of one object's relation, in the order the store's queries
+    /// return them from the graph.
+    pub fn subjects(
+        &self,
+        resource_type: Sym,
+        resource_id: Sym,
+        relation: Sym,
+    ) -> impl Iterator<Item = Edge> + '_ {
+        self.g
+            .by_resource
+            .get(&[resource_type, resource_id, relation])
+            .into_iter()
+            .flatten()
+            .filter_map(move |idx| {
+                let slot = self.g.slot(*idx)?;
+                let v = self.visible(slot)?;
+                Some(Edge {
+                    subject_type: slot.key[3],
+                    subject_id: slot.key[4],
+                    subject_relation: slot.key[5],
+                    plain: v.caveat.is_none() && v.expires_at.is_none(),
+                })
+            })
+    }
 }
 
 impl Inner {

@@ -13,6 +13,7 @@ mod mvcc;
 mod rocks;
 
 pub use error::{StoreError, StoreResult};
+pub use graph::{EMPTY, Edge, GraphView, Sym};
 pub use memory::MemoryStore;
 pub use rocks::RocksStore;
 
@@ -158,6 +159,15 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
                 None => return Ok(()),
             }
         }
+    }
+
+    /// The in-memory relationship graph at `rev` (relationships expiring at or before `now`
+    /// hidden), if this store keeps one: the engine's fast path reads it by interned names.
+    /// The view holds a read lock until dropped; do not call the store again while holding
+    /// it. Errors like [`Datastore::check_revision`]. The default keeps no graph.
+    fn graph_view(&self, rev: Revision, _now: Timestamp) -> StoreResult<Option<GraphView<'_>>> {
+        self.check_revision(rev)?;
+        Ok(None)
     }
 
     /// Atomically: check every precondition against the head, apply every update, commit.

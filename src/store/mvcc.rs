@@ -368,6 +368,16 @@ impl<K: Kv> Mvcc<K> {
         })
     }
 
+    /// The graph at `rev`, for the engine's fast path.
+    pub(crate) fn graph_view(
+        &self,
+        rev: Revision,
+        now: Timestamp,
+    ) -> StoreResult<Option<crate::store::GraphView<'_>>> {
+        self.check_revision(rev)?;
+        Ok(Some(self.graph.view(rev.0, now)))
+    }
+
     /// Writes `value` (a version of `key`) into both indexes.
     fn put_version(
         batch: &mut Batch,
@@ -774,6 +784,14 @@ macro_rules! delegate_datastore {
                 out: &mut Vec<$crate::model::Relationship>,
             ) -> $crate::store::StoreResult<()> {
                 self.inner.query_all(rev, filter, now, out)
+            }
+
+            fn graph_view(
+                &self,
+                rev: $crate::model::Revision,
+                now: $crate::model::Timestamp,
+            ) -> $crate::store::StoreResult<Option<$crate::store::GraphView<'_>>> {
+                self.inner.graph_view(rev, now)
             }
 
             fn write_relationships(

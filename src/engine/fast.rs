@@ -1,0 +1,439 @@
+//! Step three, graph evaluation — the fast path of Check: the same rewrite rules as `check`,
+//! walked over the store's in-memory graph by interned names ([`GraphView`]), with no filters
+//! built and no relationships copied, for the common case: a plain subject, no tracing, and
+//! only plain relationships (no caveat, no expiration) on the way.
+//!
+//! It answers only where the general checker would give the same answer, and gives up
+//! ([`Bail`]) everywhere else, for the general checker to answer:
+//! - a caveated or expiring relationship on the way (the answer may be conditional, carry an
+//!   expiry, or fail on the context);
+//! - a cycle (a sub-problem met again while being solved) or a walk deeper than its depth
+//!   budget, which it spends at every nested sub-problem, never less than the general checker
+//!   does, so a walk it completes is one the general checker completes too;
+//! - a deadline passed or a cancelled request;
+//! - in `require_all` mode (CheckBulk items dispatched together), it evaluates every branch the
+//!   general checker evaluates in that mode, so a cycle or depth limit that fails the general
+//!   checker's chunk makes it give up too.
+//!
+//! Where it completes, every branch it visited was decided by plain relationships, so its
+//! answer is the set-semantics answer the general checker reaches. The YAML cases and a
+//! randomised test run both and compare.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use rustc_hash::FxHashMap;
+
+use crate::engine::{CheckRequest, Snapshot};
+use crate::schema::{AllowedKind, ArrowKind, CompiledSchema, Definition, Expr, Member, Relation};
+use crate::store::{EMPTY, GraphView, Sym};
+
+/// The fast path cannot answer: the general checker must.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bail;
+
+/// How deep the fast path walks at most, whatever the configured budget: the general checker
+/// also stops at its stack budget, a few hundred nested sub-problems deep.
+const FAST_MAX_DEPTH: u32 = 64;
+
+/// How many sub-problems between two looks at the deadline and the cancel flag.
+const POLL_EVERY: u32 = 256;
+
+/// A solved sub-problem: the answer, and how many nested levels solving it took (so it is
+/// reused only where at least that much depth remains).
+#[derive(Debug, Clone, Copy)]
+enum Entry {
+    InProgress,
+    Done { yes: bool, height: u32 },
+}
+
+/// An answer and the height of the walk that found it.
+type Answer = Result<(bool, u32), Bail>;
+
+/// Solves checks of one plain subject over one graph view.
+pub(crate) struct FastChecker<'a> {
+    view: &'a GraphView<'a>,
+    schema: &'a CompiledSchema,
+    snap: &'a Snapshot<'a>,
+    subject_type_name: &'a str,
+    subject_type: Option<Sym>,
+    subject_id: Option<Sym>,
+    wildcard: Option<Sym>,
+    require_all: bool,
+    max_depth: u32,
+    /// (member's address, resource id) -> entry; the member fixes the resource type
+    memo: FxHashMap<(usize, Sym), Entry>,
+    polls: u32,
+}
+
+impl<'a> FastChecker<'a> {
+    /// A checker for plain subject `subject_type:subject_id`.
+    pub(crate) fn new(
+        view: &'a GraphView<'a>,
+        snap: &'a Snapshot<'a>,
+        subject_type_name: &'a str,
+        subject_id: &str,
+        require_all: bool,
+        max_depth: u32,
+    ) -> FastChecker<'a> {
+        FastChecker {
+            view,
+            schema: snap.schema,
+            snap,
+            subject_type_name,
+            subject_type: view.sym(subject_type_name),
+            subject_id: view.sym(subject_id),
+            wildcard: view.sym("*"),
+            require_all,
+            max_depth: max_depth.min(FAST_MAX_DEPTH),
+            memo: FxHashMap::default(),
+            polls: 0,
+        }
+    }
+
+    /// Is the subject a member of `resource_type:resource_id#permission`?
+    pub(crate) fn check(
+        &mut self,
+        resource_type: &str,
+        resource_id: &str,
+        permission: &str,
+    ) -> Result<bool, Bail> {
+        let def = self.schema.definition(resource_type).ok_or(Bail)?;
+        // An object no relationship names can still be reached through `self` or a
+        // wildcard; the general checker answers those.
+        let id = self.view.sym(resource_id).ok_or(Bail)?;
+        let tsym = self.view.sym(&def.name);
+        self.dispatch(def, tsym, id, permission, self.max_depth)
+            .map(|(yes, _)| yes)
+    }
+
+    /// Looks at the deadline and the cancel flag at the first sub-problem and every
+    /// [`POLL_EVERY`] after it.
+    fn poll(&mut self) -> Result<(), Bail> {
+        let due = self.polls.is_multiple_of(POLL_EVERY);
+        self.polls = self.polls.wrapping_add(1);
+        if !due {
+            return Ok(());
+        }
+        let cancelled = self
+            .snap
+            .cancelled
+            .is_some_and(|f| f.load(Ordering::Relaxed));
+        let late = self.snap.deadline.is_some_and(|d| Instant::now() >= d);
+        if cancelled || late { Err(Bail) } else { Ok(()) }
+    }
+
+    /// One sub-problem, `def:id#name`, with `depth` levels of budget; memoized.
+    fn dispatch(
+        &mut self,
+        def: &'a Definition,
+        tsym: Option<Sym>,
+        id: Sym,
+        name: &str,
+        depth: u32,
+    ) -> Answer {
+        self.poll()?;
+        if depth == 0 {
+            return Err(Bail);
+        }
+        let Some(member) = def.member(name) else {
+            return Ok((false, 0));
+        };
+        let addr = match member {
+            Member::Relation(r) => std::ptr::from_ref(r) as usize,
+            Member::Permission(p) => std::ptr::from_ref(p) as usize,
+        };
+        let key = (addr, id);
+        match self.memo.get(&key) {
+            Some(Entry::InProgress) => return Err(Bail),
+            Some(Entry::Done { yes, height }) if *height <= depth => return Ok((*yes, *height)),
+            _ => {}
+        }
+        self.memo.insert(key, Entry::InProgress);
+        let solved = match member {
+            Member::Relation(r) => self.direct(tsym, id, r, depth),
+            Member::Permission(p) => self.rewrite(def, tsym, id, &p.expr, depth),
+        };
+        match solved {
+            Ok((yes, below)) => {
+                let height = below.saturating_add(1);
+                self.memo.insert(key, Entry::Done { yes, height });
+                Ok((yes, height))
+            }
+            Err(Bail) => {
+                self.memo.remove(&key);
+                Err(Bail)
+            }
+        }
+    }
+
+    /// A relation's stored relationships: the exact tuple, the wildcard, then the subject
+    /// sets, as `Checker::check_direct`.
+    fn direct(&mut self, tsym: Option<Sym>, id: Sym, relation: &'a Relation, depth: u32) -> Answer {
+        let view = self.view;
+        let (Some(t), Some(rel)) = (tsym, view.sym(&relation.name)) else {
+            return Ok((false, 0));
+        };
+        let st_name = self.subject_type_name;
+        if let (Some(st), Some(sid)) = (self.subject_type, self.subject_id)
+            && relation
+                .allowed
+                .iter()
+                .any(|a| a.type_name == st_name && a.kind == AllowedKind::Direct)
+            && let Some(plain) = view.tuple([t, id, rel, st, sid, EMPTY])
+        {
+            return if plain { Ok((true, 0)) } else { Err(Bail) };
+        }
+        if let (Some(st), Some(star)) = (self.subject_type, self.wildcard)
+            && relation
+                .allowed
+                .iter()
+                .any(|a| a.type_name == st_name && a.kind == AllowedKind::Wildcard)
+            && let Some(plain) = view.tuple([t, id, rel, st, star, EMPTY])
+        {
+            return if plain { Ok((true, 0)) } else { Err(Bail) };
+        }
+        let mut acc = Union::new(self.require_all);
+        let mut followed: Vec<(&str, &str)> = Vec::new();
+        for allowed in &relation.allowed {
+            let AllowedKind::SubjectRelation(subject_relation) = &allowed.kind else {
+                continue;
+            };
+            let pair = (allowed.type_name.as_str(), subject_relation.as_str());
+            if followed.contains(&pair) {
+                continue;
+            }
+            followed.push(pair);
+            let (Some(set_type), Some(set_rel)) =
+                (view.sym(&allowed.type_name), view.sym(subject_relation))
+            else {
+                continue;
+            };
+            let Some(set_def) = self.schema.definition(&allowed.type_name) else {
+                continue;
+            };
+            for e in view.subjects(t, id, rel) {
+                if e.subject_type != set_type || e.subject_relation != set_rel {
+                    continue;
+                }
+                if !e.plain {
+                    return Err(Bail);
+                }
+                let sub = self.dispatch(
+                    set_def,
+                    Some(set_type),
+                    e.subject_id,
+                    subject_relation,
+                    depth.saturating_sub(1),
+                )?;
+                if acc.add(sub) {
+                    return Ok(acc.finish());
+                }
+            }
+        }
+        Ok(acc.finish())
+    }
+
+    /// A permission's expression, as `Checker::check_rewrite`.
+    fn rewrite(
+        &mut self,
+        def: &'a Definition,
+        tsym: Option<Sym>,
+        id: Sym,
+        expr: &'a Expr,
+        depth: u32,
+    ) -> Answer {
+        match expr {
+            Expr::Nil => Ok((false, 0)),
+            Expr::Self_ => Ok((
+                def.name == self.subject_type_name && self.subject_id == Some(id),
+                0,
+            )),
+            Expr::Computed(name) => self.dispatch(def, tsym, id, name, depth.saturating_sub(1)),
+            Expr::Arrow {
+                tupleset,
+                computed,
+                kind: ArrowKind::Any,
+            } => self.arrow_any(tsym, id, tupleset, computed, depth),
+            Expr::Arrow {
+                tupleset,
+                computed,
+                kind: ArrowKind::All,
+            } => self.arrow_all(tsym, id, tupleset, computed, depth),
+            Expr::Union(items) => {
+                let mut acc = Union::new(self.require_all);
+                for e in items {
+                    let o = self.rewrite(def, tsym, id, e, depth)?;
+                    if acc.add(o) {
+                        break;
+                    }
+                }
+                Ok(acc.finish())
+            }
+            Expr::Intersection(items) => {
+                let mut height = 0;
+                for e in items {
+                    let (yes, h) = self.rewrite(def, tsym, id, e, depth)?;
+                    height = height.max(h);
+                    if !yes {
+                        return Ok((false, height));
+                    }
+                }
+                Ok((!items.is_empty(), height))
+            }
+            Expr::Exclusion(base, subtracted) => {
+                let (yes, h) = self.rewrite(def, tsym, id, base, depth)?;
+                if !yes {
+                    return Ok((false, h));
+                }
+                let (sub, h2) = self.rewrite(def, tsym, id, subtracted, depth)?;
+                Ok((!sub, h.max(h2)))
+            }
+        }
+    }
+
+    /// The object a tupleset relationship points to, if its type has `computed`.
+    fn target(&self, e: &crate::store::Edge, computed: &str) -> Option<&'a Definition> {
+        let def = self.schema.definition(self.view.name(e.subject_type))?;
+        def.member(computed).is_some().then_some(def)
+    }
+
+    /// `tupleset->computed`, as `Checker::check_tuple_to_userset`.
+    fn arrow_any(
+        &mut self,
+        tsym: Option<Sym>,
+        id: Sym,
+        tupleset: &str,
+        computed: &str,
+        depth: u32,
+    ) -> Answer {
+        let view = self.view;
+        let (Some(t), Some(ts)) = (tsym, view.sym(tupleset)) else {
+            return Ok((false, 0));
+        };
+        let mut acc = Union::new(self.require_all);
+        for e in view.subjects(t, id, ts) {
+            if !e.plain {
+                return Err(Bail);
+            }
+            let Some(target) = self.target(&e, computed) else {
+                continue;
+            };
+            let sub = self.dispatch(
+                target,
+                Some(e.subject_type),
+                e.subject_id,
+                computed,
+                depth.saturating_sub(1),
+            )?;
+            if acc.add(sub) {
+                break;
+            }
+        }
+        Ok(acc.finish())
+    }
+
+    /// `tupleset.all(computed)`, as `Checker::check_intersection_tuple_to_userset`.
+    fn arrow_all(
+        &mut self,
+        tsym: Option<Sym>,
+        id: Sym,
+        tupleset: &str,
+        computed: &str,
+        depth: u32,
+    ) -> Answer {
+        let view = self.view;
+        let (Some(t), Some(ts)) = (tsym, view.sym(tupleset)) else {
+            return Ok((false, 0));
+        };
+        let mut height = 0;
+        let mut any = false;
+        for e in view.subjects(t, id, ts) {
+            if !e.plain {
+                return Err(Bail);
+            }
+            let Some(target) = self.target(&e, computed) else {
+                return Ok((false, height));
+            };
+            any = true;
+            let (yes, h) = self.dispatch(
+                target,
+                Some(e.subject_type),
+                e.subject_id,
+                computed,
+                depth.saturating_sub(1),
+            )?;
+            height = height.max(h);
+            if !yes {
+                return Ok((false, height));
+            }
+        }
+        Ok((any, height))
+    }
+}
+
+/// A union's answer so far: decided at the first member unless every branch must be
+/// evaluated.
+struct Union {
+    yes: bool,
+    height: u32,
+    require_all: bool,
+}
+
+impl Union {
+    fn new(require_all: bool) -> Union {
+        Union {
+            yes: false,
+            height: 0,
+            require_all,
+        }
+    }
+
+    /// Adds a branch; true once the union is decided and no more branches are needed.
+    fn add(&mut self, (yes, height): (bool, u32)) -> bool {
+        self.height = self.height.max(height);
+        self.yes |= yes;
+        yes && !self.require_all
+    }
+
+    fn finish(&self) -> (bool, u32) {
+        (self.yes, self.height)
+    }
+}
+
+/// Check through the fast path: `Some(answer)` where it can answer, `None` where the general
+/// checker must (see the module docs). `require_all` as CheckBulk's chunks of several resources.
+pub(crate) fn try_check(
+    snap: &Snapshot<'_>,
+    max_depth: u32,
+    requests: &[&CheckRequest],
+    require_all: bool,
+) -> Option<Vec<bool>> {
+    let subject = &requests.first()?.subject;
+    if subject.relation.is_some() {
+        return None;
+    }
+    let view = snap.store.graph_view(snap.revision, snap.now).ok()??;
+    let mut checker = FastChecker::new(
+        &view,
+        snap,
+        &subject.object.object_type,
+        &subject.object.object_id,
+        require_all,
+        max_depth,
+    );
+    requests
+        .iter()
+        .map(|r| {
+            if r.with_tracing || r.subject != *subject {
+                return Err(Bail);
+            }
+            checker.check(
+                &r.resource.object_type,
+                &r.resource.object_id,
+                &r.permission,
+            )
+        })
+        .collect::<Result<Vec<bool>, Bail>>()
+        .ok()
+}
