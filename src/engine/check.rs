@@ -102,7 +102,7 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    fn yes(expires_at: Option<Timestamp>) -> Outcome {
+    pub(crate) fn yes(expires_at: Option<Timestamp>) -> Outcome {
         Outcome::Member {
             cond: Cond::True,
             expires_at,

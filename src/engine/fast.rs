@@ -50,8 +50,16 @@ enum Entry {
 /// An answer and the height of the walk that found it.
 type Answer = Result<(bool, u32), Bail>;
 
+/// Solved sub-problems of one subject at one revision, kept across graph views (a
+/// LookupResources checks many candidates, one view at a time).
+#[derive(Debug, Default)]
+pub(crate) struct FastMemo {
+    /// (member's address, resource id) -> entry; the member fixes the resource type
+    entries: FxHashMap<(usize, Sym), Entry>,
+}
+
 /// Solves checks of one plain subject over one graph view.
-pub(crate) struct FastChecker<'a> {
+pub(crate) struct FastChecker<'a, 'm> {
     view: &'a GraphView<'a>,
     schema: &'a CompiledSchema,
     snap: &'a Snapshot<'a>,
@@ -61,12 +69,11 @@ pub(crate) struct FastChecker<'a> {
     wildcard: Option<Sym>,
     require_all: bool,
     max_depth: u32,
-    /// (member's address, resource id) -> entry; the member fixes the resource type
-    memo: FxHashMap<(usize, Sym), Entry>,
+    memo: &'m mut FastMemo,
     polls: u32,
 }
 
-impl<'a> FastChecker<'a> {
+impl<'a, 'm> FastChecker<'a, 'm> {
     /// A checker for plain subject `subject_type:subject_id`.
     pub(crate) fn new(
         view: &'a GraphView<'a>,
@@ -75,7 +82,8 @@ impl<'a> FastChecker<'a> {
         subject_id: &str,
         require_all: bool,
         max_depth: u32,
-    ) -> FastChecker<'a> {
+        memo: &'m mut FastMemo,
+    ) -> FastChecker<'a, 'm> {
         FastChecker {
             view,
             schema: snap.schema,
@@ -86,7 +94,7 @@ impl<'a> FastChecker<'a> {
             wildcard: view.sym("*"),
             require_all,
             max_depth: max_depth.min(FAST_MAX_DEPTH),
-            memo: FxHashMap::default(),
+            memo,
             polls: 0,
         }
     }
@@ -144,12 +152,12 @@ impl<'a> FastChecker<'a> {
             Member::Permission(p) => std::ptr::from_ref(p) as usize,
         };
         let key = (addr, id);
-        match self.memo.get(&key) {
+        match self.memo.entries.get(&key) {
             Some(Entry::InProgress) => return Err(Bail),
             Some(Entry::Done { yes, height }) if *height <= depth => return Ok((*yes, *height)),
             _ => {}
         }
-        self.memo.insert(key, Entry::InProgress);
+        self.memo.entries.insert(key, Entry::InProgress);
         let solved = match member {
             Member::Relation(r) => self.direct(tsym, id, r, depth),
             Member::Permission(p) => self.rewrite(def, tsym, id, &p.expr, depth),
@@ -157,11 +165,11 @@ impl<'a> FastChecker<'a> {
         match solved {
             Ok((yes, below)) => {
                 let height = below.saturating_add(1);
-                self.memo.insert(key, Entry::Done { yes, height });
+                self.memo.entries.insert(key, Entry::Done { yes, height });
                 Ok((yes, height))
             }
             Err(Bail) => {
-                self.memo.remove(&key);
+                self.memo.entries.remove(&key);
                 Err(Bail)
             }
         }
@@ -414,6 +422,7 @@ pub(crate) fn try_check(
         return None;
     }
     let view = snap.store.graph_view(snap.revision, snap.now).ok()??;
+    let mut memo = FastMemo::default();
     let mut checker = FastChecker::new(
         &view,
         snap,
@@ -421,6 +430,7 @@ pub(crate) fn try_check(
         &subject.object.object_id,
         require_all,
         max_depth,
+        &mut memo,
     );
     requests
         .iter()
@@ -436,4 +446,36 @@ pub(crate) fn try_check(
         })
         .collect::<Result<Vec<bool>, Bail>>()
         .ok()
+}
+
+/// The fast path's answers for `subject` on `resource_type:id#permission` for each of `ids`
+/// (a LookupResources candidate check): `Some(answer)` where it can answer, `None` where the
+/// general checker must. `None` for all if it cannot run at all (a subject set, no graph).
+/// `memo` must only ever be used for this subject and snapshot.
+pub(crate) fn check_ids<'i>(
+    snap: &Snapshot<'_>,
+    memo: &mut FastMemo,
+    max_depth: u32,
+    subject: &crate::model::SubjectRef,
+    resource_type: &str,
+    permission: &str,
+    ids: impl Iterator<Item = &'i str>,
+) -> Option<Vec<Option<bool>>> {
+    if subject.relation.is_some() {
+        return None;
+    }
+    let view = snap.store.graph_view(snap.revision, snap.now).ok()??;
+    let mut checker = FastChecker::new(
+        &view,
+        snap,
+        &subject.object.object_type,
+        &subject.object.object_id,
+        false,
+        max_depth,
+        memo,
+    );
+    Some(
+        ids.map(|id| checker.check(resource_type, id, permission).ok())
+            .collect(),
+    )
 }

@@ -22,7 +22,7 @@ use crate::engine::caveats::{self, CaveatExpr, Cond};
 use crate::engine::check::{self, Outcome};
 use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, Pager, parallel_chunks};
 use crate::engine::error::{EngineError, EngineResult};
-use crate::engine::validate;
+use crate::engine::{fast, validate};
 use crate::engine::{Engine, LookupResult, Permissionship, Snapshot};
 use crate::model::{
     Caveat, Context, ObjectRef, RelationshipFilter, SubjectFilter, SubjectRef,
@@ -263,6 +263,8 @@ impl Entry {
 struct EntryChecker<'c, 's> {
     d: &'c mut Dispatcher<'s>,
     memo: CheckMemo,
+    /// the fast path's memo, when it is on
+    fast: Option<fast::FastMemo>,
     subject: &'c SubjectRef,
 }
 
@@ -272,6 +274,20 @@ impl EntryChecker<'_, '_> {
         let Some(permission) = &atom.2 else {
             return Ok(Outcome::No);
         };
+        if let Some(memo) = &mut self.fast
+            && let Some(&[Some(yes)]) = fast::check_ids(
+                self.d.snap,
+                memo,
+                depth,
+                self.subject,
+                &atom.0,
+                permission,
+                std::iter::once(atom.1.as_str()),
+            )
+            .as_deref()
+        {
+            return Ok(if yes { Outcome::yes(None) } else { Outcome::No });
+        }
         let resource = ObjectRef::new(atom.0.as_str(), atom.1.as_str());
         let (outcome, _) = check::check_outcome_at(
             self.d,
@@ -292,7 +308,7 @@ struct Walk<'s> {
     /// the nodes from which the target can be reached along what SpiceDB's walk follows
     walk_relevant: HashSet<Node<'s>>,
     /// atom -> its index in `atoms`
-    index: HashMap<Atom, usize>,
+    index: rustc_hash::FxHashMap<Atom, usize>,
     /// atoms reached, and whether through unions and uncaveated relationships only
     atoms: Vec<(Atom, bool)>,
     /// for each atom, the atoms it led to
@@ -520,7 +536,7 @@ pub(crate) fn lookup_resources(
         ix,
         relevant,
         walk_relevant,
-        index: HashMap::new(),
+        index: rustc_hash::FxHashMap::default(),
         atoms: Vec::new(),
         edges: Vec::new(),
         queue: VecDeque::new(),
@@ -531,6 +547,7 @@ pub(crate) fn lookup_resources(
     let mut checker = EntryChecker {
         d: &mut d,
         memo: CheckMemo::new(EvalMode::CHECK),
+        fast: engine.config.fast_path.then(fast::FastMemo::default),
         subject,
     };
 
@@ -739,15 +756,42 @@ fn resolve_candidates(
     subject: &SubjectRef,
     context: &Context,
 ) -> EngineResult<Vec<LookupResult>> {
+    // The fast path's answers first, for every candidate to check (its graph view is
+    // dropped before any general check reads the store).
+    let fast = if d.engine.config.fast_path {
+        let to_check = candidates.iter().filter(|(_, exact)| !*exact);
+        fast::check_ids(
+            d.snap,
+            &mut fast::FastMemo::default(),
+            d.max_depth(),
+            subject,
+            resource_type,
+            permission,
+            to_check.map(|(id, _)| id.as_str()),
+        )
+        .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut fast = fast.into_iter();
     let mut out = Vec::with_capacity(candidates.len());
     for (id, exact) in candidates {
-        if *exact {
-            out.push(LookupResult {
-                resource_id: id.clone(),
-                permissionship: Permissionship::HasPermission,
-                missing_context: Vec::new(),
-            });
-            continue;
+        let plain = if *exact {
+            Some(true)
+        } else {
+            fast.next().flatten()
+        };
+        match plain {
+            Some(true) => {
+                out.push(LookupResult {
+                    resource_id: id.clone(),
+                    permissionship: Permissionship::HasPermission,
+                    missing_context: Vec::new(),
+                });
+                continue;
+            }
+            Some(false) => continue,
+            None => {}
         }
         let resource = ObjectRef::new(resource_type, id.as_str());
         let depth = d.max_depth();
