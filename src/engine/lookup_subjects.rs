@@ -340,6 +340,8 @@ struct SubjectLookup<'d, 's> {
     subject_type: &'d str,
     subject_relation: Option<&'d str>,
     memo: HashMap<(String, String, String), Rc<SubjectSet>>,
+    /// [`Self::relation_chunks`] of each `type:id#relation` solved
+    chunk_memo: HashMap<(String, String, String), Rc<Vec<SubjectSet>>>,
     in_progress: HashSet<(String, String, String)>,
 }
 
@@ -418,6 +420,84 @@ impl SubjectLookup<'_, '_> {
             }
         }
         Ok(set)
+    }
+
+    /// The found subjects of a relation as SpiceDB's LookupSubjects streams them: the
+    /// relation's own subjects in one result, then, for each subject set it holds, the results
+    /// of that subject set (each under the relationship's caveat), which are again streamed
+    /// separately for a relation and merged by the set operation for a permission. SpiceDB's
+    /// API evaluates every subject of every result on its own; only a set operation merges
+    /// results. Called after [`Self::lookup`] of the same relation succeeded, so no cycle is
+    /// on the way.
+    fn relation_chunks(
+        &mut self,
+        resource_type: &str,
+        resource_id: &str,
+        relation: &str,
+        depth: u32,
+    ) -> EngineResult<Rc<Vec<SubjectSet>>> {
+        self.d.poll()?;
+        let key = (
+            resource_type.to_string(),
+            resource_id.to_string(),
+            relation.to_string(),
+        );
+        if let Some(found) = self.chunk_memo.get(&key) {
+            return Ok(Rc::clone(found));
+        }
+        if depth == 0 || self.d.stack_exhausted() {
+            return Err(self.d.depth_error());
+        }
+        let schema = self.d.snap.schema;
+        let mut direct = SubjectSet::empty();
+        if resource_type == self.subject_type && self.subject_relation == Some(relation) {
+            direct.add(resource_id, None);
+        }
+        let mut chunks = Vec::new();
+        let mut pager = Pager::new(resource_filter(resource_type, resource_id, relation, None));
+        while let Some(page) = pager.next_page(self.d)? {
+            for rel in page {
+                let cond = caveat_of(rel.caveat.as_ref());
+                if rel.subject.object.object_type == self.subject_type
+                    && rel.subject.relation.as_deref() == self.subject_relation
+                {
+                    direct.add(&rel.subject.object.object_id, cond.clone());
+                }
+                let Some(subject_relation) = &rel.subject.relation else {
+                    continue;
+                };
+                let (sub_type, sub_id) = (
+                    &rel.subject.object.object_type,
+                    &rel.subject.object.object_id,
+                );
+                match schema.member(sub_type, subject_relation) {
+                    Some(Member::Relation(_)) => {
+                        let sub = self.relation_chunks(
+                            sub_type,
+                            sub_id,
+                            subject_relation,
+                            depth.saturating_sub(1),
+                        )?;
+                        chunks.extend(sub.iter().map(|c| c.with_parent_caveat(&cond)));
+                    }
+                    Some(Member::Permission(_)) => {
+                        let sub = self.lookup(
+                            sub_type,
+                            sub_id,
+                            subject_relation,
+                            depth.saturating_sub(1),
+                        )?;
+                        chunks.push(sub.with_parent_caveat(&cond));
+                    }
+                    None => {}
+                }
+            }
+        }
+        chunks.insert(0, direct);
+        chunks.retain(|c| !c.is_empty());
+        let chunks = Rc::new(chunks);
+        self.chunk_memo.insert(key, Rc::clone(&chunks));
+        Ok(chunks)
     }
 
     /// A permission's expression.
@@ -582,30 +662,61 @@ pub(crate) fn lookup_subjects(
             subject_type,
             subject_relation,
             memo: HashMap::new(),
+            chunk_memo: HashMap::new(),
             in_progress: HashSet::new(),
         };
-        walk.lookup(
+        let set = walk.lookup(
             &resource.object_type,
             &resource.object_id,
             permission,
             depth,
-        )?
+        )?;
+        // On a relation, SpiceDB streams the results of its subject sets apart and evaluates
+        // each found subject on its own: a context failing on one of them fails the call, even
+        // where the merged set has the subject unconditionally (see `relation_chunks`).
+        if !snap.schema.caveats.is_empty()
+            && matches!(
+                snap.schema.member(&resource.object_type, permission),
+                Some(Member::Relation(_))
+            )
+        {
+            let chunks = walk.relation_chunks(
+                &resource.object_type,
+                &resource.object_id,
+                permission,
+                depth,
+            )?;
+            for chunk in chunks.iter() {
+                decide_all(walk.d, chunk, context)?;
+            }
+        }
+        set
     };
 
-    // As SpiceDB's API: every found subject with its caveat decided, the wildcard with its
-    // exclusions (each decided the same way; a false one is left out).
+    let mut out = decide_all(&d, &set, context)?;
+    out.sort_by(|a, b| a.subject_id.cmp(&b.subject_id));
+    Ok(out)
+}
+
+/// As SpiceDB's API: every found subject of `set` with its caveat decided, the wildcard with
+/// its exclusions (each decided the same way; a false one is left out).
+fn decide_all(
+    d: &Dispatcher<'_>,
+    set: &SubjectSet,
+    context: &Context,
+) -> EngineResult<Vec<ResolvedSubject>> {
     let mut out = Vec::new();
     for (id, caveat) in &set.concrete {
-        if let Some((p, m)) = decide(&d, caveat, context)? {
+        if let Some((p, m)) = decide(d, caveat, context)? {
             out.push(resolved(id, p, m));
         }
     }
     if let Some(w) = &set.wildcard
-        && let Some((p, m)) = decide(&d, &w.caveat, context)?
+        && let Some((p, m)) = decide(d, &w.caveat, context)?
     {
         let mut excluded = Vec::new();
         for (id, caveat) in &w.excluded {
-            if let Some((ep, em)) = decide(&d, caveat, context)? {
+            if let Some((ep, em)) = decide(d, caveat, context)? {
                 excluded.push(resolved(id, ep, em));
             }
         }
@@ -613,7 +724,6 @@ pub(crate) fn lookup_subjects(
         r.excluded_subjects = excluded;
         out.push(r);
     }
-    out.sort_by(|a, b| a.subject_id.cmp(&b.subject_id));
     Ok(out)
 }
 

@@ -733,3 +733,74 @@ fn caveated_wildcard_is_evaluated_before_the_caveated_subject() {
         Permissionship::HasPermission
     );
 }
+
+#[test]
+fn lookup_subjects_of_a_relation_evaluates_each_streamed_subject() {
+    // As SpiceDB (probed): LookupSubjects on a relation streams the relation's own subjects and
+    // those of each subject set it holds (recursively through relations) as separate results,
+    // and its API evaluates the caveat of each one, so a context failing on the caveat of one
+    // fails the call although another path makes the subject a member. Under a permission the
+    // set operation merges its operands' results first (and Check stops at the uncaveated
+    // path).
+    let f = Fixture::new(
+        "caveat cx(x int) { x > 1 }
+        definition user {}
+        definition team {
+            relation member: user with cx
+        }
+        definition group {
+            relation manager: user | team#member
+        }
+        definition doc {
+            relation manager: user with cx | group#manager
+            relation owner: group#manager
+            permission manage = manager
+        }",
+        &[
+            "doc:d1#manager@user:u1[cx]",
+            "doc:d1#manager@group:g1#manager",
+            "group:g1#manager@user:u1",
+            "doc:d2#owner@group:g2#manager",
+            "group:g2#manager@user:u1",
+            "group:g2#manager@team:t1#member",
+            "team:t1#member@user:u1[cx]",
+        ],
+    );
+    let engine = Engine::new(EngineConfig::default());
+    let snap = f.snap();
+    let mut bad = Context::new();
+    bad.insert("x".into(), "abc".into());
+    let subjects = |res: (&str, &str), perm: &str, ctx: &Context| {
+        engine.lookup_subjects(
+            &snap,
+            &ObjectRef::new(res.0, res.1),
+            perm,
+            "user",
+            None,
+            ctx,
+        )
+    };
+    for (res, perm) in [
+        (("doc", "d1"), "manager"),
+        (("doc", "d2"), "owner"),
+        (("group", "g2"), "manager"),
+    ] {
+        let got = subjects(res, perm, &bad);
+        assert!(
+            matches!(got, Err(EngineError::CaveatParameterType(_))),
+            "{res:?}#{perm}: {got:?}"
+        );
+        let ok = subjects(res, perm, &Context::new()).unwrap();
+        assert_eq!(ok.len(), 1, "{res:?}#{perm}: {ok:?}");
+        assert_eq!(ok[0].permissionship, Permissionship::HasPermission);
+    }
+    let merged = subjects(("doc", "d1"), "manage", &bad).unwrap();
+    assert_eq!(merged.len(), 1, "{merged:?}");
+    assert_eq!(merged[0].permissionship, Permissionship::HasPermission);
+    let mut r = req("doc:d1#manager@user:u1");
+    r.context = bad;
+    assert_eq!(
+        engine.check(&snap, &r).unwrap().permissionship,
+        Permissionship::HasPermission
+    );
+}
