@@ -10,7 +10,10 @@
 //! the request context when SpiceDB's walk would go on from there towards the target (it walks
 //! unions, exclusion bases, arrows and the first operand of an intersection, and checks the
 //! other operands), also on paths that end in no result or beside an uncaveated path: a context
-//! failing on one of them fails the call.
+//! failing on one of them fails the call. The tupleset relationship of an arrow counts before
+//! the check of the entry it leads to, whether the check keeps it or not; of two arrows over one
+//! tupleset only the walked one counts. An entry checked with the request context off that walk
+//! (Pemba's walk keeps more atoms than SpiceDB's) does not.
 //!
 //! A data cycle on the way (groups in each other, folders that are each other's parent) is
 //! [`MaxDepthExceeded`](crate::engine::EngineError::MaxDepthExceeded), as SpiceDB reports
@@ -22,8 +25,8 @@ use crate::engine::caveats::{self, CaveatExpr, Cond};
 use crate::engine::check::{self, Outcome};
 use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, Pager, parallel_chunks};
 use crate::engine::error::{EngineError, EngineResult};
-use crate::engine::{fast, validate};
 use crate::engine::{Engine, LookupResult, Permissionship, Snapshot};
+use crate::engine::{fast, validate};
 use crate::model::{
     Caveat, Context, ObjectRef, RelationshipFilter, SubjectFilter, SubjectRef,
     SubjectRelationFilter,
@@ -54,8 +57,9 @@ struct ReverseIndex<'s> {
     /// intersection after the first, which it checks instead): `(type, relation, permission)`;
     /// a `self` use has relation `None`
     walked: HashSet<(&'s str, Option<&'s str>, &'s str)>,
-    /// the same for arrows: `(type, tupleset relation, permission)`
-    walked_arrows: HashSet<(&'s str, &'s str, &'s str)>,
+    /// the same for arrows: `(type, tupleset relation, computed relation, permission)` (two
+    /// arrows over one tupleset, such as `owner.all(parent) & owner->owner`, may differ)
+    walked_arrows: HashSet<(&'s str, &'s str, &'s str, &'s str)>,
 }
 
 fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {
@@ -153,7 +157,8 @@ impl<'s> ReverseIndex<'s> {
                         continue;
                     }
                     if walked {
-                        self.walked_arrows.insert((t, tupleset.as_str(), perm));
+                        self.walked_arrows
+                            .insert((t, tupleset.as_str(), computed.as_str(), perm));
                     }
                     let v = self.arrows.entry((x, computed.as_str())).or_default();
                     let item = (t, tupleset.as_str(), perm);
@@ -209,7 +214,7 @@ impl<'s> ReverseIndex<'s> {
         }
         for ((x, r), arrows) in &self.arrows {
             for (t, ts, p, _) in arrows {
-                if !walked_only || self.walked_arrows.contains(&(*t, *ts, *p)) {
+                if !walked_only || self.walked_arrows.contains(&(*t, *ts, *r, *p)) {
                     edges.push(((*x, Some(*r)), (*t, Some(*p))));
                 }
             }
@@ -345,6 +350,13 @@ impl<'s> Walk<'s> {
         if !self.is_relevant(&atom.0, atom.2.as_deref()) {
             return Ok(());
         }
+        // The relationship's caveat, where SpiceDB evaluates it: also for an entry it checks
+        // (through an intersection, an exclusion or an `.all()` arrow), before the check and
+        // whether or not the check keeps the atom (probed).
+        if let Some(c) = via {
+            self.pending
+                .push((atom.0.clone(), atom.2.clone(), c.clone()));
+        }
         let exact_entry = matches!(entry, Entry::Direct { exact: true });
         let (i, requeue, exact) = match self.index.get(&atom) {
             Some(i) => {
@@ -367,7 +379,11 @@ impl<'s> Walk<'s> {
                                 cond: Cond::Expr(e),
                                 ..
                             } => {
-                                self.met.insert(format!("check {}", self.met.len()), e);
+                                // SpiceDB checks (with the context) only where its walk goes
+                                // on to the target; Pemba also keeps atoms off that walk.
+                                if self.walked_to_target(&atom.0, atom.2.as_deref()) {
+                                    self.met.insert(format!("check {}", self.met.len()), e);
+                                }
                                 false
                             }
                             Outcome::Member { cond, .. } => cond.is_true(),
@@ -382,12 +398,6 @@ impl<'s> Walk<'s> {
                 (i, true, exact)
             }
         };
-        // The relationship's caveat, where SpiceDB evaluates it (an entry through an
-        // intersection only when the check keeps it).
-        if let (Some(c), Some((atom, _))) = (via, self.atoms.get(i)) {
-            self.pending
-                .push((atom.0.clone(), atom.2.clone(), c.clone()));
-        }
         if let Some(edges) = self.edges.get_mut(from)
             && !edges.contains(&i)
         {
@@ -662,10 +672,11 @@ pub(crate) fn lookup_resources(
                             let entry = Entry::new(unions_only, exact && found.caveat.is_none());
                             let atom =
                                 (t.to_string(), found.resource.object_id, Some(p.to_string()));
-                            let via = found
-                                .caveat
-                                .as_ref()
-                                .filter(|_| walk.ix.walked_arrows.contains(&(t, tupleset, p)));
+                            let via = found.caveat.as_ref().filter(|_| {
+                                walk.ix
+                                    .walked_arrows
+                                    .contains(&(t, tupleset, r.as_str(), p))
+                            });
                             walk.offer(&mut checker, i, atom, entry, via, level + 1)?;
                         }
                     }

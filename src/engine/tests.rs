@@ -804,3 +804,119 @@ fn lookup_subjects_of_a_relation_evaluates_each_streamed_subject() {
         Permissionship::HasPermission
     );
 }
+
+#[test]
+fn lookup_resources_evaluates_arrow_caveats_where_spicedb_walks() {
+    // As SpiceDB (probed): the caveat of the tupleset relationship of an arrow its walk
+    // follows is evaluated before the check of an entry through an intersection or an
+    // exclusion, whether or not the check keeps the resource; and of two arrows over the same
+    // tupleset only the one it walks counts (`owner.all(parent) & owner->owner` walks the
+    // first, so a caveat met only through `owner->owner` is not evaluated).
+    let f = Fixture::new(
+        "caveat cx(x int) { x > 1 }
+        definition user {}
+        definition org {
+            relation member: user
+        }
+        definition doc {
+            relation owner: doc with cx | doc#edit with cx | doc#any with cx
+            relation parent: org
+            relation banned: org
+            permission both = owner->parent & parent
+            permission but = owner->parent - banned
+            permission later = parent & owner->parent
+            permission edit = owner.all(parent) & owner->owner
+            permission any = owner->owner
+        }",
+        &[
+            "doc:d3#owner@doc:d2[cx]",
+            "doc:d2#parent@org:o3",
+            "doc:d3#banned@org:o3",
+            "doc:d5#owner@doc:d4#edit[cx]",
+            "doc:d5#owner@doc:d4#any[cx]",
+        ],
+    );
+    let engine = Engine::new(EngineConfig::default());
+    let snap = f.snap();
+    let mut bad = Context::new();
+    bad.insert("x".into(), "abc".into());
+    let o3 = SubjectRef::object("org", "o3");
+    for (perm, fails) in [("both", true), ("but", true), ("later", false)] {
+        let got = engine.lookup_resources(&snap, "doc", perm, &o3, &bad);
+        if fails {
+            assert!(
+                matches!(got, Err(EngineError::CaveatParameterType(_))),
+                "{perm}: {got:?}"
+            );
+        } else {
+            assert_eq!(got.unwrap(), Vec::new(), "{perm}");
+        }
+    }
+    let set = |rel: &str| SubjectRef {
+        object: ObjectRef::new("doc", "d4"),
+        relation: Some(rel.to_string()),
+    };
+    let d4_edit = set("edit");
+    let got = engine
+        .lookup_resources(&snap, "doc", "edit", &d4_edit, &bad)
+        .unwrap();
+    let ids: Vec<&str> = got.iter().map(|r| r.resource_id.as_str()).collect();
+    assert_eq!(ids, ["d4"]);
+    let d4_any = set("any");
+    let got = engine.lookup_resources(&snap, "doc", "any", &d4_any, &bad);
+    assert!(
+        matches!(got, Err(EngineError::CaveatParameterType(_))),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn lookup_resources_checks_with_the_context_only_on_the_walk() {
+    // As SpiceDB (probed): an entry it checks (here the base of the exclusion `read`) is
+    // checked with the request context only where its walk goes on to the target; `read`
+    // leads to `viewer` only through the second operand of an intersection, which it checks
+    // rather than walks, so a context failing on the caveat met there fails LookupResources of
+    // `read` but not of `viewer`.
+    let f = Fixture::new(
+        "caveat cx(x int) { x > 1 }
+        definition user {}
+        definition group {
+            relation member: org#viewer
+            relation parent: user
+            permission manage = parent & member->read
+            permission any = parent + member->read
+        }
+        definition document {
+            relation parent: group#manage
+            relation owner: group#any
+        }
+        definition org {
+            relation member: user
+            relation viewer: document#parent
+            relation owner: document#owner
+            relation reader: org#member with cx
+            relation banned: user
+            permission read = reader - banned
+        }",
+        &["org:o2#reader@org:o4#member[cx]"],
+    );
+    let engine = Engine::new(EngineConfig::default());
+    let snap = f.snap();
+    let mut bad = Context::new();
+    bad.insert("x".into(), "abc".into());
+    let o4 = SubjectRef {
+        object: ObjectRef::new("org", "o4"),
+        relation: Some("member".to_string()),
+    };
+    for (perm, fails) in [("read", true), ("owner", true), ("viewer", false)] {
+        let got = engine.lookup_resources(&snap, "org", perm, &o4, &bad);
+        if fails {
+            assert!(
+                matches!(got, Err(EngineError::CaveatParameterType(_))),
+                "{perm}: {got:?}"
+            );
+        } else {
+            assert_eq!(got.unwrap(), Vec::new(), "{perm}");
+        }
+    }
+}
