@@ -105,6 +105,10 @@ pub struct BenchArgs {
     /// CheckBulkPermissions requests in flight
     #[arg(long, default_value_t = 1)]
     pub bulk_concurrency: usize,
+    /// WriteRelationships requests in flight in the `load` phase (each batch is still
+    /// acknowledged only once durable; the server commits them one at a time)
+    #[arg(long, default_value_t = 1)]
+    pub load_concurrency: usize,
     /// deadline of each request, in seconds
     #[arg(long, default_value_t = 60)]
     pub request_timeout_secs: u64,
@@ -455,7 +459,8 @@ async fn fresh_token(target: &Target) -> anyhow::Result<pb::ZedToken> {
     first.read_at.context("the read response carries no token")
 }
 
-/// Writes the schema (unless skipped) and the relationships in batches, sequentially.
+/// Writes the schema (unless skipped) and the relationships in batches, `--load-concurrency`
+/// requests in flight.
 async fn load(
     target: &Target,
     args: &BenchArgs,
@@ -485,25 +490,37 @@ async fn load(
                 .collect()
         })
         .collect();
-    let mut client = target.client(0);
     let mut outcome = Outcome::default();
     let mut token = None;
     let start = Instant::now();
-    for updates in batches {
-        let n = updates.len() as u64;
-        let t = Instant::now();
-        let resp = client
-            .write_relationships(target.request(pb::WriteRelationshipsRequest {
-                updates,
-                ..Default::default()
-            }))
-            .await
-            .context("WriteRelationships failed")?;
-        outcome.latencies.push(t.elapsed());
+    let concurrency = args.load_concurrency.max(1);
+    let mut writes = futures::stream::iter(batches.into_iter().enumerate().map(|(i, updates)| {
+        let mut client = target.client(i);
+        async move {
+            let n = updates.len() as u64;
+            let t = Instant::now();
+            let resp = client
+                .write_relationships(target.request(pb::WriteRelationshipsRequest {
+                    updates,
+                    ..Default::default()
+                }))
+                .await
+                .context("WriteRelationships failed")?;
+            anyhow::Ok((n, t.elapsed(), resp.into_inner().written_at))
+        }
+    }))
+    .buffer_unordered(concurrency);
+    while let Some(done) = writes.next().await {
+        let (n, latency, written_at) = done?;
+        outcome.latencies.push(latency);
         outcome.items += n;
-        token = resp.into_inner().written_at.or(token);
+        token = written_at.or(token);
     }
     outcome.elapsed = start.elapsed();
+    if concurrency > 1 {
+        // Which write committed last is unknown: read a token after all of them.
+        token = Some(fresh_token(target).await?);
+    }
     Ok((outcome, token))
 }
 
