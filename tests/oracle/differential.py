@@ -37,8 +37,20 @@ and counted per class in the summary line
                         batch, Pemba only the item that failed
   spicedb-lookup-inconsistent
                         LookupSubjects in a schema with `.all()` arrows where SpiceDB's
-                        LookupSubjects disagrees with its own Check, and Pemba's answer is
-                        exactly the set of subjects SpiceDB's Check says HAS for; or
+                        LookupSubjects disagrees with its own Check (same context), and Pemba's
+                        answer is exactly what that Check says per subject (HAS, or CONDITIONAL
+                        with the same missing context). Minimal repro (CONDITIONAL):
+                            caveat c1(d duration) { d > duration("1h") }
+                            caveat c2(name string, x int) { name != "b" || x == 2 }
+                            definition user {}
+                            definition group { relation member: user with c2 | group#member with c1
+                                permission view = member - member.all(view) }
+                            group:g1#member@group:g2#member[c1], group:g1#member@user:u2[c2]
+                          LookupSubjects group:g1#view subjects group#member: SpiceDB g2
+                          CONDITIONAL missing [d, name, x] (apparently the caveat of u2, a
+                          member whose type has no `view`, joins the expression), its Check of
+                          group:g1#view@group:g2#member CONDITIONAL missing [d], as Pemba's
+                          both; or
                         LookupResources in a caveated case where SpiceDB's answer disagrees with
                         its own Check (same context) and Pemba's answer is exactly what that
                         Check says (HAS, or CONDITIONAL with the same missing context) per
@@ -1146,9 +1158,11 @@ def bulk_item_classes(cyclic, o_items, p_items, beside_subject_set=frozenset(), 
 
 def lookup_subjects_matches_oracle_check(oracle, case, req, o_ans, p_ans):
     """Rule for `.all()` schemas: SpiceDB's LookupSubjects may disagree with its own Check. True
-    when Pemba's LookupSubjects answer is exactly the set of subjects SpiceDB's Check says HAS for
-    (over every object of the subject type in the case, every id either side returned, and an
-    unknown id when a wildcard is involved)."""
+    when Pemba's LookupSubjects answer is exactly what SpiceDB's Check says per subject: HAS for
+    the subjects listed HAS (or covered by the wildcard), CONDITIONAL with the same missing context
+    for those listed CONDITIONAL (not under a wildcard), NO for the others (over every object of
+    the subject type in the case, every id either side returned, and an unknown id when a
+    wildcard is involved)."""
     (ok_o, vo), (ok_p, vp) = o_ans, p_ans
     if not (ok_o and ok_p) or ".all(" not in case.schema:
         return False
@@ -1177,10 +1191,18 @@ def lookup_subjects_matches_oracle_check(oracle, case, req, o_ans, p_ans):
         if req.HasField("context"):
             creq.context.CopyFrom(req.context)
         try:
-            perm = _check_perm(oracle.check(creq).permissionship)
+            resp = oracle.check(creq)
         except RpcFailure:
             return False
+        perm = _check_perm(resp.permissionship)
+        listed = next((e for e in vp if e[0] == sid), None)
+        if perm == "CONDITIONAL":
+            if wild or listed is None or listed[1] != "CONDITIONAL" or listed[6] != _missing(resp):
+                return False
+            continue
         if perm not in ("HAS", "NO"):
+            return False
+        if listed is not None and listed[1] != "HAS":
             return False
         pemba_has = sid in concrete or (bool(wild) and sid not in excluded)
         if (perm == "HAS") != pemba_has:
