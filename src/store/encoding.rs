@@ -214,12 +214,9 @@ pub(crate) fn created_of(k: &[u8]) -> StoreResult<u64> {
     Ok(!be_u64(k.get(start..).unwrap_or_default())?)
 }
 
-fn utf8(b: &[u8]) -> StoreResult<String> {
-    String::from_utf8(b.to_vec()).map_err(|_| corrupt("non-UTF-8 relationship key"))
-}
-
-/// Decodes a version key of `index` into its tuple and creation revision.
-pub(crate) fn decode_version_key(index: Index, k: &[u8]) -> StoreResult<(RelationshipKey, u64)> {
+/// The six names of a version key of `index`, in the index's order, borrowed from the key,
+/// and its creation revision.
+pub(crate) fn version_key_parts(index: Index, k: &[u8]) -> StoreResult<([&str; 6], u64)> {
     let created = created_of(k)?;
     let body = match tuple_part(k).split_first() {
         Some((p, body)) if *p == index.prefix() => body,
@@ -233,12 +230,19 @@ pub(crate) fn decode_version_key(index: Index, k: &[u8]) -> StoreResult<(Relatio
         parts
             .next()
             .ok_or_else(|| corrupt("relationship key with too few components"))
-            .and_then(utf8)
+            .and_then(|b| std::str::from_utf8(b).map_err(|_| corrupt("non-UTF-8 relationship key")))
     };
-    let (a, b, c, d, e, f) = (next()?, next()?, next()?, next()?, next()?, next()?);
+    let names = [next()?, next()?, next()?, next()?, next()?, next()?];
     if parts.next().is_some() {
         return Err(corrupt("relationship key with too many components"));
     }
+    Ok((names, created))
+}
+
+/// Decodes a version key of `index` into its tuple and creation revision.
+pub(crate) fn decode_version_key(index: Index, k: &[u8]) -> StoreResult<(RelationshipKey, u64)> {
+    let (names, created) = version_key_parts(index, k)?;
+    let [a, b, c, d, e, f] = names.map(str::to_string);
     let key = match index {
         Index::ByResource => RelationshipKey {
             resource: ObjectRef {

@@ -242,9 +242,25 @@ impl Graph {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a stored version of `key` (loading, or a write's new version).
+    /// Adds a stored version of `key`.
+    #[cfg(test)]
     pub(crate) fn insert(&self, key: &RelationshipKey, value: &VersionValue) {
         self.write().insert(key, value);
+    }
+
+    /// Loads stored versions in bulk under one hold of the write lock: `fill` is handed a
+    /// function that adds one version, given the tuple's names in by-resource order (resource
+    /// type, resource id, relation, subject type, subject id, subject relation, `""` for a
+    /// plain subject).
+    pub(crate) fn load<E>(
+        &self,
+        fill: impl FnOnce(&mut dyn FnMut([&str; 6], &VersionValue)) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut g = self.write();
+        fill(&mut |names, value| {
+            let syms = names.map(|n| g.names.intern(n));
+            g.insert_syms(syms, value);
+        })
     }
 
     /// Applies a committed write's changes: versions it closed and versions it added.
@@ -505,6 +521,10 @@ impl Inner {
 
     fn insert(&mut self, key: &RelationshipKey, value: &VersionValue) {
         let syms = self.intern_key(key);
+        self.insert_syms(syms, value);
+    }
+
+    fn insert_syms(&mut self, syms: TupleSyms, value: &VersionValue) {
         let version = Version {
             created: value.created,
             deleted: value.deleted,

@@ -138,12 +138,14 @@ impl<K: Kv> Mvcc<K> {
             .latest_schema
             .write()
             .unwrap_or_else(PoisonError::into_inner) = newest;
-        self.kv
-            .scan(&[BY_RESOURCE], Some(&[BY_RESOURCE + 1]), &mut |k, v| {
-                let (key, _) = encoding::decode_version_key(Index::ByResource, k)?;
-                self.graph.insert(&key, &VersionValue::decode(v)?);
-                Ok(true)
-            })?;
+        self.graph.load(|add| {
+            self.kv
+                .scan(&[BY_RESOURCE], Some(&[BY_RESOURCE + 1]), &mut |k, v| {
+                    let (names, _) = encoding::version_key_parts(Index::ByResource, k)?;
+                    add(names, &VersionValue::decode(v)?);
+                    Ok(true)
+                })
+        })?;
         Ok(self)
     }
 
