@@ -220,7 +220,7 @@ impl<'a, 'm> FastChecker<'a, 'm> {
             let Some(set_def) = self.schema.definition(&allowed.type_name) else {
                 continue;
             };
-            for e in view.subjects(t, id, rel) {
+            for e in view.subject_sets(t, id, rel) {
                 if e.subject_type != set_type || e.subject_relation != set_rel {
                     continue;
                 }

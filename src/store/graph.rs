@@ -158,6 +158,9 @@ struct Inner {
     free: Vec<u32>,
     /// (resource type, resource id, relation) → slots
     by_resource: FxMap<[Sym; 3], Vec<u32>>,
+    /// the same, only the slots whose subject is a subject set (`group:eng#member`): what a
+    /// check follows from a relation, without going through its plain subjects
+    sets_by_resource: FxMap<[Sym; 3], Vec<u32>>,
     /// (subject type, subject id) → slots
     by_subject: FxMap<[Sym; 2], Vec<u32>>,
 }
@@ -227,6 +230,7 @@ impl Graph {
                 slots: Vec::new(),
                 free: Vec::new(),
                 by_resource: FxMap::default(),
+                sets_by_resource: FxMap::default(),
                 by_subject: FxMap::default(),
             }),
         }
@@ -332,7 +336,13 @@ impl Graph {
                 }
             }
             Access::Resource(k) => {
-                for slot in g.by_resource.get(&k).into_iter().flatten() {
+                // A filter pinning a subject relation other than `...` matches subject sets
+                // only.
+                let list = match pins.srel {
+                    Some(r) if r != EMPTY => &g.sets_by_resource,
+                    _ => &g.by_resource,
+                };
+                for slot in list.get(&k).into_iter().flatten() {
                     emit(*slot);
                 }
             }
@@ -466,9 +476,30 @@ impl GraphView<'_> {
         resource_id: Sym,
         relation: Sym,
     ) -> impl Iterator<Item = Edge> + '_ {
-        self.g
-            .by_resource
-            .get(&[resource_type, resource_id, relation])
+        self.edges(&self.g.by_resource, [resource_type, resource_id, relation])
+    }
+
+    /// The visible relationships of one object's relation whose subject is a subject set, in
+    /// the order the store's queries return them from the graph.
+    pub fn subject_sets(
+        &self,
+        resource_type: Sym,
+        resource_id: Sym,
+        relation: Sym,
+    ) -> impl Iterator<Item = Edge> + '_ {
+        self.edges(
+            &self.g.sets_by_resource,
+            [resource_type, resource_id, relation],
+        )
+    }
+
+    fn edges<'v>(
+        &'v self,
+        index: &'v FxMap<[Sym; 3], Vec<u32>>,
+        key: [Sym; 3],
+    ) -> impl Iterator<Item = Edge> + 'v {
+        index
+            .get(&key)
             .into_iter()
             .flatten()
             .filter_map(move |idx| {
@@ -569,6 +600,12 @@ impl Inner {
             .entry([syms[0], syms[1], syms[2]])
             .or_default()
             .push(idx);
+        if syms[5] != EMPTY {
+            self.sets_by_resource
+                .entry([syms[0], syms[1], syms[2]])
+                .or_default()
+                .push(idx);
+        }
         self.by_subject
             .entry([syms[3], syms[4]])
             .or_default()
@@ -592,10 +629,12 @@ impl Inner {
     fn remove_slot(&mut self, idx: u32, key: TupleSyms) {
         self.tuples.remove(&key);
         let r = [key[0], key[1], key[2]];
-        if let Some(list) = self.by_resource.get_mut(&r) {
-            list.retain(|s| *s != idx);
-            if list.is_empty() {
-                self.by_resource.remove(&r);
+        for index in [&mut self.by_resource, &mut self.sets_by_resource] {
+            if let Some(list) = index.get_mut(&r) {
+                list.retain(|s| *s != idx);
+                if list.is_empty() {
+                    index.remove(&r);
+                }
             }
         }
         let s = [key[3], key[4]];
@@ -764,6 +803,26 @@ mod tests {
             relation: SubjectRelationFilter::Ellipsis,
         });
         assert_eq!(ids(&g, 3, &exact).unwrap(), Vec::<String>::new());
+        // every subject set of the relation, through the subject-set index
+        let mut sets = f.clone();
+        sets.subject = Some(SubjectFilter {
+            subject_type: "group".into(),
+            subject_id: None,
+            relation: SubjectRelationFilter::Relation("member".into()),
+        });
+        assert_eq!(ids(&g, 2, &sets).unwrap(), vec![b.to_string()]);
+        let view = g.view(2, NOW);
+        let (t, id, rel) = (
+            view.sym("document").unwrap(),
+            view.sym("a").unwrap(),
+            view.sym("viewer").unwrap(),
+        );
+        assert_eq!(view.subjects(t, id, rel).count(), 2);
+        let set_edges: Vec<Edge> = view.subject_sets(t, id, rel).collect();
+        assert_eq!(set_edges.len(), 1);
+        assert_eq!(view.name(set_edges[0].subject_id), "eng");
+        assert!(set_edges[0].plain);
+        drop(view);
         let subj = RelationshipFilter {
             subject: Some(SubjectFilter {
                 subject_type: "user".into(),
