@@ -19,7 +19,10 @@
 //! [`MaxDepthExceeded`](crate::engine::EngineError::MaxDepthExceeded), as SpiceDB reports
 //! after following it until its depth budget runs out.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+// The walk hashes short names many times per result: FxHash rather than SipHash.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::engine::caveats::{self, CaveatExpr, Cond};
 use crate::engine::check::{self, Outcome};
@@ -226,7 +229,7 @@ impl<'s> ReverseIndex<'s> {
                 }
             }
         }
-        let mut relevant = HashSet::from([target]);
+        let mut relevant: HashSet<Node<'s>> = std::iter::once(target).collect();
         loop {
             let before = relevant.len();
             for (from, to) in &edges {
@@ -313,7 +316,7 @@ struct Walk<'s> {
     /// the nodes from which the target can be reached along what SpiceDB's walk follows
     walk_relevant: HashSet<Node<'s>>,
     /// atom -> its index in `atoms`
-    index: rustc_hash::FxHashMap<Atom, usize>,
+    index: HashMap<Atom, usize>,
     /// atoms reached, and whether through unions and uncaveated relationships only
     atoms: Vec<(Atom, bool)>,
     /// for each atom, the atoms it led to
@@ -546,7 +549,7 @@ pub(crate) fn lookup_resources(
         ix,
         relevant,
         walk_relevant,
-        index: rustc_hash::FxHashMap::default(),
+        index: HashMap::default(),
         atoms: Vec::new(),
         edges: Vec::new(),
         queue: VecDeque::new(),
