@@ -13,7 +13,8 @@
 //! failing on one of them fails the call. The tupleset relationship of an arrow counts before
 //! the check of the entry it leads to, whether the check keeps it or not; of two arrows over one
 //! tupleset only the walked one counts. An entry checked with the request context off that walk
-//! (Pemba's walk keeps more atoms than SpiceDB's) does not.
+//! (Pemba's walk keeps more atoms than SpiceDB's) does not. A relationship whose caveat is false
+//! with the request context ends its path: the walk does not go on from there.
 //!
 //! A data cycle on the way (groups in each other, folders that are each other's parent) is
 //! [`MaxDepthExceeded`](crate::engine::EngineError::MaxDepthExceeded), as SpiceDB reports
@@ -24,7 +25,7 @@ use std::collections::{BTreeMap, VecDeque};
 // The walk hashes short names many times per result: FxHash rather than SipHash.
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use crate::engine::caveats::{self, CaveatExpr, Cond};
+use crate::engine::caveats::{self, CaveatExpr, CaveatOutcome, Cond};
 use crate::engine::check::{self, Outcome};
 use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, Pager, parallel_chunks};
 use crate::engine::error::{EngineError, EngineResult};
@@ -563,6 +564,24 @@ pub(crate) fn lookup_resources(
         fast: engine.config.fast_path.then(fast::FastMemo::default),
         subject,
     };
+    // SpiceDB evaluates the caveat of a relationship its walk follows at that step and does not
+    // walk on from there when it is false with the request context, so the caveats beyond are
+    // not evaluated (probed); such a path leads to no result either. An evaluation error is
+    // left to the end, where it counts only if the walk goes on to the target.
+    let mut false_caveats: HashMap<String, bool> = HashMap::default();
+    let mut caveat_is_false = |c: Option<&Caveat>| -> bool {
+        let Some(c) = c else { return false };
+        let key = format!("{}{}", c.name, serde_json::Value::Object(c.context.clone()));
+        *false_caveats
+            .entry(key)
+            .or_insert_with(|| match Cond::of_caveat(Some(c)) {
+                Cond::Expr(leaf) => matches!(
+                    caveats::evaluate_every_path(&leaf, context, schema, engine.caveats.as_ref()),
+                    Ok(CaveatOutcome::False)
+                ),
+                _ => false,
+            })
+    };
 
     // The subject itself (a subject set is in itself).
     let start: Atom = (
@@ -602,6 +621,9 @@ pub(crate) fn lookup_resources(
                 let exact = rel.caveat.is_none();
                 let atom = (t.to_string(), rel.resource.object_id, Some(r.to_string()));
                 let via = rel.caveat.as_ref();
+                if caveat_is_false(via) {
+                    continue;
+                }
                 walk.offer(&mut checker, 0, atom, Entry::Direct { exact }, via, 1)?;
             }
         }
@@ -639,6 +661,9 @@ pub(crate) fn lookup_resources(
                     };
                     let atom = (t.to_string(), found.resource.object_id, Some(r.to_string()));
                     let via = found.caveat.as_ref();
+                    if caveat_is_false(via) {
+                        continue;
+                    }
                     walk.offer(&mut checker, i, atom, entry, via, level + 1)?;
                 }
             }
@@ -680,6 +705,9 @@ pub(crate) fn lookup_resources(
                                     .walked_arrows
                                     .contains(&(t, tupleset, r.as_str(), p))
                             });
+                            if caveat_is_false(via) {
+                                continue;
+                            }
                             walk.offer(&mut checker, i, atom, entry, via, level + 1)?;
                         }
                     }

@@ -920,3 +920,51 @@ fn lookup_resources_checks_with_the_context_only_on_the_walk() {
         }
     }
 }
+
+#[test]
+fn lookup_resources_does_not_walk_on_from_a_false_caveat() {
+    // As SpiceDB (probed): the caveat of a relationship the walk follows is evaluated at that
+    // step, and a path whose caveat is false with the request context is not walked further, so
+    // a context value of the wrong type for a caveat beyond it does not fail the call; when the
+    // first caveat holds, the one beyond is evaluated and fails it.
+    let schema = "caveat cx(flag bool, x int) { !flag || x == 2 }
+        definition user {}
+        definition folder {}
+        definition doc {
+            relation parent: folder with cx | doc#parent with cx
+            relation owner: doc with cx
+            permission view = owner->parent
+        }";
+    let engine = Engine::new(EngineConfig::default());
+    let mut bad = Context::new();
+    bad.insert("flag".into(), "yes".into());
+    let f1 = SubjectRef::object("folder", "f1");
+    for (first, fails) in [
+        (r#"{"flag":true,"x":3}"#, false),
+        (r#"{"flag":false}"#, true),
+    ] {
+        let d1 = format!("doc:d1#parent@folder:f1[cx:{first}]");
+        let d3 = format!("doc:d3#owner@doc:d1[cx:{first}]");
+        let f = Fixture::new(
+            schema,
+            &[
+                d1.as_str(),
+                "doc:d2#parent@doc:d1#parent[cx]",
+                d3.as_str(),
+                "doc:d4#owner@doc:d3[cx]",
+            ],
+        );
+        let snap = f.snap();
+        for perm in ["parent", "view"] {
+            let got = engine.lookup_resources(&snap, "doc", perm, &f1, &bad);
+            if fails {
+                assert!(
+                    matches!(got, Err(EngineError::CaveatParameterType(_))),
+                    "{first} {perm}: {got:?}"
+                );
+            } else {
+                assert_eq!(got.unwrap(), Vec::new(), "{first} {perm}");
+            }
+        }
+    }
+}
