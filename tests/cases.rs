@@ -248,15 +248,13 @@ fn run_case(path: &Path) -> Vec<String> {
     let glabel = format!("{name} (general checker)");
     check_assertions(&general, &snap, &case, &glabel, &mut failures);
     let gworld = World::new(&general, snap, &schema, &rels);
-    for (key, want) in &memory_answers {
-        let got = gworld.check(&key.0, &key.1, &key.2);
-        if got != *want {
-            failures.push(format!(
-                "{glabel}: check {}#{}@{}: with the fast path {want}, without {got}",
-                key.0, key.1, key.2
-            ));
-        }
-    }
+    same_answers(
+        &gworld,
+        &memory_answers,
+        &glabel,
+        ("with the fast path", "without"),
+        &mut failures,
+    );
 
     // Once more on RocksDB: same assertions, same answers.
     let dir = tempfile::tempdir().expect("temp dir");
@@ -266,16 +264,34 @@ fn run_case(path: &Path) -> Vec<String> {
     let rlabel = format!("{name} (rocksdb)");
     check_assertions(&engine, &rsnap, &case, &rlabel, &mut failures);
     let rworld = World::new(&engine, rsnap, &schema, &rels);
-    for (key, want) in &memory_answers {
-        let got = rworld.check(&key.0, &key.1, &key.2);
+    same_answers(
+        &rworld,
+        &memory_answers,
+        &rlabel,
+        ("memory store says", "rocksdb says"),
+        &mut failures,
+    );
+    failures
+}
+
+/// Records every check of `answers` that `world` answers differently; `says` names the two
+/// sides in the message.
+fn same_answers(
+    world: &World<'_>,
+    answers: &BTreeMap<Key, String>,
+    label: &str,
+    says: (&str, &str),
+    failures: &mut Vec<String>,
+) {
+    for (key, want) in answers {
+        let got = world.check(&key.0, &key.1, &key.2);
         if got != *want {
             failures.push(format!(
-                "{rlabel}: check {}#{}@{}: memory store says {want}, rocksdb says {got}",
-                key.0, key.1, key.2
+                "{label}: check {}#{}@{}: {} {want}, {} {got}",
+                key.0, key.1, key.2, says.0, says.1
             ));
         }
     }
-    failures
 }
 
 fn check_assertions(

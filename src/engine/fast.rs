@@ -306,6 +306,20 @@ impl<'a, 'm> FastChecker<'a, 'm> {
         def.member(computed).is_some().then_some(def)
     }
 
+    /// The visible relationships of the object's `tupleset` relation (none if the names were
+    /// never written).
+    fn tupleset_edges(
+        &self,
+        tsym: Option<Sym>,
+        id: Sym,
+        tupleset: &str,
+    ) -> impl Iterator<Item = crate::store::Edge> + use<'a, 'm> {
+        let view: &'a GraphView<'a> = self.view;
+        let key = tsym.zip(view.sym(tupleset));
+        key.into_iter()
+            .flat_map(move |(t, ts)| view.subjects(t, id, ts))
+    }
+
     /// `tupleset->computed`, as `Checker::check_tuple_to_userset`.
     fn arrow_any(
         &mut self,
@@ -315,12 +329,8 @@ impl<'a, 'm> FastChecker<'a, 'm> {
         computed: &str,
         depth: u32,
     ) -> Answer {
-        let view = self.view;
-        let (Some(t), Some(ts)) = (tsym, view.sym(tupleset)) else {
-            return Ok((false, 0));
-        };
         let mut acc = Union::new(self.require_all);
-        for e in view.subjects(t, id, ts) {
+        for e in self.tupleset_edges(tsym, id, tupleset) {
             if !e.plain {
                 return Err(Bail);
             }
@@ -350,13 +360,9 @@ impl<'a, 'm> FastChecker<'a, 'm> {
         computed: &str,
         depth: u32,
     ) -> Answer {
-        let view = self.view;
-        let (Some(t), Some(ts)) = (tsym, view.sym(tupleset)) else {
-            return Ok((false, 0));
-        };
         let mut height = 0;
         let mut any = false;
-        for e in view.subjects(t, id, ts) {
+        for e in self.tupleset_edges(tsym, id, tupleset) {
             if !e.plain {
                 return Err(Bail);
             }
