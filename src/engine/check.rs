@@ -543,24 +543,15 @@ impl<'c, 's> Checker<'c, 's> {
             acc.add(o);
         }
 
-        let mut followed: Vec<(&str, &str)> = Vec::new();
-        for allowed in &relation.allowed {
-            let AllowedKind::SubjectRelation(subject_relation) = &allowed.kind else {
-                continue;
-            };
-            let pair = (allowed.type_name.as_str(), subject_relation.as_str());
-            if followed.contains(&pair) {
-                continue;
-            }
-            followed.push(pair);
+        for (set_type, subject_relation) in relation.subject_sets() {
             let mut pager = Pager::new(resource_filter(
                 resource_type,
                 resource_id,
                 &relation.name,
                 Some(SubjectFilter {
-                    subject_type: allowed.type_name.clone(),
+                    subject_type: set_type.to_string(),
                     subject_id: None,
-                    relation: SubjectRelationFilter::Relation(subject_relation.clone()),
+                    relation: SubjectRelationFilter::Relation(subject_relation.to_string()),
                 }),
             ));
             while let Some(page) = pager.next_page(self.d)? {

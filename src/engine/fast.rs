@@ -182,42 +182,30 @@ impl<'a, 'm> FastChecker<'a, 'm> {
         let (Some(t), Some(rel)) = (tsym, view.sym(&relation.name)) else {
             return Ok((false, 0));
         };
+        // The subject's own tuple, then its type's wildcard, where the relation allows them.
         let st_name = self.subject_type_name;
-        if let (Some(st), Some(sid)) = (self.subject_type, self.subject_id)
-            && relation
-                .allowed
-                .iter()
-                .any(|a| a.type_name == st_name && a.kind == AllowedKind::Direct)
-            && let Some(plain) = view.tuple([t, id, rel, st, sid, EMPTY])
-        {
-            return if plain { Ok((true, 0)) } else { Err(Bail) };
-        }
-        if let (Some(st), Some(star)) = (self.subject_type, self.wildcard)
-            && relation
-                .allowed
-                .iter()
-                .any(|a| a.type_name == st_name && a.kind == AllowedKind::Wildcard)
-            && let Some(plain) = view.tuple([t, id, rel, st, star, EMPTY])
-        {
-            return if plain { Ok((true, 0)) } else { Err(Bail) };
+        for (kind, subject_id) in [
+            (AllowedKind::Direct, self.subject_id),
+            (AllowedKind::Wildcard, self.wildcard),
+        ] {
+            if let (Some(st), Some(sid)) = (self.subject_type, subject_id)
+                && relation
+                    .allowed
+                    .iter()
+                    .any(|a| a.type_name == st_name && a.kind == kind)
+                && let Some(plain) = view.tuple([t, id, rel, st, sid, EMPTY])
+            {
+                return if plain { Ok((true, 0)) } else { Err(Bail) };
+            }
         }
         let mut acc = Union::new(self.require_all);
-        let mut followed: Vec<(&str, &str)> = Vec::new();
-        for allowed in &relation.allowed {
-            let AllowedKind::SubjectRelation(subject_relation) = &allowed.kind else {
-                continue;
-            };
-            let pair = (allowed.type_name.as_str(), subject_relation.as_str());
-            if followed.contains(&pair) {
-                continue;
-            }
-            followed.push(pair);
+        for (set_type_name, subject_relation) in relation.subject_sets() {
             let (Some(set_type), Some(set_rel)) =
-                (view.sym(&allowed.type_name), view.sym(subject_relation))
+                (view.sym(set_type_name), view.sym(subject_relation))
             else {
                 continue;
             };
-            let Some(set_def) = self.schema.definition(&allowed.type_name) else {
+            let Some(set_def) = self.schema.definition(set_type_name) else {
                 continue;
             };
             for e in view.subject_sets(t, id, rel) {

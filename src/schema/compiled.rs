@@ -206,6 +206,22 @@ impl Relation {
         })
     }
 
+    /// The distinct subject sets (`type#relation`) the relation allows, in declaration order:
+    /// what a check follows from it (an allowed subject set may repeat with another caveat or
+    /// with expiration).
+    pub fn subject_sets(&self) -> Vec<(&str, &str)> {
+        let mut sets: Vec<(&str, &str)> = Vec::new();
+        for a in &self.allowed {
+            if let AllowedKind::SubjectRelation(r) = &a.kind {
+                let pair = (a.type_name.as_str(), r.as_str());
+                if !sets.contains(&pair) {
+                    sets.push(pair);
+                }
+            }
+        }
+        sets
+    }
+
     /// Does any allowed type carry a wildcard?
     pub fn has_wildcard(&self) -> bool {
         self.allowed.iter().any(|a| a.kind == AllowedKind::Wildcard)
@@ -776,6 +792,7 @@ mod tests {
         assert!(!r.allows("group", None, false, Some("c"), false));
         assert!(r.allows("team", None, false, None, true));
         assert!(!r.allows("team", None, false, None, false));
+        assert_eq!(r.subject_sets(), [("group", "member")]);
         assert!(r.has_wildcard());
     }
 
