@@ -69,6 +69,20 @@ pub struct ServeArgs {
     /// how often garbage collection runs, in seconds
     #[arg(long, env = "PEMBA_GC_INTERVAL_SECS", default_value_t = 180)]
     pub gc_interval_secs: u64,
+    /// serve Prometheus metrics at `http://<metrics-addr>/metrics` (`--metrics-enabled=false`
+    /// turns it off)
+    #[arg(
+        long,
+        env = "PEMBA_METRICS_ENABLED",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub metrics_enabled: bool,
+    /// address of the Prometheus metrics endpoint
+    #[arg(long, env = "PEMBA_METRICS_ADDR", default_value = "127.0.0.1:9090")]
+    pub metrics_addr: SocketAddr,
 }
 
 /// Runs the parsed command line.
@@ -124,7 +138,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
-        server::run(listener, api, store, options, server::shutdown_signal()).await?;
+        let metrics = match args.metrics_enabled {
+            true => {
+                let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let task = tokio::spawn(server::metrics::serve_tcp(listener, async {
+                    let _ = stopped.await;
+                }));
+                Some((stop, task))
+            }
+            false => None,
+        };
+        let served = server::run(listener, api, store, options, server::shutdown_signal()).await;
+        if let Some((stop, task)) = metrics {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        served?;
         anyhow::Ok(())
     })?;
     Ok(())

@@ -1003,7 +1003,15 @@ fn fast_answers(
     if !engine.config.fast_path {
         return None;
     }
-    fast::try_check(snap, engine.config.max_depth, requests, require_all)
+    let answers = fast::try_check(snap, engine.config.max_depth, requests, require_all);
+    if let Some(m) = crate::engine::metrics::get() {
+        let n = u64::try_from(requests.len()).unwrap_or(u64::MAX);
+        match answers {
+            Some(_) => m.fast_answered.inc_by(n),
+            None => m.fast_gave_up.inc_by(n),
+        }
+    }
+    answers
 }
 
 /// A check answered by plain relationships only: no caveat, no expiry, no trace.

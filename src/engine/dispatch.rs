@@ -44,6 +44,16 @@ pub(crate) struct Dispatcher<'s> {
     polls: u32,
     /// where the stack was when the request started
     stack_base: usize,
+    /// sub-problems dispatched so far (counted in the metrics when dropped)
+    dispatched: u64,
+}
+
+impl Drop for Dispatcher<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = crate::engine::metrics::get() {
+            m.evaluation(self.dispatched);
+        }
+    }
 }
 
 impl<'s> Dispatcher<'s> {
@@ -53,6 +63,7 @@ impl<'s> Dispatcher<'s> {
             engine,
             polls: 0,
             stack_base: stack_position(),
+            dispatched: 0,
         }
     }
 
@@ -73,9 +84,16 @@ impl<'s> Dispatcher<'s> {
         }
     }
 
+    /// Called at every sub-problem: counts it, and stops the request if it was cancelled or its
+    /// deadline passed.
+    pub(crate) fn poll(&mut self) -> EngineResult<()> {
+        self.dispatched += 1;
+        self.poll_only()
+    }
+
     /// Stops the request if it was cancelled or its deadline passed. Cheap: an atomic load, and
     /// a clock read every few calls.
-    pub(crate) fn poll(&mut self) -> EngineResult<()> {
+    fn poll_only(&mut self) -> EngineResult<()> {
         if let Some(flag) = self.snap.cancelled
             && flag.load(Ordering::Relaxed)
         {
@@ -92,7 +110,7 @@ impl<'s> Dispatcher<'s> {
 
     /// Every relationship matching `filter`, in no particular order.
     pub(crate) fn all(&mut self, filter: &RelationshipFilter) -> EngineResult<Vec<Relationship>> {
-        self.poll()?;
+        self.poll_only()?;
         let mut out = Vec::new();
         self.snap
             .store

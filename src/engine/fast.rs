@@ -115,6 +115,13 @@ impl<'a, 'm> FastChecker<'a, 'm> {
             .map(|(yes, _)| yes)
     }
 
+    /// Adds the sub-problems dispatched so far (one poll each) to the metrics.
+    fn count_dispatches(&self) {
+        if let Some(m) = crate::engine::metrics::get() {
+            m.evaluation(u64::from(self.polls));
+        }
+    }
+
     /// Looks at the deadline and the cancel flag at the first sub-problem and every
     /// [`POLL_EVERY`] after it.
     fn poll(&mut self) -> Result<(), Bail> {
@@ -426,7 +433,7 @@ pub(crate) fn try_check(
         max_depth,
         &mut memo,
     );
-    requests
+    let answers = requests
         .iter()
         .map(|r| {
             if r.with_tracing || r.subject != *subject {
@@ -439,7 +446,9 @@ pub(crate) fn try_check(
             )
         })
         .collect::<Result<Vec<bool>, Bail>>()
-        .ok()
+        .ok();
+    checker.count_dispatches();
+    answers
 }
 
 /// The fast path's answers for `subject` on `resource_type:id#permission` for each of `ids`
@@ -468,8 +477,9 @@ pub(crate) fn check_ids<'i>(
         max_depth,
         memo,
     );
-    Some(
-        ids.map(|id| checker.check(resource_type, id, permission).ok())
-            .collect(),
-    )
+    let answers = ids
+        .map(|id| checker.check(resource_type, id, permission).ok())
+        .collect();
+    checker.count_dispatches();
+    Some(answers)
 }

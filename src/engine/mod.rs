@@ -47,6 +47,7 @@ mod expand;
 mod fast;
 mod lookup_resources;
 mod lookup_subjects;
+mod metrics;
 mod validate;
 
 use std::sync::Arc;
@@ -60,6 +61,7 @@ pub use cel::{CelCaveatEvaluator, check_context_types};
 pub use check::{CheckTrace, PermissionType};
 pub use error::{EngineError, EngineResult};
 pub use expand::{ExpandTree, SetOperation};
+pub use metrics::init_metrics;
 
 use crate::model::{Context, ObjectRef, Revision, SubjectRef, Timestamp};
 use crate::schema::CompiledSchema;
@@ -238,7 +240,11 @@ impl Engine {
     /// Does `req.subject` have `req.permission` on `req.resource`?
     pub fn check(&self, snap: &Snapshot<'_>, req: &CheckRequest) -> EngineResult<CheckResult> {
         let mut memo = dispatch::CheckMemo::new(dispatch::EvalMode::CHECK);
-        check::run_check(self, snap, &mut memo, req)
+        let result = check::run_check(self, snap, &mut memo, req);
+        if let (Ok(r), Some(m)) = (&result, metrics::get()) {
+            m.check.count(r.permissionship);
+        }
+        result
     }
 
     /// Many checks at one snapshot, answered in request order with one error per failed item,
@@ -252,7 +258,13 @@ impl Engine {
         snap: &Snapshot<'_>,
         reqs: &[CheckRequest],
     ) -> Vec<EngineResult<CheckResult>> {
-        check::run_check_bulk(self, snap, reqs)
+        let results = check::run_check_bulk(self, snap, reqs);
+        if let Some(m) = metrics::get() {
+            for r in results.iter().flatten() {
+                m.check_bulk.count(r.permissionship);
+            }
+        }
+        results
     }
 
     /// The expansion tree of `resource#permission`, one level deep.

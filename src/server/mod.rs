@@ -2,6 +2,8 @@
 //! preshared-key authentication, the `grpc.health.v1` service, and background garbage
 //! collection. The listener and the shutdown future come from outside, so tests can bind port 0.
 
+pub mod metrics;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,6 +130,8 @@ pub async fn run(
         stream
     });
     let result = tonic::transport::Server::builder()
+        // Outermost, so it sees every call, refused ones included.
+        .layer(metrics::MetricsLayer)
         .add_service(health_service)
         .add_service(InterceptedService::new(permissions, auth.clone()))
         .add_service(InterceptedService::new(schema, auth))

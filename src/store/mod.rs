@@ -9,12 +9,14 @@ mod error;
 mod graph;
 mod kv;
 mod memory;
+mod metrics;
 mod mvcc;
 mod rocks;
 
 pub use error::{StoreError, StoreResult};
 pub use graph::{EMPTY, Edge, GraphView, Sym};
 pub use memory::MemoryStore;
+pub use metrics::init_metrics;
 pub use rocks::RocksStore;
 
 use crate::model::{

@@ -9,9 +9,9 @@
 //! mutex; reads take no lock beyond one consistent KV scan. The head revision is published only
 //! after its batch is durable.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -25,6 +25,7 @@ use crate::store::encoding::{
 };
 use crate::store::graph::{Graph, GraphChange};
 use crate::store::kv::{Batch, Kv};
+use crate::store::metrics::{self, signed};
 use crate::store::{
     DeleteOutcome, GcStats, Page, Precondition, PreconditionOp, RelationshipUpdate, StoreError,
     StoreResult, StoredSchema, UpdateOp,
@@ -62,6 +63,16 @@ pub(crate) struct Mvcc<K: Kv> {
     graph: Graph,
     /// the newest stored schema, so reads at or after its revision need no scan
     latest_schema: RwLock<Option<StoredSchema>>,
+    /// relationships stored at the head (this store's share of the metrics gauge)
+    live: AtomicI64,
+}
+
+impl<K: Kv> Drop for Mvcc<K> {
+    fn drop(&mut self) {
+        if let Some(m) = metrics::get() {
+            m.relationships.sub(self.live.load(Ordering::Relaxed));
+        }
+    }
 }
 
 impl<K: Kv> std::fmt::Debug for Mvcc<K> {
@@ -118,6 +129,9 @@ impl<K: Kv> Mvcc<K> {
     }
 
     fn from_parts(kv: K, unique_id: String, head: u64, horizon: u64) -> Mvcc<K> {
+        if let Some(m) = metrics::get() {
+            m.head_revision.set(signed(head));
+        }
         Mvcc {
             kv,
             unique_id,
@@ -127,6 +141,18 @@ impl<K: Kv> Mvcc<K> {
             gc_lock: Mutex::new(()),
             graph: Graph::new(),
             latest_schema: RwLock::new(None),
+            live: AtomicI64::new(0),
+        }
+    }
+
+    /// Adds `delta` to the relationships stored at the head.
+    fn count_live(&self, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        self.live.fetch_add(delta, Ordering::Relaxed);
+        if let Some(m) = metrics::get() {
+            m.relationships.add(delta);
         }
     }
 
@@ -138,14 +164,20 @@ impl<K: Kv> Mvcc<K> {
             .latest_schema
             .write()
             .unwrap_or_else(PoisonError::into_inner) = newest;
+        let mut live = 0u64;
         self.graph.load(|add| {
             self.kv
                 .scan(&[BY_RESOURCE], Some(&[BY_RESOURCE + 1]), &mut |k, v| {
                     let (names, _) = encoding::version_key_parts(Index::ByResource, k)?;
-                    add(names, &VersionValue::decode(v)?);
+                    let value = VersionValue::decode(v)?;
+                    if value.deleted == LIVE {
+                        live += 1;
+                    }
+                    add(names, &value);
                     Ok(true)
                 })
         })?;
+        self.count_live(signed(live));
         Ok(self)
     }
 
@@ -431,11 +463,22 @@ impl<K: Kv> Mvcc<K> {
         now: Timestamp,
         changes: &[GraphChange],
     ) -> StoreResult<Revision> {
+        let started = Instant::now();
         batch.put(encoding::rev_time_key(rev), encoding::encode_time(now));
         batch.put(encoding::meta_key(META_HEAD), rev.to_be_bytes().to_vec());
         self.kv.commit(batch)?;
         self.graph.apply(changes);
         self.head.store(rev, Ordering::Release);
+        // Every `Close` ends a version live at the head, every `Add` starts one.
+        let delta = changes.iter().fold(0i64, |n, c| match c {
+            GraphChange::Close { .. } => n - 1,
+            GraphChange::Add { .. } => n + 1,
+        });
+        self.count_live(delta);
+        if let Some(m) = metrics::get() {
+            m.head_revision.set(signed(rev));
+            m.commit_seconds.observe(started.elapsed().as_secs_f64());
+        }
         Ok(Revision(rev))
     }
 
@@ -644,8 +687,26 @@ impl<K: Kv> Mvcc<K> {
         }
     }
 
+    /// One garbage collection pass, counted in the metrics.
     pub(crate) fn gc(&self, now: Timestamp, window: Duration) -> StoreResult<GcStats> {
         let _guard = lock(&self.gc_lock);
+        let started = Instant::now();
+        let result = self.gc_pass(now, window);
+        if let Some(m) = metrics::get() {
+            m.gc_seconds.observe(started.elapsed().as_secs_f64());
+            match &result {
+                Ok(stats) => {
+                    m.gc_relationships.inc_by(stats.relationships);
+                    m.gc_schemas.inc_by(stats.schemas);
+                }
+                Err(_) => m.gc_failures.inc(),
+            }
+        }
+        result
+    }
+
+    /// Garbage collection; the caller holds `gc_lock`.
+    fn gc_pass(&self, now: Timestamp, window: Duration) -> StoreResult<GcStats> {
         let head = self.head();
         let cutoff = time_minus(now, window);
 
@@ -678,7 +739,8 @@ impl<K: Kv> Mvcc<K> {
         // 2. Relationship versions deleted at or before the horizon, or expired before the
         //    cutoff (invisible to every reader from then on), from both indexes.
         let mut relationships = 0u64;
-        self.gc_range(&[BY_RESOURCE], &[BY_SUBJECT], &mut |k, v, batch| {
+        let mut expired_live = 0u64;
+        let swept = self.gc_range(&[BY_RESOURCE], &[BY_SUBJECT], &mut |k, v, batch| {
             let deleted = encoding::peek_deleted(v)?;
             let expired = encoding::peek_expires(v)?.is_some_and(|e| e <= cutoff);
             if deleted <= horizon || expired {
@@ -686,9 +748,16 @@ impl<K: Kv> Mvcc<K> {
                 batch.delete(k.to_vec());
                 batch.delete(encoding::version_key(Index::BySubject, &key, created));
                 relationships += 1;
+                if deleted == LIVE {
+                    expired_live += 1;
+                }
             }
             Ok(())
-        })?;
+        });
+        // Expired versions still live at the head leave the stored count (those of batches
+        // committed before a failure, too: slightly low rather than never corrected).
+        self.count_live(-signed(expired_live));
+        swept?;
 
         // The graph drops the same versions (its own pass: both only remove versions no
         // readable revision sees, so they need not move in lockstep).
@@ -712,14 +781,19 @@ impl<K: Kv> Mvcc<K> {
         )?;
 
         // 4. Commit times of revisions below the horizon.
+        let mut transactions = 0u64;
         self.gc_range(
             &[REV_TIME],
             &encoding::rev_time_key(horizon),
             &mut |k, _, batch| {
                 batch.delete(k.to_vec());
+                transactions += 1;
                 Ok(())
             },
         )?;
+        if let Some(m) = metrics::get() {
+            m.gc_transactions.inc_by(transactions);
+        }
 
         Ok(GcStats {
             relationships,
