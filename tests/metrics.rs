@@ -224,6 +224,23 @@ async fn scrape_counts_calls_engine_and_store() {
         .await
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    let item = |doc: &str, user: &str| pb::CheckBulkPermissionsRequestItem {
+        resource: Some(obj("document", doc)),
+        permission: "view".into(),
+        subject: Some(subj("user", user, "")),
+        context: None,
+    };
+    let bulk = server
+        .permissions
+        .check_bulk_permissions(pb::CheckBulkPermissionsRequest {
+            consistency: fully_consistent(),
+            items: vec![item("a", "ann"), item("b", "ann"), item("c", "ann")],
+            with_tracing: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bulk.pairs.len(), 3);
     let found: Vec<pb::LookupResourcesResponse> = server
         .permissions
         .lookup_resources(pb::LookupResourcesRequest {
@@ -353,8 +370,16 @@ async fn scrape_counts_calls_engine_and_store() {
     };
     assert_eq!(answers("HAS_PERMISSION"), 1.0);
     assert_eq!(answers("NO_PERMISSION"), 1.0);
+    let bulk_answers = |p: &str| {
+        s.get(
+            "spicedb_v1_check_permissionship_total",
+            &[("method", "CheckBulkPermissions"), ("permissionship", p)],
+        )
+    };
+    assert_eq!(bulk_answers("HAS_PERMISSION"), 2.0);
+    assert_eq!(bulk_answers("NO_PERMISSION"), 1.0);
     let fast = |r: &str| s.get("pemba_check_fast_path_total", &[("result", r)]);
-    assert_eq!(fast("answered") + fast("gave_up"), 2.0);
+    assert_eq!(fast("answered") + fast("gave_up"), 5.0);
     assert!(fast("answered") >= 1.0);
     assert!(s.get("pemba_dispatch_total", &[]) >= 2.0);
     assert!(s.get("pemba_dispatches_per_evaluation_count", &[]) >= 2.0);

@@ -36,6 +36,26 @@ impl Answers {
             Permissionship::ConditionalPermission => self.conditional.inc(),
         }
     }
+
+    /// Counts many answers, with one atomic addition per permissionship.
+    pub(crate) fn count_all(&self, answers: impl Iterator<Item = Permissionship>) {
+        let mut n = [0u64; 3];
+        for p in answers {
+            let i = match p {
+                Permissionship::NoPermission => 0,
+                Permissionship::HasPermission => 1,
+                Permissionship::ConditionalPermission => 2,
+            };
+            if let Some(c) = n.get_mut(i) {
+                *c += 1;
+            }
+        }
+        for (counter, k) in [&self.no, &self.has, &self.conditional].into_iter().zip(n) {
+            if k > 0 {
+                counter.inc_by(k);
+            }
+        }
+    }
 }
 
 /// Every engine metric.
