@@ -91,6 +91,8 @@ fn start(port: u16, dir: &Path) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_pemba"))
         .args(["serve", "--datastore", "memory", "--grpc-addr"])
         .arg(format!("127.0.0.1:{port}"))
+        // A free port for the metrics endpoint: servers of parallel tests must not collide.
+        .env("PEMBA_METRICS_ADDR", "127.0.0.1:0")
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

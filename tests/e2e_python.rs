@@ -58,6 +58,8 @@ fn start(data_dir: &Path, port: u16) -> Child {
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--grpc-preshared-key", KEY])
+        // A free port for the metrics endpoint: servers of parallel tests must not collide.
+        .env("PEMBA_METRICS_ADDR", "127.0.0.1:0")
         .env("PEMBA_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
