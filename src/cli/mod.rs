@@ -69,6 +69,77 @@ pub struct ServeArgs {
     /// how often garbage collection runs, in seconds
     #[arg(long, env = "PEMBA_GC_INTERVAL_SECS", default_value_t = 180)]
     pub gc_interval_secs: u64,
+    /// the longest a query may run (e.g. `30s`, `500ms`): the deadline of a request that sets
+    /// none, and the cap of one that sets a later one
+    #[arg(long, env = "PEMBA_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// how long a response stream may wait for a client that stopped reading before it is
+    /// cancelled with DEADLINE_EXCEEDED and its buffers freed
+    #[arg(
+        long,
+        env = "PEMBA_STREAMING_API_RESPONSE_DELAY_TIMEOUT",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    pub streaming_api_response_delay_timeout: Duration,
+}
+
+/// Parses a duration as Go writes them (`30s`, `1m30s`, `500ms`, `2h`); a bare number is
+/// seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration `{text}` (expected e.g. `30s`, `500ms`, `1m30s`)");
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        let (number, tail) = rest.split_at(digits);
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        let part = Duration::try_from_secs_f64(value * scale).map_err(|_| bad())?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+        rest = next;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_go_writes_them() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "s", "10x", "ms10", "1e400s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 }
 
 /// Runs the parsed command line.
@@ -86,6 +157,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "refusing to listen on non-loopback address {} without --grpc-preshared-key",
             args.grpc_addr
         );
+    }
+    if args.request_timeout.is_zero() || args.streaming_api_response_delay_timeout.is_zero() {
+        bail!("--request-timeout and --streaming-api-response-delay-timeout must be positive");
     }
     if args.dispatch_max_depth == 0 {
         bail!("--dispatch-max-depth must be at least 1");
@@ -109,7 +183,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_depth: args.dispatch_max_depth,
             ..EngineConfig::default()
         },
-        Limits::default(),
+        Limits {
+            max_request_duration: args.request_timeout,
+            stream_stall_timeout: args.streaming_api_response_delay_timeout,
+            ..Limits::default()
+        },
     );
     let options = ServerOptions {
         preshared_key: key,
