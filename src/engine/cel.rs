@@ -187,9 +187,10 @@ impl CaveatEvaluator for CelCaveatEvaluator {
         let mut ctx = ::cel::Context::with_env(Arc::clone(&self.env));
         ctx.add_function("in_cidr", in_cidr)
             .map_err(|e| CaveatError::Evaluation(format!("cannot register `in_cidr`: {e}")))?;
-        let budget = Arc::new(Budget::new());
-        if program.metered {
-            let b = Arc::clone(&budget);
+        // expressions without comprehensions (most) pay nothing for the budget
+        let budget = program.metered.then(|| Arc::new(Budget::new()));
+        if let Some(budget) = &budget {
+            let b = Arc::clone(budget);
             ctx.add_function(METER_RANGE, move |range: Value, weight: i64| {
                 let size = match &range {
                     Value::List(l) => l.len(),
@@ -202,7 +203,7 @@ impl CaveatEvaluator for CelCaveatEvaluator {
                 b.charge(cost, "comprehension").map(|()| range)
             })
             .map_err(|e| CaveatError::Evaluation(format!("cannot register the meter: {e}")))?;
-            let b = Arc::clone(&budget);
+            let b = Arc::clone(budget);
             ctx.add_function(METER_ITEM, move |item: Value| {
                 b.charge(value_size(&item), "comprehension result")
                     .map(|()| item)
@@ -237,7 +238,7 @@ impl CaveatEvaluator for CelCaveatEvaluator {
             Err(_) => walk(&program.expr, &ctx, &unbound),
         };
         // an error past the budget may have been absorbed (`false && error`): fail anyway
-        if budget.exceeded.load(Ordering::Relaxed) {
+        if budget.is_some_and(|b| b.exceeded.load(Ordering::Relaxed)) {
             return Err(eval_error(&format_args!(
                 "the evaluation cost budget of {MAX_EVALUATION_COST} was exceeded"
             )));
