@@ -78,6 +78,8 @@ struct Compiled {
     expr: IdedExpr,
     /// does it have comprehensions (then each evaluation registers the meters)?
     metered: bool,
+    /// does it have a `map` or `filter` (then the item meter is registered too)?
+    meters_items: bool,
 }
 
 /// The cost budget left to one evaluation. Shared by the metering functions, which cel-rust
@@ -161,8 +163,12 @@ impl CelCaveatEvaluator {
             .compile(&caveat.expression)
             .map_err(|e| cannot(&e))?;
         let mut expr = program.expression().clone();
-        let metered = meter(&mut expr);
-        let program = Arc::new(Compiled { expr, metered });
+        let (metered, meters_items) = meter(&mut expr);
+        let program = Arc::new(Compiled {
+            expr,
+            metered,
+            meters_items,
+        });
         if self.programs.len() >= MAX_CACHED_PROGRAMS {
             self.programs.clear();
         }
@@ -203,12 +209,14 @@ impl CaveatEvaluator for CelCaveatEvaluator {
                 b.charge(cost, "comprehension").map(|()| range)
             })
             .map_err(|e| CaveatError::Evaluation(format!("cannot register the meter: {e}")))?;
-            let b = Arc::clone(budget);
-            ctx.add_function(METER_ITEM, move |item: Value| {
-                b.charge(value_size(&item), "comprehension result")
-                    .map(|()| item)
-            })
-            .map_err(|e| CaveatError::Evaluation(format!("cannot register the meter: {e}")))?;
+            if program.meters_items {
+                let b = Arc::clone(budget);
+                ctx.add_function(METER_ITEM, move |item: Value| {
+                    b.charge(value_size(&item), "comprehension result")
+                        .map(|()| item)
+                })
+                .map_err(|e| CaveatError::Evaluation(format!("cannot register the meter: {e}")))?;
+            }
         }
         let mut unbound = Unbound::new();
         for p in &caveat.parameters {
@@ -258,9 +266,10 @@ impl CaveatEvaluator for CelCaveatEvaluator {
 
 /// Wraps, in `expr`, every comprehension's range in [`METER_RANGE`] (weighed by the nodes of
 /// the loop's body) and the item a `map` or `filter` appends in [`METER_ITEM`]. Says whether
-/// there was any comprehension. Iterative.
-fn meter(expr: &mut IdedExpr) -> bool {
+/// there was any comprehension, and any item metered. Iterative.
+fn meter(expr: &mut IdedExpr) -> (bool, bool) {
     let mut found = false;
+    let mut items = false;
     let mut pending: Vec<&mut IdedExpr> = vec![expr];
     while let Some(e) = pending.pop() {
         match &mut e.expr {
@@ -286,7 +295,7 @@ fn meter(expr: &mut IdedExpr) -> bool {
                         ],
                     }),
                 };
-                meter_appended_item(&c.accu_var, &mut c.loop_step);
+                items |= meter_appended_item(&c.accu_var, &mut c.loop_step);
                 pending.extend([
                     &mut c.iter_range,
                     &mut c.accu_init,
@@ -320,13 +329,13 @@ fn meter(expr: &mut IdedExpr) -> bool {
             Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
         }
     }
-    found
+    (found, items)
 }
 
 /// In the loop step of a `map` or `filter` (`accu + [item]`, possibly as the branch of a
 /// `cond ? accu + [item] : accu`), wraps `item` in [`METER_ITEM`]; the shape stays the one
-/// cel-rust recognises to append in place.
-fn meter_appended_item(accu: &str, step: &mut IdedExpr) {
+/// cel-rust recognises to append in place. Says whether it did.
+fn meter_appended_item(accu: &str, step: &mut IdedExpr) -> bool {
     let is_accu = |e: &IdedExpr| matches!(&e.expr, Expr::Ident(n) if n == accu);
     let append = match &mut step.expr {
         Expr::Call(call) if call.func_name == operators::CONDITIONAL && call.args.len() == 3 => {
@@ -339,30 +348,32 @@ fn meter_appended_item(accu: &str, step: &mut IdedExpr) {
         ..
     }) = append
     else {
-        return;
+        return false;
     };
     if add.func_name != operators::ADD || add.target.is_some() {
-        return;
+        return false;
     }
     let [lhs, rhs] = add.args.as_mut_slice() else {
-        return;
+        return false;
     };
     if !is_accu(lhs) {
-        return;
+        return false;
     }
-    if let Expr::List(list) = &mut rhs.expr {
-        for item in &mut list.elements {
-            let inner = std::mem::take(item);
-            *item = IdedExpr {
-                id: 0,
-                expr: Expr::Call(CallExpr {
-                    func_name: METER_ITEM.to_string(),
-                    target: None,
-                    args: vec![inner],
-                }),
-            };
-        }
+    let Expr::List(list) = &mut rhs.expr else {
+        return false;
+    };
+    for item in &mut list.elements {
+        let inner = std::mem::take(item);
+        *item = IdedExpr {
+            id: 0,
+            expr: Expr::Call(CallExpr {
+                func_name: METER_ITEM.to_string(),
+                target: None,
+                args: vec![inner],
+            }),
+        };
     }
+    true
 }
 
 /// The number of nodes of `expr`. Iterative.
@@ -2260,14 +2271,20 @@ mod tests {
             .unwrap()
             .expression()
             .clone();
-        assert!(meter(&mut e));
+        assert_eq!(meter(&mut e), (true, true));
         assert!(count_nodes(&e) > 3);
         let mut e = ::cel::Env::stdlib()
             .compile("a + 1 > 2")
             .unwrap()
             .expression()
             .clone();
-        assert!(!meter(&mut e));
+        assert_eq!(meter(&mut e), (false, false));
+        let mut e = ::cel::Env::stdlib()
+            .compile("l.all(a, a > 1)")
+            .unwrap()
+            .expression()
+            .clone();
+        assert_eq!(meter(&mut e), (true, false));
         assert_eq!(value_size(&Value::String(Arc::new("abc".into()))), 4);
     }
 }
