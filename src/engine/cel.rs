@@ -39,7 +39,8 @@ use ::cel::common::ast::{
     CallExpr, ComprehensionExpr, EntryExpr, Expr, IdedEntryExpr, ListExpr, MapEntryExpr, MapExpr,
     SelectExpr, StructFieldExpr, operators,
 };
-use ::cel::common::value::Val;
+use ::cel::common::types::CelInt;
+use ::cel::common::value::{CowVal, Val};
 use ::cel::extractors::This;
 use ::cel::objects::Opaque;
 use ::cel::{Env, ExecutionError, IdedExpr, Value};
@@ -70,6 +71,15 @@ const METER_RANGE: &str = "@pemba_range";
 /// The metering function wrapped around the item a `map` or `filter` appends:
 /// `@pemba_item(item)` charges its size and gives it back.
 const METER_ITEM: &str = "@pemba_item";
+
+/// A function as cel-rust calls it: on its arguments as it holds them.
+type RawFunction = Box<
+    dyn for<'c, 'v> Fn(
+            &mut ::cel::FunctionContext<'c, 'v>,
+        ) -> Result<CowVal<'c, 'v>, ExecutionError>
+        + Send
+        + Sync,
+>;
 
 /// A compiled caveat expression, as evaluated.
 #[derive(Debug)]
@@ -197,18 +207,31 @@ impl CaveatEvaluator for CelCaveatEvaluator {
         let budget = program.metered.then(|| Arc::new(Budget::new()));
         if let Some(budget) = &budget {
             let b = Arc::clone(budget);
-            ctx.add_function(METER_RANGE, move |range: Value, weight: i64| {
-                let size = match &range {
-                    Value::List(l) => l.len(),
-                    Value::Map(m) => m.map.len(),
-                    _ => 0,
-                };
+            // on the value as cel-rust holds it: converting a range to a `Value` and back
+            // would copy it
+            let range_meter: RawFunction = Box::new(move |call| {
+                let weight = call
+                    .args
+                    .get(1)
+                    .and_then(|w| w.downcast_ref::<CelInt>())
+                    .map_or(1, |w| *w.inner());
+                let size = call
+                    .args
+                    .first()
+                    .and_then(|r| r.as_sizer())
+                    .map_or(0, |r| *r.size().inner());
                 let cost = u64::try_from(size)
-                    .unwrap_or(u64::MAX)
+                    .unwrap_or(0)
                     .saturating_mul(u64::try_from(weight).unwrap_or(u64::MAX));
-                b.charge(cost, "comprehension").map(|()| range)
-            })
-            .map_err(|e| CaveatError::Evaluation(format!("cannot register the meter: {e}")))?;
+                b.charge(cost, "comprehension")?;
+                let mut args = std::mem::take(&mut call.args);
+                if args.is_empty() {
+                    return Err(ExecutionError::invalid_argument_count(1, 0));
+                }
+                Ok(args.swap_remove(0))
+            });
+            ctx.add_function(METER_RANGE, range_meter)
+                .map_err(|e| CaveatError::Evaluation(format!("cannot register the meter: {e}")))?;
             if program.meters_items {
                 let b = Arc::clone(budget);
                 ctx.add_function(METER_ITEM, move |item: Value| {

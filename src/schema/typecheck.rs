@@ -8,6 +8,10 @@
 //! duplicate member names, then each definition's members in source order, then permission
 //! cycles — so the same schema always reports the same first error.
 //!
+//! Another goes beyond it too: a chain of references (names, arrows, subject relations) longer
+//! than [`MAX_PERMISSION_CHAIN`] is refused as a parse error, so no schema makes the engine's
+//! walks over it unbounded.
+//!
 //! One check goes beyond SpiceDB's WriteSchema: an arrow `t->c` whose right side `c` exists on
 //! none of the types `t` allows is refused (SpiceDB only warns). An arrow is accepted as soon as
 //! one allowed type has `c`.
