@@ -6,15 +6,14 @@
 //! (duplicate top-level names, malformed caveat declarations, unknown partials); what its type
 //! system refuses is a [`SchemaError::Type`]. Checks run in a fixed order — caveats, then
 //! duplicate member names, then each definition's members in source order, then permission
-//! cycles — so the same schema always reports the same first error.
+//! cycles, then the length of reference chains — so the same schema always reports the same
+//! first error.
 //!
-//! Another goes beyond it too: a chain of references (names, arrows, subject relations) longer
-//! than [`MAX_PERMISSION_CHAIN`] is refused as a parse error, so no schema makes the engine's
-//! walks over it unbounded.
-//!
-//! One check goes beyond SpiceDB's WriteSchema: an arrow `t->c` whose right side `c` exists on
-//! none of the types `t` allows is refused (SpiceDB only warns). An arrow is accepted as soon as
-//! one allowed type has `c`.
+//! Two checks go beyond SpiceDB's WriteSchema. An arrow `t->c` whose right side `c` exists on
+//! none of the types `t` allows is refused (SpiceDB only warns); an arrow is accepted as soon as
+//! one allowed type has `c`. And a chain of references (names, arrows, subject relations)
+//! longer than [`MAX_PERMISSION_CHAIN`] is refused as a parse error, so that no schema makes
+//! the engine's walks over it unbounded.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
