@@ -163,7 +163,15 @@ struct Running {
     addr: SocketAddr,
     store: Arc<TestStore>,
     stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<Result<(), ServerError>>,
+    done: Option<tokio::task::JoinHandle<Result<(), ServerError>>>,
+}
+
+impl Drop for Running {
+    /// A failed assertion must not leave a call blocked at the gate: the runtime would wait
+    /// for its blocking thread forever and the failure would look like a hang.
+    fn drop(&mut self) {
+        self.store.open_gate();
+    }
 }
 
 impl Running {
@@ -173,8 +181,9 @@ impl Running {
         }
     }
 
-    async fn stopped(self) -> Result<(), ServerError> {
-        tokio::time::timeout(PATIENCE, self.done)
+    async fn stopped(mut self) -> Result<(), ServerError> {
+        let done = self.done.take().expect("not awaited yet");
+        tokio::time::timeout(PATIENCE, done)
             .await
             .expect("the server did not stop")
             .expect("server task")
@@ -199,7 +208,7 @@ async fn serve(options: ServerOptions) -> Running {
         addr,
         store,
         stop: Some(tx),
-        done,
+        done: Some(done),
     }
 }
 
