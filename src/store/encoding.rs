@@ -48,6 +48,8 @@ pub(crate) const META_ID: &str = "id";
 pub(crate) const META_HEAD: &str = "head";
 /// Meta key of the GC horizon, the oldest readable revision (u64 BE).
 pub(crate) const META_HORIZON: &str = "horizon";
+/// Meta key only ever deleted: the write probe of `Mvcc::check_writable` (never holds a value).
+pub(crate) const META_PROBE: &str = "probe";
 
 /// Component separator.
 const SEP: u8 = 0x00;

@@ -223,4 +223,12 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// Removes history no longer readable: versions deleted (or expired) before the horizon
     /// revision, which is the newest revision committed at or before `now - window`.
     fn gc(&self, now: Timestamp, window: std::time::Duration) -> StoreResult<GcStats>;
+
+    /// Can the store write? Meant to be cheap enough to poll every second for health: `Ok`
+    /// while the last commit succeeded; after a failed commit (disk full, I/O error) the store
+    /// tries one tiny synced write and answers with its outcome, so the answer recovers on its
+    /// own once the disk does. The default always answers `Ok`.
+    fn check_writable(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }

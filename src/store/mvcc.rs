@@ -21,7 +21,7 @@ use crate::model::{
 };
 use crate::store::encoding::{
     self, BY_RESOURCE, BY_SUBJECT, FORMAT_VERSION, Index, LIVE, META_FORMAT, META_HEAD,
-    META_HORIZON, META_ID, REV_TIME, SCHEMA, STAGED, VersionValue,
+    META_HORIZON, META_ID, META_PROBE, REV_TIME, SCHEMA, STAGED, VersionValue,
 };
 use crate::store::graph::{Graph, GraphChange};
 use crate::store::kv::{Batch, Kv};
@@ -77,6 +77,8 @@ pub(crate) struct Mvcc<K: Kv> {
     /// would become visible to the next write, so writes are refused until a restart repairs
     /// them (see [`Mvcc::load_graph`])
     needs_repair: AtomicBool,
+    /// set when a commit fails (disk full, I/O error), cleared when one succeeds
+    writes_failing: AtomicBool,
 }
 
 impl<K: Kv> std::fmt::Debug for Mvcc<K> {
@@ -144,7 +146,27 @@ impl<K: Kv> Mvcc<K> {
             latest_schema: RwLock::new(None),
             next_import: AtomicU64::new(0),
             needs_repair: AtomicBool::new(false),
+            writes_failing: AtomicBool::new(false),
         }
+    }
+
+    /// Commits `batch`, remembering whether the backend could write.
+    fn commit(&self, batch: Batch) -> StoreResult<()> {
+        let result = self.kv.commit(batch);
+        self.writes_failing
+            .store(result.is_err(), Ordering::Release);
+        result
+    }
+
+    /// `Ok` unless the last commit failed; then one tiny probe commit (the delete of an unused
+    /// key, synced like any write) decides, and a success clears the failure.
+    pub(crate) fn check_writable(&self) -> StoreResult<()> {
+        if !self.writes_failing.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut probe = Batch::default();
+        probe.delete(encoding::meta_key(META_PROBE));
+        self.commit(probe)
     }
 
     /// Loads every stored relationship version into the in-memory graph, and the newest
@@ -522,7 +544,7 @@ impl<K: Kv> Mvcc<K> {
     ) -> StoreResult<Revision> {
         batch.put(encoding::rev_time_key(rev), encoding::encode_time(now));
         batch.put(encoding::meta_key(META_HEAD), rev.to_be_bytes().to_vec());
-        self.kv.commit(batch)?;
+        self.commit(batch)?;
         self.graph.apply(changes);
         self.head.store(rev, Ordering::Release);
         Ok(Revision(rev))
@@ -929,7 +951,7 @@ impl<K: Kv> Mvcc<K> {
                 Ok(true)
             })?;
             if !batch.is_empty() {
-                self.kv.commit(batch)?;
+                self.commit(batch)?;
             }
             match resume {
                 Some(next) => cursor = next,
@@ -965,7 +987,7 @@ impl<K: Kv> Mvcc<K> {
                 encoding::meta_key(META_HORIZON),
                 horizon.to_be_bytes().to_vec(),
             );
-            self.kv.commit(b)?;
+            self.commit(b)?;
             self.horizon.store(horizon, Ordering::Release);
         }
 
@@ -1150,6 +1172,10 @@ macro_rules! delegate_datastore {
                 window: std::time::Duration,
             ) -> $crate::store::StoreResult<$crate::store::GcStats> {
                 self.inner.gc(now, window)
+            }
+
+            fn check_writable(&self) -> $crate::store::StoreResult<()> {
+                self.inner.check_writable()
             }
         }
     };
@@ -1380,5 +1406,75 @@ mod tests {
         );
         assert_eq!(time_minus(t, Duration::ZERO), t);
         assert_eq!(time_minus(t, Duration::MAX).seconds, i64::MIN);
+    }
+
+    /// A map whose commits fail (as on a full disk) while `fail` is set.
+    #[derive(Default)]
+    struct FlakyKv {
+        inner: crate::store::memory::MemoryKv,
+        fail: AtomicBool,
+        commits: AtomicU64,
+    }
+
+    impl Kv for FlakyKv {
+        fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+            self.inner.get(key)
+        }
+
+        fn scan(
+            &self,
+            start: &[u8],
+            end: Option<&[u8]>,
+            f: &mut crate::store::kv::ScanFn<'_>,
+        ) -> StoreResult<()> {
+            self.inner.scan(start, end, f)
+        }
+
+        fn commit(&self, batch: Batch) -> StoreResult<()> {
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Engine("No space left on device".into()));
+            }
+            self.inner.commit(batch)
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_marks_the_store_unwritable_until_a_probe_succeeds() {
+        let m = Mvcc::fresh(|b| {
+            let kv = FlakyKv::default();
+            kv.inner.commit(b).unwrap();
+            kv
+        });
+        let a = "document:a#viewer@user:ann";
+        m.write_relationships(&[], &[update(UpdateOp::Create, a)], NOW)
+            .unwrap();
+        let before = m.kv.commits.load(Ordering::SeqCst);
+        m.check_writable().unwrap();
+        assert_eq!(
+            m.kv.commits.load(Ordering::SeqCst),
+            before,
+            "a healthy store answers without writing"
+        );
+
+        m.kv.fail.store(true, Ordering::SeqCst);
+        let b = "document:b#viewer@user:ann";
+        assert!(
+            m.write_relationships(&[], &[update(UpdateOp::Create, b)], NOW)
+                .is_err()
+        );
+        assert!(m.check_writable().is_err(), "the failure is remembered");
+        assert!(m.check_writable().is_err(), "the probe fails too");
+
+        m.kv.fail.store(false, Ordering::SeqCst);
+        m.check_writable().unwrap();
+        let after_probe = m.kv.commits.load(Ordering::SeqCst);
+        m.check_writable().unwrap();
+        assert_eq!(m.kv.commits.load(Ordering::SeqCst), after_probe);
+        assert_eq!(
+            m.raw_count(crate::store::encoding::META).unwrap(),
+            4,
+            "the probe leaves nothing behind"
+        );
     }
 }

@@ -73,7 +73,7 @@ pub async fn start_with_limits(
     let api = Api::new(Arc::clone(&store), EngineConfig::default(), limits);
     let (tx, rx) = oneshot::channel::<()>();
     let options = ServerOptions {
-        preshared_key: key.map(str::to_string),
+        preshared_keys: key.map(str::to_string).into_iter().collect(),
         ..ServerOptions::default()
     };
     let server_store = Arc::clone(&store);
