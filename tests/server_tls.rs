@@ -146,6 +146,18 @@ impl Datastore for TestStore {
         drop(closed);
         self.inner.write_schema(text, orphan_checks, now)
     }
+    fn begin_import(&self) -> StoreResult<u64> {
+        self.inner.begin_import()
+    }
+    fn stage_import(&self, import: u64, relationships: &[Relationship]) -> StoreResult<()> {
+        self.inner.stage_import(import, relationships)
+    }
+    fn commit_import(&self, import: u64, now: Timestamp) -> StoreResult<(Revision, u64)> {
+        self.inner.commit_import(import, now)
+    }
+    fn abort_import(&self, import: u64) -> StoreResult<()> {
+        self.inner.abort_import(import)
+    }
     fn gc(&self, now: Timestamp, window: Duration) -> StoreResult<GcStats> {
         self.inner.gc(now, window)
     }
