@@ -171,5 +171,53 @@ fn queries(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, schema_compile, queries);
+/// Caveat evaluation with CEL, of ordinary expressions: a comparison, a conjunction over
+/// timestamps and strings, a list membership, a comprehension over a short list, and one with a
+/// parameter missing (partial evaluation).
+fn caveat(c: &mut Criterion) {
+    use pemba::engine::{CaveatEvaluator, CelCaveatEvaluator};
+    let schema = pemba::schema::compile(
+        "caveat cmp(x int) { x > 10 }\n\
+         caveat window(now timestamp, until timestamp, tier string) { now < until && tier == 'gold' }\n\
+         caveat member(tag string, tags list<string>) { tag in tags }\n\
+         caveat every(tags list<string>) { tags.all(t, t.startsWith('a')) }\n",
+    )
+    .unwrap();
+    let ctx = |v: serde_json::Value| -> Context { serde_json::from_value(v).unwrap() };
+    let cases = [
+        ("cmp", ctx(serde_json::json!({"x": 42}))),
+        (
+            "window",
+            ctx(
+                serde_json::json!({"now": "2024-01-01T00:00:00Z", "until": "2025-01-01T00:00:00Z", "tier": "gold"}),
+            ),
+        ),
+        (
+            "member",
+            ctx(serde_json::json!({"tag": "c", "tags": ["a", "b", "c", "d"]})),
+        ),
+        (
+            "every",
+            ctx(serde_json::json!({"tags": ["a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8"]})),
+        ),
+        ("window_missing", ctx(serde_json::json!({"tier": "gold"}))),
+    ];
+    let ev = CelCaveatEvaluator::new();
+    let mut g = c.benchmark_group("caveat");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(30);
+    for (name, context) in &cases {
+        let def = schema
+            .caveat(name.trim_end_matches("_missing"))
+            .unwrap()
+            .clone();
+        g.bench_function(*name, |b| {
+            b.iter(|| ev.evaluate(black_box(&def), black_box(context)).unwrap());
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, schema_compile, queries, caveat);
 criterion_main!(benches);

@@ -1,7 +1,8 @@
 //! End to end with the official Python client (PyPI `authzed`): start the real `pemba` binary
 //! on a free port with a RocksDB data dir, drive it from Python, kill -9 it right after an
 //! acknowledged write, restart it, check nothing was lost, run queries, then stop it with
-//! SIGTERM and expect a clean exit.
+//! SIGTERM and expect a clean exit. Also: the same client over TLS (a certificate the test
+//! generates) with two preshared keys from the environment, as during a key rotation.
 
 #![allow(
     clippy::expect_used,
@@ -130,6 +131,70 @@ fn python_client_session_survives_kill_and_restart() {
     }
 }
 
+/// Waits until something listens on `port`, or the child exits.
+fn wait_listening(child: &mut Child, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("server exited early: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not listen within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn python_client_over_tls_with_two_keys() {
+    let py = python();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.pem()).expect("cert written");
+    std::fs::write(&key_path, key.serialize_pem()).expect("key written");
+
+    let port = free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_pemba"))
+        .args(["serve", "--datastore", "memory", "--grpc-addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--grpc-tls-cert-path")
+        .arg(&cert_path)
+        .arg("--grpc-tls-key-path")
+        .arg(&key_path)
+        .env("PEMBA_GRPC_PRESHARED_KEY", "old-key,new-key")
+        .env("PEMBA_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("pemba starts");
+    wait_listening(&mut server, port);
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/tls_keys.py");
+    let out = Command::new(&py)
+        .arg(script)
+        .arg(port.to_string())
+        .arg(&cert_path)
+        .args(["old-key,new-key", "other-key"])
+        .output()
+        .expect("python runs");
+    server.kill().expect("kill");
+    server.wait().expect("reaped");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "TLS session failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("key 'new-key' accepted"), "{stdout}");
+}
+
 #[test]
 fn refuses_bad_flags_and_locked_data_dir() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -148,6 +213,36 @@ fn refuses_bad_flags_and_locked_data_dir() {
         .output()
         .expect("runs");
     assert!(!out.status.success(), "unknown datastore is refused");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_pemba"))
+        .args([
+            "serve",
+            "--datastore",
+            "memory",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--grpc-preshared-key", "k1,"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success(), "an empty key is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_pemba"))
+        .args([
+            "serve",
+            "--datastore",
+            "memory",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--grpc-tls-key-path", "key.pem"])
+        .output()
+        .expect("runs");
+    assert!(
+        !out.status.success(),
+        "a key without a certificate is refused"
+    );
 
     let data = dir.path().join("data");
     let port = free_port();

@@ -114,6 +114,26 @@ pub enum ApiError {
     /// The server does not implement this (UNIMPLEMENTED).
     #[error("{0}")]
     Unimplemented(String),
+    /// The client left a response stream unread for longer than the stall timeout
+    /// (DEADLINE_EXCEEDED); the stream was given up on.
+    #[error(
+        "the client read nothing from this stream for {0:?}; the stream was cancelled \
+         (--streaming-api-response-delay-timeout)"
+    )]
+    ReaderStalled(std::time::Duration),
+    /// The client sent nothing on a request stream for longer than the stall timeout
+    /// (DEADLINE_EXCEEDED).
+    #[error(
+        "the client sent nothing on this stream for {0:?}; the call was cancelled \
+         (--streaming-api-response-delay-timeout)"
+    )]
+    SenderStalled(std::time::Duration),
+    /// The client's request stream failed (its own status is passed on).
+    #[error("{0}")]
+    Stream(tonic::Status),
+    /// A conflicting change happened meanwhile; the client may retry (ABORTED).
+    #[error("{0}")]
+    Aborted(String),
     /// A background task failed (INTERNAL; logged, not sent in detail).
     #[error("internal error: {0}")]
     Internal(String),

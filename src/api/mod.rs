@@ -10,9 +10,11 @@ mod query;
 mod reflect;
 mod schema_service;
 mod status;
+mod stream;
 mod validate;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub use error::{ApiError, ApiResult, Reason};
 pub use permissions::PermissionsApi;
@@ -40,6 +42,10 @@ pub struct Limits {
     pub max_bulk_checks: usize,
     /// largest schema text, in bytes
     pub max_schema_bytes: usize,
+    /// the deadline of a query whose client sent none, or a later one than this
+    pub max_request_duration: Duration,
+    /// how long a response stream may wait for its reader before it is given up on
+    pub stream_stall_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -52,6 +58,8 @@ impl Default for Limits {
             max_lookup_limit: 1000,
             max_bulk_checks: 10_000,
             max_schema_bytes: 4 * 1024 * 1024,
+            max_request_duration: Duration::from_secs(30),
+            stream_stall_timeout: Duration::from_secs(30),
         }
     }
 }

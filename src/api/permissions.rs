@@ -6,14 +6,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, now};
 use super::error::{ApiError, ApiResult, Metadata, Reason, meta};
 use super::proto::authzed::api::v1 as pb;
-use super::{Api, blocking, query, validate};
+use super::{Api, blocking, query, stream, validate};
 use crate::consistency::{self, Cursor, Requirement, choose_revision};
 use crate::model::{ObjectRef, RelationshipFilter, RelationshipKey, Revision, SubjectRef};
 use crate::store::{Precondition, RelationshipUpdate, UpdateOp};
@@ -21,8 +19,6 @@ use crate::store::{Precondition, RelationshipUpdate, UpdateOp};
 /// A boxed response stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Responses buffered between a producer task and the client.
-const STREAM_BUFFER: usize = 128;
 /// Relationships read from the store per page when streaming.
 const PAGE_SIZE: usize = 1000;
 
@@ -268,8 +264,9 @@ fn read_start(
     }
 }
 
-/// Streams matching relationships page by page from a blocking task; `emit` turns one page into
-/// responses. Stops early when the client goes away.
+/// Streams matching relationships page by page: each page is read on the blocking pool, and
+/// `emit` turns it into responses, which an async task hands to the transport. No thread is
+/// held while the client reads; a client that stops reading is given up on (see `stream`).
 fn stream_relationships<T: Send + 'static>(
     api: Arc<Api>,
     filter: RelationshipFilter,
@@ -278,30 +275,31 @@ fn stream_relationships<T: Send + 'static>(
     hash: u64,
     emit: impl Fn(&Api, Vec<crate::model::Relationship>, Revision, u64) -> Vec<T> + Send + 'static,
 ) -> ResponseStream<T> {
-    let (tx, rx) = mpsc::channel::<Result<T, Status>>(STREAM_BUFFER);
-    tokio::task::spawn_blocking(move || {
-        let mut after = start.after;
+    let (outlet, feed) = stream::channel::<T>(api.limits.stream_stall_timeout);
+    tokio::spawn(async move {
+        let ReadStart {
+            revision,
+            mut after,
+        } = start;
+        let filter = Arc::new(filter);
         let mut remaining = limit.unwrap_or(usize::MAX);
         let now = now();
         while remaining > 0 {
-            let page = match api.store.query(
-                start.revision,
-                &filter,
-                after.as_ref(),
-                remaining.min(PAGE_SIZE),
-                now,
-            ) {
+            let page = blocking({
+                let (api, filter, after) = (Arc::clone(&api), Arc::clone(&filter), after.clone());
+                let n = remaining.min(PAGE_SIZE);
+                move || Ok(api.store.query(revision, &filter, after.as_ref(), n, now)?)
+            })
+            .await;
+            let page = match page {
                 Ok(p) => p,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(ApiError::from(e).into()));
-                    return;
-                }
+                Err(e) => return outlet.fail(e).await,
             };
             remaining = remaining.saturating_sub(page.relationships.len());
             let done = page.next.is_none();
             after = page.next;
-            for item in emit(&api, page.relationships, start.revision, hash) {
-                if tx.blocking_send(Ok(item)).is_err() {
+            for item in emit(&api, page.relationships, revision, hash) {
+                if outlet.send(Ok(item)).await.is_err() {
                     return;
                 }
             }
@@ -310,7 +308,20 @@ fn stream_relationships<T: Send + 'static>(
             }
         }
     });
-    Box::pin(ReceiverStream::new(rx))
+    Box::pin(feed)
+}
+
+/// Streams already computed responses, giving up on a reader that stops reading.
+fn stream_items<T: Send + 'static>(api: &Api, items: Vec<T>) -> ResponseStream<T> {
+    let (outlet, feed) = stream::channel::<T>(api.limits.stream_stall_timeout);
+    tokio::spawn(async move {
+        for item in items {
+            if outlet.send(Ok(item)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(feed)
 }
 
 fn cursor_after(api: &Api, rev: Revision, key: &RelationshipKey, hash: u64) -> pb::Cursor {
@@ -335,7 +346,7 @@ fn run_inline<R, T>(
     request: Request<R>,
     query: fn(&Api, R, &query::Control) -> ApiResult<T>,
 ) -> Result<T, Status> {
-    let control = query::Control::for_request(request.metadata());
+    let control = query::Control::for_request(request.metadata(), api.limits.max_request_duration);
     Ok(query(api, request.into_inner(), &control)?)
 }
 
@@ -347,12 +358,107 @@ async fn run_query<R: Send + 'static, T: Send + 'static>(
     query: fn(&Api, R, &query::Control) -> ApiResult<T>,
 ) -> Result<T, Status> {
     let api = Arc::clone(api);
-    let control = query::Control::for_request(request.metadata());
+    let control = query::Control::for_request(request.metadata(), api.limits.max_request_duration);
     let guard = control.guard();
     let req = request.into_inner();
     let out = blocking(move || query(&api, req, &control)).await;
     guard.finish();
     Ok(out?)
+}
+
+/// Forgets a staged import unless it was committed: on every error, and when tonic drops
+/// the handler because the client went away.
+struct StagedImport {
+    store: Arc<dyn crate::store::Datastore>,
+    id: u64,
+    committed: bool,
+}
+
+impl Drop for StagedImport {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let (store, id) = (Arc::clone(&self.store), self.id);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.abort_import(id) {
+                tracing::warn!(error = %e, "cannot forget an aborted import");
+            }
+        });
+    }
+}
+
+/// ImportBulkRelationships: each message is validated against the schema and staged in the
+/// store as it arrives (memory: one message), then everything is created at one revision.
+/// The client is never waited on while a lock is held: staging takes none, and the commit
+/// starts only once the stream has ended. A client that sends nothing for the stall timeout
+/// loses the import.
+async fn import_bulk(
+    api: Arc<Api>,
+    mut stream: Streaming<pb::ImportBulkRelationshipsRequest>,
+) -> ApiResult<pb::ImportBulkRelationshipsResponse> {
+    let (id, schema_revision, schema) = blocking({
+        let api = Arc::clone(&api);
+        move || {
+            let head = api.store.head_revision()?;
+            let schema_revision = api.store.read_schema(head)?.map(|s| s.revision);
+            Ok((
+                api.store.begin_import()?,
+                schema_revision,
+                api.schema_at(head)?,
+            ))
+        }
+    })
+    .await?;
+    let mut staged = StagedImport {
+        store: Arc::clone(&api.store),
+        id,
+        committed: false,
+    };
+    let stall = api.limits.stream_stall_timeout;
+    loop {
+        let msg = match tokio::time::timeout(stall, stream.message()).await {
+            Err(_) => return Err(ApiError::SenderStalled(stall)),
+            Ok(Err(status)) => return Err(ApiError::Stream(status)),
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(msg))) => msg,
+        };
+        let mut rels = Vec::with_capacity(msg.relationships.len());
+        for (i, r) in msg.relationships.iter().enumerate() {
+            let relationship = convert::relationship(Some(r), &format!("relationships[{i}]"))?;
+            validate::relationship_for_write(&schema, &relationship)?;
+            rels.push(relationship);
+        }
+        let api = Arc::clone(&api);
+        blocking(move || Ok(api.store.stage_import(id, &rels)?)).await?;
+    }
+    let (_, loaded) = blocking({
+        let api = Arc::clone(&api);
+        move || {
+            let _gate = api.lock_writes()?;
+            // Validated against the schema of the start; a schema written since could have
+            // removed what the relationships use.
+            let now_schema = api
+                .store
+                .read_schema(api.store.head_revision()?)?
+                .map(|s| s.revision);
+            if now_schema != schema_revision {
+                return Err(ApiError::Aborted(
+                    "the schema changed while the import was streaming; retry the import".into(),
+                ));
+            }
+            Ok(api.store.commit_import(id, now())?)
+        }
+    })
+    .await?;
+    staged.committed = true;
+    let store = Arc::clone(&api.store);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = store.abort_import(id) {
+            tracing::warn!(error = %e, "cannot remove a committed import's staged copy");
+        }
+    });
+    Ok(pb::ImportBulkRelationshipsResponse { num_loaded: loaded })
 }
 
 #[tonic::async_trait]
@@ -467,9 +573,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         request: Request<pb::LookupResourcesRequest>,
     ) -> Result<Response<Self::LookupResourcesStream>, Status> {
         let items = run_query(&self.0, request, query::lookup_resources).await?;
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            items.into_iter().map(Ok),
-        ))))
+        Ok(Response::new(stream_items(&self.0, items)))
     }
 
     async fn lookup_subjects(
@@ -477,42 +581,16 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         request: Request<pb::LookupSubjectsRequest>,
     ) -> Result<Response<Self::LookupSubjectsStream>, Status> {
         let items = run_query(&self.0, request, query::lookup_subjects).await?;
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            items.into_iter().map(Ok),
-        ))))
+        Ok(Response::new(stream_items(&self.0, items)))
     }
 
     async fn import_bulk_relationships(
         &self,
         request: Request<Streaming<pb::ImportBulkRelationshipsRequest>>,
     ) -> Result<Response<pb::ImportBulkRelationshipsResponse>, Status> {
-        let mut stream = request.into_inner();
-        let mut updates = Vec::new();
-        while let Some(msg) = stream.message().await? {
-            for (i, r) in msg.relationships.iter().enumerate() {
-                let relationship = convert::relationship(Some(r), &format!("relationships[{i}]"))?;
-                updates.push(RelationshipUpdate {
-                    op: UpdateOp::Create,
-                    relationship,
-                });
-            }
-        }
         let api = Arc::clone(&self.0);
-        let loaded = updates.len() as u64;
-        blocking(move || {
-            validate::unique_updates(updates.iter().map(|u| u.relationship.key()))?;
-            let _gate = api.lock_writes()?;
-            let schema = api.schema_at(api.store.head_revision()?)?;
-            for u in &updates {
-                validate::relationship_for_write(&schema, &u.relationship)?;
-            }
-            api.store.write_relationships(&[], &updates, now())?;
-            Ok(())
-        })
-        .await?;
-        Ok(Response::new(pb::ImportBulkRelationshipsResponse {
-            num_loaded: loaded,
-        }))
+        let stream = request.into_inner();
+        Ok(Response::new(import_bulk(api, stream).await?))
     }
 
     async fn export_bulk_relationships(

@@ -19,22 +19,23 @@ use crate::schema::CompiledSchema;
 /// How long a query may run and whether its caller is still there.
 #[derive(Debug, Default)]
 pub struct Control {
-    /// stop once this instant has passed (from the request's `grpc-timeout`)
+    /// stop once this instant has passed (the request's `grpc-timeout`, capped by the
+    /// server's maximum request duration)
     pub deadline: Option<Instant>,
     /// set when the client goes away
     pub cancelled: Arc<AtomicBool>,
 }
 
 impl Control {
-    /// Reads the deadline of a request.
-    pub fn for_request(metadata: &tonic::metadata::MetadataMap) -> Control {
-        let deadline = metadata
+    /// The deadline of a request: its `grpc-timeout`, but at most `max` from now.
+    pub fn for_request(metadata: &tonic::metadata::MetadataMap, max: Duration) -> Control {
+        let asked = metadata
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
-            .map(|d| Instant::now() + d);
+            .map_or(max, |d| d.min(max));
         Control {
-            deadline,
+            deadline: Instant::now().checked_add(asked),
             cancelled: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -512,8 +513,8 @@ pub fn lookup_subjects(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_grpc_timeout;
-    use std::time::Duration;
+    use super::{Control, parse_grpc_timeout};
+    use std::time::{Duration, Instant};
 
     #[test]
     fn grpc_timeouts() {
@@ -525,5 +526,23 @@ mod tests {
         assert_eq!(parse_grpc_timeout("123456789S"), None);
         assert_eq!(parse_grpc_timeout("10x"), None);
         assert_eq!(parse_grpc_timeout(""), None);
+    }
+
+    #[test]
+    fn every_query_gets_a_deadline_capped_by_the_server() {
+        let max = Duration::from_secs(30);
+        let before = Instant::now();
+        let none = Control::for_request(&tonic::metadata::MetadataMap::new(), max);
+        let d = none.deadline.unwrap();
+        assert!(d >= before + max && d <= Instant::now() + max);
+
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert("grpc-timeout", "2S".parse().unwrap());
+        let short = Control::for_request(&md, max).deadline.unwrap();
+        assert!(short <= Instant::now() + Duration::from_secs(2));
+
+        md.insert("grpc-timeout", "5H".parse().unwrap());
+        let long = Control::for_request(&md, max).deadline.unwrap();
+        assert!(long <= Instant::now() + max);
     }
 }

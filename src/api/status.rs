@@ -55,6 +55,11 @@ impl From<ApiError> for tonic::Status {
             } => with_reason(Code::FailedPrecondition, message, reason.as_str(), metadata),
             ApiError::NotFound(m) => plain(Code::NotFound, m),
             ApiError::Unimplemented(m) => plain(Code::Unimplemented, m),
+            e @ (ApiError::ReaderStalled(_) | ApiError::SenderStalled(_)) => {
+                plain(Code::DeadlineExceeded, e.to_string())
+            }
+            ApiError::Stream(status) => status,
+            ApiError::Aborted(m) => plain(Code::Aborted, m),
             ApiError::Internal(m) => internal("request failed", &m),
             ApiError::Schema(e) => schema_status(e),
             ApiError::Store(e) => store_status(e),
@@ -162,6 +167,12 @@ fn store_status(err: StoreError) -> tonic::Status {
             message,
             "ERROR_REASON_TOO_MANY_RELATIONSHIPS_FOR_TRANSACTIONAL_DELETE",
             meta([("limit", &limit.to_string())]),
+        ),
+        StoreError::ScanBudgetExceeded(budget) => with_reason(
+            Code::InvalidArgument,
+            message,
+            "ERROR_REASON_INVALID_FILTER",
+            meta([("maximum_scanned_relationships", &budget.to_string())]),
         ),
         StoreError::SchemaOrphans { .. } => with_reason(
             Code::InvalidArgument,

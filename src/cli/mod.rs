@@ -57,9 +57,48 @@ pub struct ServeArgs {
     /// datastore engine
     #[arg(long, env = "PEMBA_DATASTORE", value_enum, default_value = "rocksdb")]
     pub datastore: DatastoreKind,
-    /// preshared key clients must send as `authorization: Bearer KEY`
-    #[arg(long, env = "PEMBA_GRPC_PRESHARED_KEY", hide_env_values = true)]
-    pub grpc_preshared_key: Option<String>,
+    /// preshared key clients must send as `authorization: Bearer KEY`; repeat the flag or
+    /// separate keys with commas to accept several (any listed key works, for rotation)
+    #[arg(
+        long,
+        env = "PEMBA_GRPC_PRESHARED_KEY",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub grpc_preshared_key: Vec<String>,
+    /// PEM certificate chain for TLS on the gRPC listener (with --grpc-tls-key-path); reloaded
+    /// when the file changes
+    #[arg(long, env = "PEMBA_GRPC_TLS_CERT_PATH", requires = "grpc_tls_key_path")]
+    pub grpc_tls_cert_path: Option<PathBuf>,
+    /// PEM private key for TLS on the gRPC listener (with --grpc-tls-cert-path)
+    #[arg(long, env = "PEMBA_GRPC_TLS_KEY_PATH", requires = "grpc_tls_cert_path")]
+    pub grpc_tls_key_path: Option<PathBuf>,
+    /// a client that has not finished its TLS handshake by then is disconnected
+    #[arg(long, env = "PEMBA_GRPC_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub grpc_tls_handshake_timeout: Duration,
+    /// how long in-flight calls may finish after SIGTERM/SIGINT before the server stops anyway
+    /// (0 = no limit)
+    #[arg(long, env = "PEMBA_GRPC_SHUTDOWN_GRACE_PERIOD", default_value = "5s", value_parser = parse_duration)]
+    pub grpc_shutdown_grace_period: Duration,
+    /// calls in flight across all connections before new ones get RESOURCE_EXHAUSTED
+    /// (health checks excepted; 0 = no limit)
+    #[arg(long, env = "PEMBA_GRPC_CONCURRENCY_LIMIT", default_value_t = 1000)]
+    pub grpc_concurrency_limit: usize,
+    /// HTTP/2 concurrent streams (calls) per connection
+    #[arg(long, env = "PEMBA_GRPC_MAX_CONCURRENT_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub grpc_max_concurrent_streams: u32,
+    /// interval of HTTP/2 keepalive pings on idle connections (0 = no pings)
+    #[arg(long, env = "PEMBA_GRPC_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub grpc_keepalive_interval: Duration,
+    /// how long a keepalive ping may go unanswered before the connection is closed
+    #[arg(long, env = "PEMBA_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub grpc_keepalive_timeout: Duration,
+    /// largest HTTP/2 header list a request may carry, in bytes
+    #[arg(long, env = "PEMBA_GRPC_MAX_HEADER_LIST_SIZE", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub grpc_max_header_list_size: u32,
+    /// largest request message accepted, in bytes (RESOURCE_EXHAUSTED above)
+    #[arg(long, env = "PEMBA_GRPC_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024, value_parser = parse_nonzero_usize)]
+    pub grpc_max_message_size: usize,
     /// maximum depth of recursive evaluation
     #[arg(long, env = "PEMBA_DISPATCH_MAX_DEPTH", default_value_t = 50)]
     pub dispatch_max_depth: u32,
@@ -69,6 +108,19 @@ pub struct ServeArgs {
     /// how often garbage collection runs, in seconds
     #[arg(long, env = "PEMBA_GC_INTERVAL_SECS", default_value_t = 180)]
     pub gc_interval_secs: u64,
+    /// the longest a query may run (e.g. `30s`, `500ms`): the deadline of a request that sets
+    /// none, and the cap of one that sets a later one
+    #[arg(long, env = "PEMBA_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// how long a response stream may wait for a client that stopped reading before it is
+    /// cancelled with DEADLINE_EXCEEDED and its buffers freed
+    #[arg(
+        long,
+        env = "PEMBA_STREAMING_API_RESPONSE_DELAY_TIMEOUT",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    pub streaming_api_response_delay_timeout: Duration,
     /// serve Prometheus metrics at `http://<metrics-addr>/metrics` (`--metrics-enabled=false`
     /// turns it off)
     #[arg(
@@ -94,12 +146,35 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let key = args.grpc_preshared_key.filter(|k| !k.is_empty());
-    if key.is_none() && !args.grpc_addr.ip().is_loopback() {
-        bail!(
-            "refusing to listen on non-loopback address {} without --grpc-preshared-key",
-            args.grpc_addr
-        );
+    let keys = args.grpc_preshared_key;
+    if keys.iter().any(String::is_empty) {
+        bail!("--grpc-preshared-key: empty keys are refused");
+    }
+    let tls = match (args.grpc_tls_cert_path, args.grpc_tls_key_path) {
+        (Some(cert_path), Some(key_path)) => Some(server::TlsFiles {
+            cert_path,
+            key_path,
+        }),
+        (None, None) => None,
+        _ => bail!("--grpc-tls-cert-path and --grpc-tls-key-path go together"),
+    };
+    if !args.grpc_addr.ip().is_loopback() {
+        if keys.is_empty() {
+            bail!(
+                "refusing to listen on non-loopback address {} without --grpc-preshared-key",
+                args.grpc_addr
+            );
+        }
+        if tls.is_none() {
+            tracing::warn!(
+                addr = %args.grpc_addr,
+                "listening on a non-loopback address without TLS: the preshared key crosses the \
+                 network in clear text (set --grpc-tls-cert-path and --grpc-tls-key-path)"
+            );
+        }
+    }
+    if args.request_timeout.is_zero() || args.streaming_api_response_delay_timeout.is_zero() {
+        bail!("--request-timeout and --streaming-api-response-delay-timeout must be positive");
     }
     if args.dispatch_max_depth == 0 {
         bail!("--dispatch-max-depth must be at least 1");
@@ -123,18 +198,32 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_depth: args.dispatch_max_depth,
             ..EngineConfig::default()
         },
-        Limits::default(),
+        Limits {
+            max_request_duration: args.request_timeout,
+            stream_stall_timeout: args.streaming_api_response_delay_timeout,
+            ..Limits::default()
+        },
     );
     let options = ServerOptions {
-        preshared_key: key,
+        preshared_keys: keys,
+        tls,
+        tls_handshake_timeout: args.grpc_tls_handshake_timeout,
+        shutdown_grace_period: args.grpc_shutdown_grace_period,
+        max_concurrent_streams: args.grpc_max_concurrent_streams,
+        keepalive_interval: args.grpc_keepalive_interval,
+        keepalive_timeout: args.grpc_keepalive_timeout,
+        max_header_list_size: args.grpc_max_header_list_size,
+        max_message_size: args.grpc_max_message_size,
+        concurrency_limit: args.grpc_concurrency_limit,
         gc_window: Duration::from_secs(args.gc_window_secs),
         gc_interval: Duration::from_secs(args.gc_interval_secs.max(1)),
+        ..ServerOptions::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
@@ -158,6 +247,101 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         served?;
         anyhow::Ok(())
-    })?;
-    Ok(())
+    });
+    // A call cut off by the grace period may still be running on a blocking thread: do not
+    // wait for it.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Parses a duration as `0`, or numbers with units `ms`, `s`, `m`, `h` (e.g. `5s`, `1m30s`,
+/// `250ms`), like SpiceDB's flags.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if text.is_empty() {
+        return Err("empty duration".to_string());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("invalid duration `{text}`: expected a number"));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration `{text}`: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "" => {
+                return Err(format!(
+                    "invalid duration `{text}`: missing unit (ms, s, m, h)"
+                ));
+            }
+            u => return Err(format!("invalid duration `{text}`: unknown unit `{u}`")),
+        };
+        rest = &rest[unit_len..];
+        total = total.saturating_add(part);
+    }
+    Ok(total)
+}
+
+fn parse_nonzero_usize(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_spicedb_flags() {
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        for bad in ["", "5", "s", "5x", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn several_preshared_keys_from_repeats_and_commas() {
+        let cli = Cli::try_parse_from([
+            "pemba",
+            "serve",
+            "--grpc-preshared-key",
+            "k1,k2",
+            "--grpc-preshared-key",
+            "k3",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            unreachable!()
+        };
+        assert_eq!(args.grpc_preshared_key, ["k1", "k2", "k3"]);
+        assert!(
+            Cli::try_parse_from(["pemba", "serve", "--grpc-tls-cert-path", "c.pem"]).is_err(),
+            "a certificate without a key is refused"
+        );
+    }
 }

@@ -451,10 +451,17 @@ pub(crate) fn try_check(
     answers
 }
 
+/// How many candidate checks run under one hold of the graph's read lock. Between two holds a
+/// waiting writer gets the lock, so a lookup over a million candidates never keeps writers,
+/// and the checks queued behind a waiting writer, waiting for longer than one chunk.
+pub(crate) const IDS_PER_VIEW: usize = 256;
+
 /// The fast path's answers for `subject` on `resource_type:id#permission` for each of `ids`
 /// (a LookupResources candidate check): `Some(answer)` where it can answer, `None` where the
 /// general checker must. `None` for all if it cannot run at all (a subject set, no graph).
-/// `memo` must only ever be used for this subject and snapshot.
+/// `memo` must only ever be used for this subject and snapshot. The graph's read lock is
+/// taken afresh for every [`IDS_PER_VIEW`] ids: the snapshot's revision is fixed, so what the
+/// memo learnt under one hold stays true under the next.
 pub(crate) fn check_ids<'i>(
     snap: &Snapshot<'_>,
     memo: &mut FastMemo,
@@ -467,19 +474,29 @@ pub(crate) fn check_ids<'i>(
     if subject.relation.is_some() {
         return None;
     }
-    let view = snap.store.graph_view(snap.revision, snap.now).ok()??;
-    let mut checker = FastChecker::new(
-        &view,
-        snap,
-        &subject.object.object_type,
-        &subject.object.object_id,
-        false,
-        max_depth,
-        memo,
-    );
-    let answers = ids
-        .map(|id| checker.check(resource_type, id, permission).ok())
-        .collect();
-    checker.count_dispatches();
-    Some(answers)
+    let mut ids = ids.peekable();
+    let mut out = Vec::new();
+    loop {
+        let view = snap.store.graph_view(snap.revision, snap.now).ok()??;
+        let mut checker = FastChecker::new(
+            &view,
+            snap,
+            &subject.object.object_type,
+            &subject.object.object_id,
+            false,
+            max_depth,
+            memo,
+        );
+        out.extend(
+            ids.by_ref()
+                .take(IDS_PER_VIEW)
+                .map(|id| checker.check(resource_type, id, permission).ok()),
+        );
+        checker.count_dispatches();
+        drop(view);
+        // Pulled with no lock held: the next chunk's first id.
+        if ids.peek().is_none() {
+            return Some(out);
+        }
+    }
 }

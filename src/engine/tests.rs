@@ -968,3 +968,56 @@ fn lookup_resources_does_not_walk_on_from_a_false_caveat() {
         }
     }
 }
+
+/// A lookup's candidate checks release the graph's read lock between chunks, so a writer, and
+/// every check queued behind that writer, never waits for the whole lookup. The ids iterator
+/// runs a write (on another thread, as a concurrent client would) when the second chunk
+/// starts: if the lock were held across all the ids, the write could never finish.
+#[test]
+fn candidate_checks_let_a_writer_in_between_chunks() {
+    // Leaked, so the writer thread may outlive a failed test instead of deadlocking it.
+    let f: &'static Fixture = Box::leak(Box::new(Fixture::new(
+        DOCS,
+        &["document:d1#viewer@user:ann"],
+    )));
+    let subject = parse_relationship("document:x#viewer@user:ann")
+        .unwrap()
+        .subject;
+    let ids: Vec<String> = (0..fast::IDS_PER_VIEW * 3)
+        .map(|i| format!("d{i}"))
+        .collect();
+    let mut wrote = false;
+    let ids_iter = ids.iter().enumerate().map(|(i, id)| {
+        if i == fast::IDS_PER_VIEW {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let u = RelationshipUpdate {
+                    op: UpdateOp::Touch,
+                    relationship: parse_relationship("document:d9#viewer@user:bob").unwrap(),
+                };
+                let _ = tx.send(f.store.write_relationships(&[], &[u], Timestamp::now()));
+            });
+            let written = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the writer waited for the graph's read lock");
+            written.unwrap();
+            wrote = true;
+        }
+        id.as_str()
+    });
+    let answers = fast::check_ids(
+        &f.snap(),
+        &mut fast::FastMemo::default(),
+        50,
+        &subject,
+        "document",
+        "view",
+        ids_iter,
+    )
+    .unwrap();
+    assert!(wrote);
+    assert_eq!(answers.len(), ids.len());
+    assert_eq!(answers.get(1), Some(&Some(true)));
+    // Only d1 is ann's.
+    assert_eq!(answers.iter().filter(|a| **a == Some(true)).count(), 1);
+}

@@ -119,6 +119,13 @@ pub(crate) fn check_expression(
     expression: &str,
     params: &[CaveatParam],
 ) -> Result<(), CelTypeError> {
+    // The parser recurses on the expression's depth: bound it first.
+    if let Err(e) = super::limits::check_caveat_expression(expression) {
+        return Err(CelTypeError {
+            message: e.message,
+            offset: Some(e.offset),
+        });
+    }
     // The parser is not ours: a panic in it must not take the caller down.
     let parsed = std::panic::catch_unwind(|| Parser::new().parse_with_source_info(expression));
     let (expr, info) = match parsed {

@@ -8,13 +8,15 @@
 //! 4. [`compiled`]: the result, [`CompiledSchema`], plus what a schema change must verify
 //!    against stored data ([`orphan_checks`], [`incompatible_caveat_changes`]).
 //!
-//! [`compile`] runs all of it. Errors are one type, [`SchemaError`], with a position.
+//! [`compile`] runs all of it. Errors are one type, [`SchemaError`], with a position. What no
+//! step accepts, however well-formed (too long, too deep, too long a chain), is in [`limits`].
 
 pub mod ast;
 mod celtype;
 pub mod compiled;
 pub mod error;
 pub mod lexer;
+pub mod limits;
 pub mod parser;
 pub mod typecheck;
 
@@ -52,6 +54,118 @@ mod tests {
         let s = compile("caveat only(a int) { a > 1 }").unwrap();
         assert!(s.definitions.is_empty());
         assert!(s.caveat("only").is_some());
+    }
+
+    fn caveat_schema(expression: &str) -> String {
+        format!(
+            "caveat c(x int, b bool, m map<any>, l list<int>) {{ x == 0 && b && m == m && l == l && ({expression}) }}"
+        )
+    }
+
+    fn refused_as_too_deep(text: &str) -> String {
+        let e = compile(text).unwrap_err();
+        assert!(e.is_parse(), "{e}");
+        assert!(
+            e.message().contains("limit"),
+            "{}",
+            e.message().chars().take(300).collect::<String>()
+        );
+        e.message().to_string()
+    }
+
+    /// Each of these overflowed the stack (or took unbounded time) before the limits.
+    #[test]
+    fn caveat_expressions_past_the_limits_are_parse_errors() {
+        // 50,000 terms: too long, and too deep
+        let terms = format!("x{} > 0", " + 1".repeat(50_000));
+        refused_as_too_deep(&caveat_schema(&terms));
+        let terms = format!("x{} > 0", "+1".repeat(20_000));
+        let m = refused_as_too_deep(&caveat_schema(&terms));
+        assert!(m.contains("recursion limit"), "{m}");
+        let parens = format!("{}x{} > 0", "(".repeat(10_000), ")".repeat(10_000));
+        let m = refused_as_too_deep(&caveat_schema(&parens));
+        assert!(m.contains("nested more than"), "{m}");
+        for expression in [
+            format!("{}b{}", "b && (".repeat(10_000), ")".repeat(10_000)),
+            format!("{}b{}", "b || (".repeat(10_000), ")".repeat(10_000)),
+            format!("{}b", "!".repeat(20_000)),
+            format!("{}x > 0", "-".repeat(20_000)),
+            format!("{}b{}", "!(".repeat(10_000), ")".repeat(10_000)),
+            format!("m{} == 1", ".a".repeat(20_000)),
+            format!("m{} == 1", "[0]".repeat(20_000)),
+            format!("dyn(m){} == 1", ".f()".repeat(10_000)),
+            format!("{}x{} > 0", "int(".repeat(10_000), ")".repeat(10_000)),
+            format!("size({}x{}) > 0", "[".repeat(10_000), "]".repeat(10_000)),
+            format!("size({}x{}) > 0", "{1: ".repeat(10_000), "}".repeat(10_000)),
+            format!("{}true{}", "l.all(a, ".repeat(10_000), ")".repeat(10_000)),
+            format!("{}b", "b ? false : ".repeat(10_000)),
+            "(".repeat(50_000),
+        ] {
+            refused_as_too_deep(&caveat_schema(&expression));
+        }
+        // long `&&` / `||` chains are balanced trees: accepted
+        let chain = vec!["x > 1"; 5_000].join(" && ");
+        assert!(compile(&caveat_schema(&chain)).is_ok());
+        let chain = vec!["x > 1"; 5_000].join(" || ");
+        assert!(compile(&caveat_schema(&chain)).is_ok());
+    }
+
+    #[test]
+    fn nested_permission_expressions_are_parse_errors() {
+        for n in [10_000, 100_000] {
+            let text = format!(
+                "definition user {{}}\ndefinition doc {{\n relation reader: user\n permission perm = {}reader{}\n}}",
+                "(".repeat(n),
+                ")".repeat(n)
+            );
+            refused_as_too_deep(&text);
+        }
+    }
+
+    fn chained(n: usize) -> String {
+        let mut text =
+            String::from("definition user {}\ndefinition doc {\n relation reader: user\n");
+        for i in 0..n {
+            text.push_str(&format!(" permission perm{i} = perm{}\n", i + 1));
+        }
+        text.push_str(&format!(" permission perm{n} = reader\n}}\n"));
+        text
+    }
+
+    #[test]
+    fn long_chains_of_permissions_are_parse_errors() {
+        let m = refused_as_too_deep(&chained(200_000));
+        assert!(m.contains("chain of"), "{m}");
+        // the chain counts the relation at its end
+        assert!(compile(&chained(limits::MAX_PERMISSION_CHAIN - 2)).is_ok());
+        assert!(compile(&chained(limits::MAX_PERMISSION_CHAIN - 1)).is_err());
+    }
+
+    #[test]
+    fn chains_follow_arrows_and_subject_relations_across_definitions() {
+        // definition tt{i} has `relation sub: tt{i+1}#see` and `permission see = next->see +
+        // sub + own`: each definition adds two steps (the permission, then the relation)
+        let build = |n: usize| {
+            let mut text = String::from("definition user {}\n");
+            for i in 0..n {
+                text.push_str(&format!(
+                    "definition tt{i} {{\n relation own: user\n relation next: tt{}\n relation sub: tt{}#see\n permission see = next->see + sub + own\n}}\n",
+                    i + 1,
+                    i + 1
+                ));
+            }
+            text.push_str(&format!(
+                "definition tt{n} {{\n relation own: user\n permission see = own\n}}\n"
+            ));
+            text
+        };
+        let max = limits::MAX_PERMISSION_CHAIN;
+        assert!(compile(&build(max / 2 - 1)).is_ok());
+        let m = refused_as_too_deep(&build(max / 2 + 1));
+        assert!(m.contains("chain of"), "{m}");
+        // recursion (a cycle through an arrow) counts its members once
+        let recursive = "definition user {}\ndefinition folder {\n relation parent: folder\n relation viewer: user\n permission view = viewer + parent->view\n}\n";
+        assert!(compile(recursive).is_ok());
     }
 
     /// A schema touching most of the language, for mutation fuzzing.

@@ -6,11 +6,14 @@
 //! (duplicate top-level names, malformed caveat declarations, unknown partials); what its type
 //! system refuses is a [`SchemaError::Type`]. Checks run in a fixed order — caveats, then
 //! duplicate member names, then each definition's members in source order, then permission
-//! cycles — so the same schema always reports the same first error.
+//! cycles, then the length of reference chains — so the same schema always reports the same
+//! first error.
 //!
-//! One check goes beyond SpiceDB's WriteSchema: an arrow `t->c` whose right side `c` exists on
-//! none of the types `t` allows is refused (SpiceDB only warns). An arrow is accepted as soon as
-//! one allowed type has `c`.
+//! Two checks go beyond SpiceDB's WriteSchema. An arrow `t->c` whose right side `c` exists on
+//! none of the types `t` allows is refused (SpiceDB only warns); an arrow is accepted as soon as
+//! one allowed type has `c`. And a chain of references (names, arrows, subject relations)
+//! longer than [`MAX_PERMISSION_CHAIN`] is refused as a parse error, so that no schema makes
+//! the engine's walks over it unbounded.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -25,6 +28,7 @@ use super::compiled::{
     Definition, Expr, Permission, Relation,
 };
 use super::error::{Position, SchemaError};
+use super::limits::MAX_PERMISSION_CHAIN;
 use super::parser::MAX_NESTING;
 
 /// Checks `file` (parsed from `source`) and compiles it.
@@ -38,6 +42,7 @@ pub fn typecheck(file: &SchemaFile, source: &str) -> Result<CompiledSchema, Sche
     for name in &checker.order {
         checker.check_cycles(name)?;
     }
+    checker.check_chains()?;
     let mut definitions = BTreeMap::new();
     for name in &checker.order {
         if let Some(table) = checker.defs.get(name) {
@@ -648,6 +653,174 @@ impl<'f> Checker<'f> {
                         }
                         _ => {}
                     },
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Checker<'_> {
+    /// Refuses a schema whose longest chain of references is longer than
+    /// [`MAX_PERMISSION_CHAIN`]. The graph: every relation and permission is a node; a
+    /// permission leads to each relation or permission it names, and an arrow `t->c` to `t` and
+    /// to `c` on every type `t` allows; a relation leads to the subject relations it allows
+    /// (`group#member`). Recursion (a cycle) is bounded by the data at query time, so a group of
+    /// nodes that reach each other counts as all its members, once; the longest chain is then
+    /// the heaviest path between groups. Iterative (Tarjan's algorithm with an explicit stack,
+    /// groups weighed as they are found) and linear in the size of the graph.
+    fn check_chains(&self) -> Result<(), SchemaError> {
+        // nodes, in source order
+        let mut nodes: Vec<(&str, &Name)> = Vec::new();
+        let mut ids: HashMap<(&str, &str), usize> = HashMap::new();
+        for def in &self.order {
+            let Some(table) = self.defs.get(def) else {
+                continue;
+            };
+            for m in &table.members {
+                ids.insert((def, m.name().text.as_str()), nodes.len());
+                nodes.push((def, m.name()));
+            }
+        }
+        let mut edges: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+        for def in &self.order {
+            let Some(table) = self.defs.get(def) else {
+                continue;
+            };
+            for m in &table.members {
+                let Some(&from) = ids.get(&(*def, m.name().text.as_str())) else {
+                    continue;
+                };
+                let mut out = Vec::new();
+                match m {
+                    MemberRef::Relation(r) => {
+                        for t in &r.allowed {
+                            if let TypeRefKind::Relation(sub) = &t.kind
+                                && let Some(&to) =
+                                    ids.get(&(t.type_name.text.as_str(), sub.text.as_str()))
+                            {
+                                out.push(to);
+                            }
+                        }
+                    }
+                    MemberRef::Permission(p) => {
+                        let mut pending = vec![&p.expr];
+                        while let Some(e) = pending.pop() {
+                            match e {
+                                ExprAst::Nil(_) | ExprAst::SelfRef(_) => {}
+                                ExprAst::Ident(n) => {
+                                    out.extend(ids.get(&(*def, n.text.as_str())));
+                                }
+                                ExprAst::Arrow {
+                                    tupleset, computed, ..
+                                } => {
+                                    out.extend(ids.get(&(*def, tupleset.text.as_str())));
+                                    for t in table
+                                        .relation(&tupleset.text)
+                                        .map(|r| r.allowed.as_slice())
+                                        .unwrap_or_default()
+                                    {
+                                        out.extend(ids.get(&(
+                                            t.type_name.text.as_str(),
+                                            computed.text.as_str(),
+                                        )));
+                                    }
+                                }
+                                ExprAst::Union(items) | ExprAst::Intersection(items) => {
+                                    pending.extend(items);
+                                }
+                                ExprAst::Exclusion(l, r) => {
+                                    pending.push(l);
+                                    pending.push(r);
+                                }
+                            }
+                        }
+                    }
+                }
+                out.sort_unstable();
+                out.dedup();
+                if let Some(slot) = edges.get_mut(from) {
+                    *slot = out;
+                }
+            }
+        }
+        let n = nodes.len();
+        const UNSEEN: usize = usize::MAX;
+        let mut index = vec![UNSEEN; n];
+        let mut low = vec![0usize; n];
+        let mut on_stack = vec![false; n];
+        let mut group = vec![UNSEEN; n];
+        // the weight of the heaviest path starting in each group, by group number
+        let mut longest: Vec<usize> = Vec::new();
+        let mut stack: Vec<usize> = Vec::new();
+        let mut next = 0usize;
+        for root in 0..n {
+            if index[root] != UNSEEN {
+                continue;
+            }
+            index[root] = next;
+            low[root] = next;
+            next += 1;
+            stack.push(root);
+            on_stack[root] = true;
+            let mut calls: Vec<(usize, usize)> = vec![(root, 0)];
+            while let Some(&mut (v, ref mut edge)) = calls.last_mut() {
+                if let Some(&w) = edges[v].get(*edge) {
+                    *edge += 1;
+                    if index[w] == UNSEEN {
+                        index[w] = next;
+                        low[w] = next;
+                        next += 1;
+                        stack.push(w);
+                        on_stack[w] = true;
+                        calls.push((w, 0));
+                    } else if on_stack[w] {
+                        low[v] = low[v].min(index[w]);
+                    }
+                    continue;
+                }
+                calls.pop();
+                if let Some(&(parent, _)) = calls.last() {
+                    low[parent] = low[parent].min(low[v]);
+                }
+                if low[v] != index[v] {
+                    continue;
+                }
+                // `v` closes a group: every group it leads to is already weighed
+                let g = longest.len();
+                let mut members = Vec::new();
+                while let Some(w) = stack.pop() {
+                    on_stack[w] = false;
+                    group[w] = g;
+                    members.push(w);
+                    if w == v {
+                        break;
+                    }
+                }
+                let mut heaviest_next = 0;
+                for &m in &members {
+                    for &w in &edges[m] {
+                        if group[w] != g
+                            && let Some(&l) = longest.get(group[w])
+                        {
+                            heaviest_next = heaviest_next.max(l);
+                        }
+                    }
+                }
+                let weight = members.len().saturating_add(heaviest_next);
+                longest.push(weight);
+                if weight > MAX_PERMISSION_CHAIN {
+                    // reported at the first member (in source order) of the group that starts
+                    // the chain
+                    let first = members.iter().min().copied().unwrap_or(v);
+                    let (def, name) = nodes[first];
+                    return Err(SchemaError::parse(
+                        format!(
+                            "under definition `{def}`, `{}` starts a chain of {weight} relations and permissions that refer one to the next (through names, arrows and subject relations); the limit is {MAX_PERMISSION_CHAIN}",
+                            name.text
+                        ),
+                        name.pos,
+                    ));
                 }
             }
         }

@@ -1,6 +1,11 @@
-//! Step six, the process: serve the gRPC services on a listener until a shutdown signal, with
-//! preshared-key authentication, the `grpc.health.v1` service, and background garbage
-//! collection. The listener and the shutdown future come from outside, so tests can bind port 0.
+//! The process: serve the gRPC services on a listener (plain or TLS) until a shutdown signal,
+//! with preshared-key authentication, overload limits, a `grpc.health.v1` service that reports
+//! what is true (NOT_SERVING while shutting down or while the store cannot write), a bounded
+//! graceful shutdown, and background garbage collection. The listener and the shutdown future
+//! come from outside, so tests can bind port 0.
+
+pub mod limits;
+pub mod tls;
 
 pub mod metrics;
 
@@ -10,13 +15,14 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
 
 use crate::api::{Api, PermissionsApi, SchemaApi};
 use crate::store::Datastore;
+
+pub use tls::{TlsError, TlsFiles};
 
 /// Errors that stop the server.
 #[derive(Debug, Error)]
@@ -24,6 +30,9 @@ pub enum ServerError {
     /// The transport failed.
     #[error("gRPC transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// Refused configuration.
     #[error("{0}")]
     Config(String),
@@ -32,8 +41,30 @@ pub enum ServerError {
 /// How the server runs.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// if set, every call must carry `authorization: Bearer <key>`
-    pub preshared_key: Option<String>,
+    /// if not empty, every call except health checks must carry `authorization: Bearer <key>`
+    /// with one of these keys; an empty key is refused
+    pub preshared_keys: Vec<String>,
+    /// if set, the listener speaks TLS with this certificate (reloaded when the files change)
+    pub tls: Option<TlsFiles>,
+    /// a client that has not completed its TLS handshake by then is disconnected
+    pub tls_handshake_timeout: Duration,
+    /// how long in-flight calls may run on after a shutdown signal; zero means no limit
+    pub shutdown_grace_period: Duration,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: calls at once on one connection
+    pub max_concurrent_streams: u32,
+    /// how often an idle connection is pinged (HTTP/2 PING); zero disables pings
+    pub keepalive_interval: Duration,
+    /// how long a ping may go unanswered before the connection is closed
+    pub keepalive_timeout: Duration,
+    /// the largest header list (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE) a request may carry
+    pub max_header_list_size: u32,
+    /// the largest request message accepted, in bytes (RESOURCE_EXHAUSTED above)
+    pub max_message_size: usize,
+    /// calls in flight across all connections before new ones get RESOURCE_EXHAUSTED
+    /// (health checks excepted); zero means no limit
+    pub concurrency_limit: usize,
+    /// how often the health service asks the store whether it can write
+    pub health_check_interval: Duration,
     /// how long history stays readable
     pub gc_window: Duration,
     /// how often garbage collection runs
@@ -43,42 +74,89 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> ServerOptions {
         ServerOptions {
-            preshared_key: None,
+            preshared_keys: Vec::new(),
+            tls: None,
+            tls_handshake_timeout: Duration::from_secs(10),
+            shutdown_grace_period: Duration::from_secs(5),
+            max_concurrent_streams: 100,
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
+            max_header_list_size: 64 * 1024,
+            max_message_size: 4 * 1024 * 1024,
+            concurrency_limit: 1000,
+            health_check_interval: Duration::from_secs(1),
             gc_window: Duration::from_secs(24 * 3600),
             gc_interval: Duration::from_secs(180),
         }
     }
 }
 
-/// Checks `authorization: Bearer <key>` on every call: missing or malformed gives
-/// UNAUTHENTICATED, a wrong key PERMISSION_DENIED.
+/// Checks `authorization: Bearer <key>` on every call against the preshared keys, with
+/// SpiceDB's codes and messages: a missing or malformed header gives UNAUTHENTICATED
+/// "invalid preshared key: …", an empty token UNAUTHENTICATED "missing preshared key", a key that
+/// matches none PERMISSION_DENIED "invalid preshared key: invalid token".
 #[derive(Clone, Debug)]
 pub struct PresharedKeyAuth {
-    key: Option<Arc<str>>,
+    /// empty: no authentication
+    keys: Arc<[Box<[u8]>]>,
 }
+
+impl PresharedKeyAuth {
+    /// Accepts any of `keys`; no keys means every call is let through. Empty keys are refused.
+    pub fn new(keys: &[String]) -> Result<PresharedKeyAuth, ServerError> {
+        if keys.iter().any(String::is_empty) {
+            return Err(ServerError::Config(
+                "a preshared key must not be empty".to_string(),
+            ));
+        }
+        Ok(PresharedKeyAuth {
+            keys: keys
+                .iter()
+                .map(|k| k.as_bytes().to_vec().into_boxed_slice())
+                .collect(),
+        })
+    }
+}
+
+/// The message grpc-go's `AuthFromMD` gives a call without a bearer token, as SpiceDB wraps it.
+const UNAUTHENTICATED_BEARER: &str = "invalid preshared key: rpc error: code = Unauthenticated desc = Request unauthenticated with bearer";
 
 impl tonic::service::Interceptor for PresharedKeyAuth {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(key) = &self.key else {
+        if self.keys.is_empty() {
             return Ok(request);
-        };
+        }
         let header = request
             .metadata()
             .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing authorization header"))?;
-        let value = header
-            .to_str()
-            .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("authorization header must be `Bearer <key>`")
-            })?;
-        if constant_time_eq(token.trim().as_bytes(), key.as_bytes()) {
+            .ok_or_else(|| Status::unauthenticated(UNAUTHENTICATED_BEARER))?;
+        let value = header.to_str().map_err(|_| {
+            Status::unauthenticated(
+                "invalid preshared key: rpc error: code = Unauthenticated desc = Bad authorization string",
+            )
+        })?;
+        let (scheme, token) = value.split_once(' ').ok_or_else(|| {
+            Status::unauthenticated(
+                "invalid preshared key: rpc error: code = Unauthenticated desc = Bad authorization string",
+            )
+        })?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(Status::unauthenticated(UNAUTHENTICATED_BEARER));
+        }
+        if token.is_empty() {
+            return Err(Status::unauthenticated("missing preshared key"));
+        }
+        // Every key is compared, so the time taken does not tell which one matched.
+        let matched = self
+            .keys
+            .iter()
+            .fold(false, |acc, k| acc | constant_time_eq(token.as_bytes(), k));
+        if matched {
             Ok(request)
         } else {
-            Err(Status::permission_denied("invalid preshared key"))
+            Err(Status::permission_denied(
+                "invalid preshared key: invalid token",
+            ))
         }
     }
 }
@@ -87,7 +165,77 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Serves until `shutdown` resolves, then stops accepting, finishes in-flight calls and returns.
+/// The names the health service reports: the whole server and each API service.
+const HEALTH_NAMES: [&str; 3] = [
+    "",
+    "authzed.api.v1.PermissionsService",
+    "authzed.api.v1.SchemaService",
+];
+
+/// What the health service says, and why.
+#[derive(Debug)]
+struct Health {
+    reporter: tonic_health::server::HealthReporter,
+    shutting_down: bool,
+    /// the last answer of [`Datastore::check_writable`]
+    writable: bool,
+    /// what was last published
+    serving: Option<bool>,
+}
+
+impl Health {
+    async fn publish(&mut self) {
+        let serving = !self.shutting_down && self.writable;
+        if self.serving == Some(serving) {
+            return;
+        }
+        self.serving = Some(serving);
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        for name in HEALTH_NAMES {
+            self.reporter.set_service_status(name, status).await;
+        }
+    }
+}
+
+/// Asks the store every `interval` whether it can write and publishes the answer.
+async fn health_loop(
+    health: Arc<tokio::sync::Mutex<Health>>,
+    store: Arc<dyn Datastore>,
+    interval: Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let store = Arc::clone(&store);
+        let writable = match tokio::task::spawn_blocking(move || store.check_writable()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the datastore cannot write: health is NOT_SERVING");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the datastore write check did not finish");
+                false
+            }
+        };
+        let mut h = health.lock().await;
+        if writable && !h.writable {
+            tracing::info!("the datastore can write again");
+        }
+        h.writable = writable;
+        h.publish().await;
+    }
+}
+
+/// Serves until `shutdown` resolves. Then: health turns NOT_SERVING, new calls are refused
+/// (the listener closes, connections get GOAWAY, calls already on the way get UNAVAILABLE),
+/// in-flight calls get up to the grace period, and any connection still open after it is
+/// closed. Returns `Ok` once stopped.
 pub async fn run(
     listener: TcpListener,
     api: Arc<Api>,
@@ -95,21 +243,39 @@ pub async fn run(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let auth = PresharedKeyAuth {
-        key: options.preshared_key.as_deref().map(Arc::from),
-    };
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let permissions = PermissionsApi(Arc::clone(&api)).into_server();
-    let schema = SchemaApi(Arc::clone(&api)).into_server();
-    health_reporter
-        .set_serving::<crate::api::proto::authzed::api::v1::permissions_service_server::PermissionsServiceServer<PermissionsApi>>()
-        .await;
-    health_reporter
-        .set_serving::<crate::api::proto::authzed::api::v1::schema_service_server::SchemaServiceServer<SchemaApi>>()
-        .await;
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    let auth = PresharedKeyAuth::new(&options.preshared_keys)?;
+    if options.max_message_size == 0 || options.max_concurrent_streams == 0 {
+        return Err(ServerError::Config(
+            "the maximum message size and concurrent streams must be at least 1".to_string(),
+        ));
+    }
+    let tls_config = options
+        .tls
+        .as_ref()
+        .map(|files| tls::server_config(files, &[b"h2"]))
+        .transpose()?;
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Arc::new(tokio::sync::Mutex::new(Health {
+        reporter,
+        shutting_down: false,
+        writable: true,
+        serving: None,
+    }));
+    health.lock().await.publish().await;
+    let health_task = tokio::spawn(health_loop(
+        Arc::clone(&health),
+        Arc::clone(&store),
+        options.health_check_interval.max(Duration::from_millis(10)),
+    ));
+
+    let permissions = PermissionsApi(Arc::clone(&api))
+        .into_server()
+        .max_decoding_message_size(options.max_message_size);
+    let schema = SchemaApi(Arc::clone(&api))
+        .into_server()
+        .max_decoding_message_size(options.max_message_size);
+    let admission = limits::Admission::new(options.concurrency_limit, options.max_message_size);
 
     let gc = tokio::spawn(gc_loop(
         Arc::clone(&store),
@@ -117,27 +283,71 @@ pub async fn run(
         options.gc_interval,
     ));
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving authzed.api.v1 over gRPC");
+        tracing::info!(
+            %addr,
+            tls = tls_config.is_some(),
+            "serving authzed.api.v1 over gRPC"
+        );
     }
-    // Responses are small and latency matters: without TCP_NODELAY, Nagle's algorithm and the
-    // client's delayed ACK hold each streamed response back by about 40 ms.
-    let incoming = TcpListenerStream::new(listener).map(|stream| {
-        if let Ok(s) = &stream
-            && let Err(e) = s.set_nodelay(true)
-        {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-        stream
-    });
-    let result = tonic::transport::Server::builder()
+    let closer = CancellationToken::new();
+    let incoming = tls::incoming(
+        listener,
+        tls::AcceptOptions {
+            tls: tls_config,
+            handshake_timeout: options.tls_handshake_timeout,
+            closer: closer.clone(),
+        },
+    );
+    let keepalive = (!options.keepalive_interval.is_zero()).then_some(options.keepalive_interval);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = tonic::transport::Server::builder()
         // Outermost, so it sees every call, refused ones included.
         .layer(metrics::MetricsLayer)
+        .max_concurrent_streams(options.max_concurrent_streams)
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(options.keepalive_timeout))
+        .http2_max_header_list_size(options.max_header_list_size)
+        .layer(limits::AdmissionLayer(Arc::clone(&admission)))
         .add_service(health_service)
         .add_service(InterceptedService::new(permissions, auth.clone()))
         .add_service(InterceptedService::new(schema, auth))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(serve);
+    tokio::pin!(shutdown);
+
+    let result = tokio::select! {
+        result = &mut serve => result,
+        () = &mut shutdown => {
+            admission.begin_shutdown();
+            {
+                let mut h = health.lock().await;
+                h.shutting_down = true;
+                h.publish().await;
+            }
+            let _ = stop_tx.send(());
+            let grace = options.shutdown_grace_period;
+            tracing::info!(?grace, "shutting down: health is NOT_SERVING, waiting for in-flight calls");
+            if grace.is_zero() {
+                serve.await
+            } else {
+                match tokio::time::timeout(grace, &mut serve).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!("shutdown grace period over: closing the remaining connections");
+                        closer.cancel();
+                        // Closed connections end their tasks at once; do not wait on a stuck one.
+                        tokio::time::timeout(Duration::from_secs(5), &mut serve)
+                            .await
+                            .unwrap_or(Ok(()))
+                    }
+                }
+            }
+        }
+    };
     gc.abort();
+    health_task.abort();
     tracing::info!("server stopped");
     Ok(result?)
 }

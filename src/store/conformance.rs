@@ -222,6 +222,9 @@ conformance!(
     gc_removes_history_below_horizon,
     gc_removes_expired,
     concurrent_writers_and_readers,
+    import_creates_everything_at_one_revision,
+    import_is_all_or_nothing,
+    import_aborted_leaves_nothing,
 );
 
 fn empty_store(ds: &dyn Datastore) {
@@ -1058,6 +1061,106 @@ fn concurrent_writers_and_readers(ds: &dyn Datastore) {
     for (f, want) in filters.iter().zip(&baseline) {
         assert_eq!(&read(ds, fixed, f), want);
     }
+}
+
+fn import_creates_everything_at_one_revision(ds: &dyn Datastore) {
+    let before = write(
+        ds,
+        &[create(
+            "document:old#viewer@user:ann[expiration:2023-11-14T22:13:21Z]",
+        )],
+    );
+    let id = ds.begin_import().unwrap();
+    let all: Vec<Relationship> = (0..4_500)
+        .map(|i| rel(&format!("document:d{i}#viewer@user:u{}", i % 7)))
+        .collect();
+    for chunk in all.chunks(1000) {
+        ds.stage_import(id, chunk).unwrap();
+    }
+    // Staged is not visible, and other writes go on meanwhile.
+    let during = write(ds, &[create("document:other#viewer@user:bob")]);
+    assert_eq!(
+        read_at(ds, during, &key_filter("document:d1#viewer@user:u1"), NOW).len(),
+        0
+    );
+    // An expired relationship may be created again.
+    ds.stage_import(id, &[rel("document:old#viewer@user:ann")])
+        .unwrap();
+    let (rev, n) = ds.commit_import(id, at(10)).unwrap();
+    ds.abort_import(id).unwrap();
+    assert_eq!(n, 4_501);
+    assert_eq!(rev, Revision(during.0 + 1));
+    let everything = RelationshipFilter {
+        resource_type: Some("document".into()),
+        ..RelationshipFilter::default()
+    };
+    let mut seen = Vec::new();
+    ds.query_all(rev, &everything, at(10), &mut seen).unwrap();
+    assert_eq!(seen.len(), 4_502);
+    seen.clear();
+    ds.query_all(during, &everything, at(10), &mut seen)
+        .unwrap();
+    assert_eq!(
+        seen.len(),
+        1,
+        "the expired one is gone, only `other` is live"
+    );
+    assert!(before < during);
+    // The next write follows the import's revision.
+    assert_eq!(
+        write(ds, &[create("document:z#viewer@user:zed")]),
+        Revision(rev.0 + 1)
+    );
+}
+
+fn import_is_all_or_nothing(ds: &dyn Datastore) {
+    write(ds, &[create("document:d3#viewer@user:u3")]);
+    let head = ds.head_revision().unwrap();
+    let id = ds.begin_import().unwrap();
+    let all: Vec<Relationship> = (0..5_000)
+        .map(|i| rel(&format!("document:d{i}#viewer@user:u{i}")))
+        .collect();
+    // A tuple staged twice is refused when it is staged.
+    ds.stage_import(id, &all[..10]).unwrap();
+    assert!(matches!(
+        ds.stage_import(id, &all[5..6]),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        ds.stage_import(id, &[all[20].clone(), all[20].clone()]),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    ds.stage_import(id, &all[10..]).unwrap();
+    // document:d3 is live: nothing is created.
+    assert!(matches!(
+        ds.commit_import(id, NOW),
+        Err(StoreError::AlreadyExists(k)) if k.resource.object_id == "d3"
+    ));
+    ds.abort_import(id).unwrap();
+    assert_eq!(ds.head_revision().unwrap(), head);
+    let next = write(ds, &[create("document:x#viewer@user:x")]);
+    assert_eq!(next, Revision(head.0 + 1));
+    assert_eq!(
+        read_at(ds, next, &key_filter("document:d4#viewer@user:u4"), NOW).len(),
+        0
+    );
+    assert_eq!(
+        read_at(ds, next, &key_filter("document:d3#viewer@user:u3"), NOW).len(),
+        1
+    );
+}
+
+fn import_aborted_leaves_nothing(ds: &dyn Datastore) {
+    let id = ds.begin_import().unwrap();
+    ds.stage_import(id, &[rel("document:a#viewer@user:ann")])
+        .unwrap();
+    ds.abort_import(id).unwrap();
+    let (rev, n) = ds.commit_import(id, NOW).unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(
+        read_at(ds, rev, &key_filter("document:a#viewer@user:ann"), NOW).len(),
+        0
+    );
 }
 
 #[test]

@@ -9,7 +9,10 @@
 //! | `by-resource` | `03` rtype 0 rid 0 rel 0 stype 0 sid 0 srel-or-empty 0 !created(u64 BE) | [`VersionValue`] |
 //! | `by-subject`  | `04` stype 0 sid 0 srel-or-empty 0 rtype 0 rel 0 rid 0 !created(u64 BE) | [`VersionValue`] |
 //! | `schema`      | `05` !rev(u64 BE)                                                    | schema text (UTF-8) |
+//! | `staged`      | `06` import(u64 BE) then a `by-resource` version key with created 0 | [`VersionValue`] |
 //!
+//! The `staged` keyspace holds the relationships of bulk imports that have not committed yet;
+//! it is emptied when a store opens.
 //! Types, relations and ids never contain `0x00` (the API validates them), so splitting on it is
 //! unambiguous, and component-wise order equals byte order. Any change here bumps
 //! [`FORMAT_VERSION`].
@@ -34,6 +37,9 @@ pub(crate) const BY_SUBJECT: u8 = 0x04;
 /// Prefix of the `schema` keyspace.
 pub(crate) const SCHEMA: u8 = 0x05;
 
+/// Prefix of the `staged` keyspace (bulk imports in progress).
+pub(crate) const STAGED: u8 = 0x06;
+
 /// Meta key of the layout version (u32 BE).
 pub(crate) const META_FORMAT: &str = "format";
 /// Meta key of the store's unique id (UTF-8).
@@ -42,6 +48,8 @@ pub(crate) const META_ID: &str = "id";
 pub(crate) const META_HEAD: &str = "head";
 /// Meta key of the GC horizon, the oldest readable revision (u64 BE).
 pub(crate) const META_HORIZON: &str = "horizon";
+/// Meta key only ever deleted: the write probe of `Mvcc::check_writable` (never holds a value).
+pub(crate) const META_PROBE: &str = "probe";
 
 /// Component separator.
 const SEP: u8 = 0x00;
@@ -138,6 +146,31 @@ pub(crate) fn schema_key(rev: u64) -> Vec<u8> {
     let mut k = vec![SCHEMA];
     k.extend_from_slice(&(!rev).to_be_bytes());
     k
+}
+
+/// The first key of import `import`'s staged relationships.
+pub(crate) fn staged_prefix(import: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(STAGED);
+    k.extend_from_slice(&import.to_be_bytes());
+    k
+}
+
+/// The staging key of `key` in import `import`: one per tuple, so staging a tuple twice lands
+/// on the same key.
+pub(crate) fn staged_key(import: u64, key: &RelationshipKey) -> Vec<u8> {
+    let mut k = staged_prefix(import);
+    k.extend_from_slice(&version_key(Index::ByResource, key, 0));
+    k
+}
+
+/// The tuple of a staging key.
+pub(crate) fn decode_staged_key(k: &[u8]) -> StoreResult<RelationshipKey> {
+    let version = k
+        .get(9..)
+        .filter(|_| k.first() == Some(&STAGED))
+        .ok_or_else(|| corrupt("bad staging key"))?;
+    Ok(decode_version_key(Index::ByResource, version)?.0)
 }
 
 /// The revision of a schema key.

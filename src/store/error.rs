@@ -33,6 +33,13 @@ pub enum StoreError {
         /// one live relationship that still depends on it
         relationship: Box<Relationship>,
     },
+    /// A precondition's filter would make the write scan more stored versions than allowed
+    /// while every other writer waits.
+    #[error(
+        "the preconditions' filters would scan more than {0} stored relationships; \
+         give each filter a resource type and id (or id prefix) and relation, or a subject id"
+    )]
+    ScanBudgetExceeded(usize),
     /// The revision is older than the garbage-collection horizon.
     #[error(
         "revision {requested} is no longer available: the oldest readable revision is {oldest}"

@@ -21,7 +21,7 @@ use crate::model::{
     Caveat, ObjectRef, Relationship, RelationshipFilter, RelationshipKey, SubjectRef,
     SubjectRelationFilter, Timestamp,
 };
-use crate::store::encoding::VersionValue;
+use crate::store::encoding::{LIVE, VersionValue};
 
 type FxMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
@@ -274,21 +274,35 @@ impl Graph {
             match c {
                 GraphChange::Close { key, created, rev } => g.close(key, *created, *rev),
                 GraphChange::Add { key, value } => g.insert(key, value),
+                GraphChange::Remove { key, created } => g.remove_version(key, *created),
             }
         }
     }
 
     /// The newest stored version of `key`, whatever its `deleted`.
     pub(crate) fn newest_version(&self, key: &RelationshipKey) -> Option<VersionValue> {
+        self.newest_version_before(key, LIVE)
+    }
+
+    /// The newest stored version of `key` created before `rev`, whatever its `deleted`.
+    pub(crate) fn newest_version_before(
+        &self,
+        key: &RelationshipKey,
+        rev: u64,
+    ) -> Option<VersionValue> {
         let g = self.read();
         let syms = g.lookup_key(key)?;
         let slot = g.slot(*g.tuples.get(&syms)?)?;
-        slot.versions.last().map(|v| VersionValue {
-            created: v.created,
-            deleted: v.deleted,
-            caveat: v.caveat.as_deref().cloned(),
-            expires_at: v.expires_at,
-        })
+        slot.versions
+            .iter()
+            .rev()
+            .find(|v| v.created < rev)
+            .map(|v| VersionValue {
+                created: v.created,
+                deleted: v.deleted,
+                caveat: v.caveat.as_deref().cloned(),
+                expires_at: v.expires_at,
+            })
     }
 
     /// Appends to `out` the relationships visible at `rev` (and not expired at `now`) that
@@ -301,11 +315,6 @@ impl Graph {
         now: Timestamp,
         out: &mut Vec<Relationship>,
     ) -> bool {
-        let g = self.read();
-        let Some((access, pins)) = g.access(filter, self.id) else {
-            return false;
-        };
-        let prefix = filter.resource_id_prefix.as_deref();
         let sf = filter.subject.as_ref();
         let known: [Option<&str>; 6] = [
             filter.resource_type.as_deref(),
@@ -319,13 +328,56 @@ impl Graph {
                 SubjectRelationFilter::Relation(r) => Some(r.as_str()),
             }),
         ];
-        let mut emit = |slot: u32| {
-            if let Some(s) = g.slot(slot)
-                && pins.matches(&s.key)
-                && prefix.is_none_or(|p| g.names.name(s.key[1]).starts_with(p))
-                && let Some(v) = s.versions.iter().rev().find(|v| v.visible(rev, now))
-            {
-                out.push(g.relationship(&s.key, v, &known));
+        self.visit(rev, filter, now, &mut |g, key, v| {
+            out.push(g.relationship(key, v, &known));
+            true
+        })
+    }
+
+    /// Whether any relationship visible at `rev` (and not expired at `now`) matches `filter`,
+    /// found through the graph's indexes; `None` if the filter does not pin an object's
+    /// relation or a subject, so the graph cannot answer it without a full scan.
+    pub(crate) fn any_visible(
+        &self,
+        rev: u64,
+        filter: &RelationshipFilter,
+        now: Timestamp,
+    ) -> Option<bool> {
+        let mut found = false;
+        let answered = self.visit(rev, filter, now, &mut |_, _, _| {
+            found = true;
+            false
+        });
+        answered.then_some(found)
+    }
+
+    /// Calls `f` with each relationship version visible at `rev` (and not expired at `now`)
+    /// that matches `filter`, until it returns `false`. Returns `false` if the filter does not
+    /// pin an object's relation or a subject, so the graph cannot answer it.
+    fn visit(
+        &self,
+        rev: u64,
+        filter: &RelationshipFilter,
+        now: Timestamp,
+        f: &mut dyn FnMut(&Inner, &TupleSyms, &Version) -> bool,
+    ) -> bool {
+        let g = self.read();
+        let Some((access, pins)) = g.access(filter, self.id) else {
+            return false;
+        };
+        let prefix = filter.resource_id_prefix.as_deref();
+        let mut emit = |slot: u32| -> bool {
+            match g.slot(slot) {
+                Some(s)
+                    if pins.matches(&s.key)
+                        && prefix.is_none_or(|p| g.names.name(s.key[1]).starts_with(p)) =>
+                {
+                    match s.versions.iter().rev().find(|v| v.visible(rev, now)) {
+                        Some(v) => f(&g, &s.key, v),
+                        None => true,
+                    }
+                }
+                _ => true,
             }
         };
         match access {
@@ -343,12 +395,16 @@ impl Graph {
                     _ => &g.by_resource,
                 };
                 for slot in list.get(&k).into_iter().flatten() {
-                    emit(*slot);
+                    if !emit(*slot) {
+                        break;
+                    }
                 }
             }
             Access::Subject(k) => {
                 for slot in g.by_subject.get(&k).into_iter().flatten() {
-                    emit(*slot);
+                    if !emit(*slot) {
+                        break;
+                    }
                 }
             }
         }
@@ -416,6 +472,8 @@ pub(crate) enum GraphChange {
         key: RelationshipKey,
         value: VersionValue,
     },
+    /// the version of `key` created at `created` is gone (an import rolled back)
+    Remove { key: RelationshipKey, created: u64 },
 }
 
 /// A relationship seen from its resource: the subject's names as symbols, and whether the
@@ -626,6 +684,23 @@ impl Inner {
         }
     }
 
+    fn remove_version(&mut self, key: &RelationshipKey, created: u64) {
+        let Some(syms) = self.lookup_key(key) else {
+            return;
+        };
+        let Some(idx) = self.tuples.get(&syms).copied() else {
+            return;
+        };
+        let mut emptied = false;
+        if let Some(Some(slot)) = self.slots.get_mut(idx as usize) {
+            slot.versions.retain(|v| v.created != created);
+            emptied = slot.versions.is_empty();
+        }
+        if emptied {
+            self.remove_slot(idx, syms);
+        }
+    }
+
     fn remove_slot(&mut self, idx: u32, key: TupleSyms) {
         self.tuples.remove(&key);
         let r = [key[0], key[1], key[2]];
@@ -734,7 +809,6 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::model::{SubjectFilter, parse_relationship};
-    use crate::store::encoding::LIVE;
 
     const NOW: Timestamp = Timestamp {
         seconds: 1_700_000_000,

@@ -58,4 +58,11 @@ pub(crate) trait Kv: Send + Sync {
 
     /// Applies `batch` atomically; when it returns `Ok`, the batch is durable.
     fn commit(&self, batch: Batch) -> StoreResult<()>;
+
+    /// Applies `batch` atomically without waiting for it to be durable: it becomes durable
+    /// with the next [`Kv::commit`] (batches reach the disk in commit order), or is lost in a
+    /// crash before that. For data that means nothing until a later commit says so.
+    fn commit_unsynced(&self, batch: Batch) -> StoreResult<()> {
+        self.commit(batch)
+    }
 }

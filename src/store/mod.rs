@@ -194,6 +194,24 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         now: Timestamp,
     ) -> StoreResult<DeleteOutcome>;
 
+    /// Starts a bulk import, whose relationships are staged with [`Datastore::stage_import`]
+    /// and created together, at one revision, by [`Datastore::commit_import`]. An import
+    /// neither committed nor aborted is forgotten when the store next opens.
+    fn begin_import(&self) -> StoreResult<u64>;
+
+    /// Stages relationships for import `import`, outside any lock (other writes go on), so an
+    /// import of any size needs only one batch of memory. Fails with
+    /// [`StoreError::AlreadyExists`] for a tuple the import already holds.
+    fn stage_import(&self, import: u64, relationships: &[Relationship]) -> StoreResult<()>;
+
+    /// Atomically creates every relationship staged in `import` at one new revision: fails
+    /// with [`StoreError::AlreadyExists`], creating nothing, if one of them is live. Returns
+    /// the revision and how many were created. Readers never wait for it for long.
+    fn commit_import(&self, import: u64, now: Timestamp) -> StoreResult<(Revision, u64)>;
+
+    /// Forgets what `import` staged (after a commit, or instead of one).
+    fn abort_import(&self, import: u64) -> StoreResult<()>;
+
     /// Atomically: verify that no live relationship matches any of `orphan_checks` (else fail with
     /// `SchemaOrphans`, naming the check and one offending relationship), then store `text` as the
     /// schema at the new revision.
@@ -207,4 +225,12 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// Removes history no longer readable: versions deleted (or expired) before the horizon
     /// revision, which is the newest revision committed at or before `now - window`.
     fn gc(&self, now: Timestamp, window: std::time::Duration) -> StoreResult<GcStats>;
+
+    /// Can the store write? Meant to be cheap enough to poll every second for health: `Ok`
+    /// while the last commit succeeded; after a failed commit (disk full, I/O error) the store
+    /// tries one tiny synced write and answers with its outcome, so the answer recovers on its
+    /// own once the disk does. The default always answers `Ok`.
+    fn check_writable(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }

@@ -9,7 +9,7 @@
 //! mutex; reads take no lock beyond one consistent KV scan. The head revision is published only
 //! after its batch is durable.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use crate::model::{
 };
 use crate::store::encoding::{
     self, BY_RESOURCE, BY_SUBJECT, FORMAT_VERSION, Index, LIVE, META_FORMAT, META_HEAD,
-    META_HORIZON, META_ID, REV_TIME, SCHEMA, VersionValue,
+    META_HORIZON, META_ID, META_PROBE, REV_TIME, SCHEMA, STAGED, VersionValue,
 };
 use crate::store::graph::{Graph, GraphChange};
 use crate::store::kv::{Batch, Kv};
@@ -33,6 +33,15 @@ use crate::store::{
 
 /// The visitor of a GC range: queues the deletions for one entry.
 type GcVisit<'a> = dyn FnMut(&[u8], &[u8], &mut Batch) -> StoreResult<()> + 'a;
+
+/// How many stored versions the preconditions of one write may visit in scans of the
+/// stored indexes (filters the in-memory graph answers cost nothing against it): about 50 ms
+/// of the write lock, so that a precondition over a broad filter cannot stall every writer.
+pub(crate) const PRECONDITION_SCAN_BUDGET: usize = 100_000;
+
+/// How many staged relationships an import commit writes per batch (and per hold of the
+/// graph's write lock).
+const IMPORT_CHUNK: usize = 2_000;
 
 /// How many keys one GC commit deletes at most.
 const GC_BATCH: usize = 10_000;
@@ -63,6 +72,14 @@ pub(crate) struct Mvcc<K: Kv> {
     graph: Graph,
     /// the newest stored schema, so reads at or after its revision need no scan
     latest_schema: RwLock<Option<StoredSchema>>,
+    /// the id of the next bulk import
+    next_import: AtomicU64,
+    /// set when a failed import could not be rolled back: the stored versions past the head
+    /// would become visible to the next write, so writes are refused until a restart repairs
+    /// them (see [`Mvcc::load_graph`])
+    needs_repair: AtomicBool,
+    /// set when a commit fails (disk full, I/O error), cleared when one succeeds
+    writes_failing: AtomicBool,
     /// relationships stored at the head (this store's share of the metrics gauge)
     live: AtomicI64,
 }
@@ -141,6 +158,9 @@ impl<K: Kv> Mvcc<K> {
             gc_lock: Mutex::new(()),
             graph: Graph::new(),
             latest_schema: RwLock::new(None),
+            next_import: AtomicU64::new(0),
+            needs_repair: AtomicBool::new(false),
+            writes_failing: AtomicBool::new(false),
             live: AtomicI64::new(0),
         }
     }
@@ -156,6 +176,25 @@ impl<K: Kv> Mvcc<K> {
         }
     }
 
+    /// Commits `batch`, remembering whether the backend could write.
+    fn commit(&self, batch: Batch) -> StoreResult<()> {
+        let result = self.kv.commit(batch);
+        self.writes_failing
+            .store(result.is_err(), Ordering::Release);
+        result
+    }
+
+    /// `Ok` unless the last commit failed; then one tiny probe commit (the delete of an unused
+    /// key, synced like any write) decides, and a success clears the failure.
+    pub(crate) fn check_writable(&self) -> StoreResult<()> {
+        if !self.writes_failing.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut probe = Batch::default();
+        probe.delete(encoding::meta_key(META_PROBE));
+        self.commit(probe)
+    }
+
     /// Loads every stored relationship version into the in-memory graph, and the newest
     /// schema.
     fn load_graph(self) -> StoreResult<Mvcc<K>> {
@@ -165,11 +204,24 @@ impl<K: Kv> Mvcc<K> {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = newest;
         let mut live = 0u64;
+        // A bulk import commits in several batches before it publishes its revision: a crash
+        // in between leaves versions created after the head (dropped here) and versions closed
+        // after it (opened again here).
+        let head = self.head();
+        let mut repairs: Vec<(RelationshipKey, VersionValue)> = Vec::new();
         self.graph.load(|add| {
             self.kv
                 .scan(&[BY_RESOURCE], Some(&[BY_RESOURCE + 1]), &mut |k, v| {
-                    let (names, _) = encoding::version_key_parts(Index::ByResource, k)?;
-                    let value = VersionValue::decode(v)?;
+                    let (names, created) = encoding::version_key_parts(Index::ByResource, k)?;
+                    let mut value = VersionValue::decode(v)?;
+                    if created > head || (value.deleted != LIVE && value.deleted > head) {
+                        let (key, _) = encoding::decode_version_key(Index::ByResource, k)?;
+                        repairs.push((key, value.clone()));
+                        if created > head {
+                            return Ok(true);
+                        }
+                        value.deleted = LIVE;
+                    }
                     if value.deleted == LIVE {
                         live += 1;
                     }
@@ -177,6 +229,27 @@ impl<K: Kv> Mvcc<K> {
                     Ok(true)
                 })
         })?;
+        for chunk in repairs.chunks(GC_BATCH) {
+            let mut batch = Batch::default();
+            for (key, value) in chunk {
+                if value.created > head {
+                    batch.delete(encoding::version_key(Index::ByResource, key, value.created));
+                    batch.delete(encoding::version_key(Index::BySubject, key, value.created));
+                } else {
+                    let mut open = value.clone();
+                    open.deleted = LIVE;
+                    Self::put_version(&mut batch, key, &open)?;
+                }
+            }
+            self.kv.commit(batch)?;
+        }
+        if !repairs.is_empty() {
+            tracing::warn!(
+                versions = repairs.len(),
+                "rolled back the versions of an import interrupted before it committed"
+            );
+        }
+        self.clear_staged(&[STAGED], Some(&[STAGED + 1]))?;
         self.count_live(signed(live));
         Ok(self)
     }
@@ -295,6 +368,20 @@ impl<K: Kv> Mvcc<K> {
         now: Timestamp,
         f: &mut dyn FnMut(Found) -> StoreResult<bool>,
     ) -> StoreResult<()> {
+        self.scan_visible_within(rev, filter, after, now, None, f)
+    }
+
+    /// [`Mvcc::scan_visible`], but visiting at most `budget` stored versions (matching or
+    /// not, visible or not): past that it fails with [`StoreError::ScanBudgetExceeded`].
+    fn scan_visible_within(
+        &self,
+        rev: u64,
+        filter: &RelationshipFilter,
+        after: Option<&RelationshipKey>,
+        now: Timestamp,
+        mut budget: Option<&mut usize>,
+        f: &mut dyn FnMut(Found) -> StoreResult<bool>,
+    ) -> StoreResult<()> {
         let plan = encoding::plan(filter);
         let end = encoding::prefix_end(&plan.prefix);
         let start = match after {
@@ -312,6 +399,11 @@ impl<K: Kv> Mvcc<K> {
         // and at most one of them is visible, but guard against emitting a tuple twice.
         let mut last_tuple: Vec<u8> = Vec::new();
         self.kv.scan(&start, end.as_deref(), &mut |k, v| {
+            if let Some(left) = budget.as_deref_mut() {
+                *left = left
+                    .checked_sub(1)
+                    .ok_or(StoreError::ScanBudgetExceeded(PRECONDITION_SCAN_BUDGET))?;
+            }
             let created = encoding::created_of(k)?;
             if created > rev {
                 return Ok(true);
@@ -430,19 +522,37 @@ impl<K: Kv> Mvcc<K> {
         Ok(())
     }
 
-    /// Fails with the first precondition that does not hold at `head`.
+    /// Fails with the first precondition that does not hold at `head`. Runs under the write
+    /// lock, so its work is bounded: a filter the graph's indexes answer (one object's
+    /// relation, or one subject) costs a hash probe and a walk of that list; any other filter
+    /// is a scan of the stored index, and all such scans of one write together may visit at
+    /// most [`PRECONDITION_SCAN_BUDGET`] stored versions.
     fn check_preconditions(
         &self,
         head: u64,
         preconditions: &[Precondition],
         now: Timestamp,
     ) -> StoreResult<()> {
+        let mut budget = PRECONDITION_SCAN_BUDGET;
         for p in preconditions {
-            let mut found = false;
-            self.scan_visible(head, &p.filter, None, now, &mut |_| {
-                found = true;
-                Ok(false)
-            })?;
+            let found = match self.graph.any_visible(head, &p.filter, now) {
+                Some(found) => found,
+                None => {
+                    let mut found = false;
+                    self.scan_visible_within(
+                        head,
+                        &p.filter,
+                        None,
+                        now,
+                        Some(&mut budget),
+                        &mut |_| {
+                            found = true;
+                            Ok(false)
+                        },
+                    )?;
+                    found
+                }
+            };
             let holds = match p.op {
                 PreconditionOp::MustMatch => found,
                 PreconditionOp::MustNotMatch => !found,
@@ -466,13 +576,15 @@ impl<K: Kv> Mvcc<K> {
         let started = Instant::now();
         batch.put(encoding::rev_time_key(rev), encoding::encode_time(now));
         batch.put(encoding::meta_key(META_HEAD), rev.to_be_bytes().to_vec());
-        self.kv.commit(batch)?;
+        self.commit(batch)?;
         self.graph.apply(changes);
         self.head.store(rev, Ordering::Release);
         // Every `Close` ends a version live at the head, every `Add` starts one.
         let delta = changes.iter().fold(0i64, |n, c| match c {
             GraphChange::Close { .. } => n - 1,
             GraphChange::Add { .. } => n + 1,
+            // only a rolled-back import removes versions, and it never reaches a commit
+            GraphChange::Remove { .. } => n,
         });
         self.count_live(delta);
         if let Some(m) = metrics::get() {
@@ -495,6 +607,7 @@ impl<K: Kv> Mvcc<K> {
         now: Timestamp,
     ) -> StoreResult<Revision> {
         let _guard = lock(&self.write_lock);
+        self.writable()?;
         let head = self.head();
         self.check_preconditions(head, preconditions, now)?;
         let rev = Self::next_revision(head)?;
@@ -535,6 +648,17 @@ impl<K: Kv> Mvcc<K> {
         let mut batch = Batch::default();
         let mut changes = Vec::with_capacity(pending.len());
         for (key, p) in pending {
+            // A TOUCH that leaves a live relationship as it is writes no new version: a client
+            // re-asserting its relationships must not grow the store (or its graph) by a
+            // version per call until GC.
+            if let (Some(stored), Some(r)) = (&p.stored, p.result)
+                && stored.deleted == LIVE
+                && stored.expires_at.is_none_or(|e| e > now)
+                && stored.caveat == r.caveat
+                && stored.expires_at == r.expires_at
+            {
+                continue;
+            }
             if let Some(stored) = p.stored
                 && stored.deleted == LIVE
             {
@@ -571,6 +695,7 @@ impl<K: Kv> Mvcc<K> {
         now: Timestamp,
     ) -> StoreResult<DeleteOutcome> {
         let _guard = lock(&self.write_lock);
+        self.writable()?;
         let head = self.head();
         self.check_preconditions(head, preconditions, now)?;
         let mut matches: Vec<Found> = Vec::new();
@@ -618,6 +743,202 @@ impl<K: Kv> Mvcc<K> {
         })
     }
 
+    /// Starts a bulk import; its id names it to the calls below.
+    pub(crate) fn begin_import(&self) -> StoreResult<u64> {
+        Ok(self.next_import.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Adds relationships to import `import`, on disk and outside any lock: other writes go
+    /// on meanwhile, and the import's memory stays one batch. Fails with
+    /// [`StoreError::AlreadyExists`] for a tuple the import already holds.
+    pub(crate) fn stage_import(&self, import: u64, rels: &[Relationship]) -> StoreResult<()> {
+        let mut batch = Batch::default();
+        let mut keys = std::collections::BTreeSet::new();
+        for r in rels {
+            let key = r.key();
+            let staged = encoding::staged_key(import, &key);
+            if self.kv.get(&staged)?.is_some() || !keys.insert(staged.clone()) {
+                return Err(StoreError::AlreadyExists(Box::new(key)));
+            }
+            let value = VersionValue {
+                created: 0,
+                deleted: LIVE,
+                caveat: r.caveat.clone(),
+                expires_at: r.expires_at,
+            };
+            batch.put(staged, value.encode()?);
+        }
+        self.kv.commit_unsynced(batch)
+    }
+
+    /// Forgets import `import`'s staged relationships.
+    pub(crate) fn abort_import(&self, import: u64) -> StoreResult<()> {
+        let start = encoding::staged_prefix(import);
+        let end = encoding::prefix_end(&start);
+        self.clear_staged(&start, end.as_deref())
+    }
+
+    /// Deletes the staged keys in `[start, end)`, a bounded batch at a time.
+    fn clear_staged(&self, start: &[u8], end: Option<&[u8]>) -> StoreResult<()> {
+        loop {
+            let mut batch = Batch::default();
+            self.kv.scan(start, end, &mut |k, _| {
+                batch.delete(k.to_vec());
+                Ok(batch.len() < GC_BATCH)
+            })?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.kv.commit_unsynced(batch)?;
+        }
+    }
+
+    /// Calls `f` with import `import`'s staged relationships, [`IMPORT_CHUNK`] at a time, in
+    /// key order. `f` may use the store (no scan is open while it runs).
+    fn for_each_staged(
+        &self,
+        import: u64,
+        f: &mut dyn FnMut(Vec<(RelationshipKey, VersionValue)>) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        let prefix = encoding::staged_prefix(import);
+        let end = encoding::prefix_end(&prefix);
+        let mut from = prefix;
+        loop {
+            let mut chunk = Vec::new();
+            let mut last: Option<Vec<u8>> = None;
+            self.kv.scan(&from, end.as_deref(), &mut |k, v| {
+                chunk.push((encoding::decode_staged_key(k)?, VersionValue::decode(v)?));
+                last = Some(k.to_vec());
+                Ok(chunk.len() < IMPORT_CHUNK)
+            })?;
+            let Some(mut next) = last else {
+                return Ok(());
+            };
+            f(chunk)?;
+            next.push(0);
+            from = next;
+        }
+    }
+
+    /// Creates every relationship staged in import `import` at one new revision, all or
+    /// nothing: fails with [`StoreError::AlreadyExists`] (writing nothing) if one is live at
+    /// the head. Returns the revision and how many were created.
+    ///
+    /// Writers wait for it, but readers do not: the versions are written a chunk at a time,
+    /// each chunk replayed on the graph under a short hold of its lock, and none is visible
+    /// before the head moves to the new revision at the end. If a chunk fails to commit, the
+    /// chunks before it are rolled back; a crash in between is rolled back at the next open.
+    pub(crate) fn commit_import(
+        &self,
+        import: u64,
+        now: Timestamp,
+    ) -> StoreResult<(Revision, u64)> {
+        let _guard = lock(&self.write_lock);
+        self.writable()?;
+        let head = self.head();
+        let rev = Self::next_revision(head)?;
+        self.for_each_staged(import, &mut |chunk| {
+            for (key, _) in chunk {
+                if let Some(stored) = self.graph.newest_version(&key)
+                    && stored.deleted == LIVE
+                    && stored.expires_at.is_none_or(|e| e > now)
+                {
+                    return Err(StoreError::AlreadyExists(Box::new(key)));
+                }
+            }
+            Ok(())
+        })?;
+        let mut created = 0u64;
+        let mut closed = 0u64;
+        let written = self
+            .for_each_staged(import, &mut |chunk| {
+                let mut batch = Batch::default();
+                let mut changes = Vec::with_capacity(chunk.len());
+                for (key, mut value) in chunk {
+                    // A live version here has expired (checked above): it ends at `rev`.
+                    if let Some(mut old) = self.graph.newest_version(&key)
+                        && old.deleted == LIVE
+                    {
+                        old.deleted = rev;
+                        Self::put_version(&mut batch, &key, &old)?;
+                        closed += 1;
+                        changes.push(GraphChange::Close {
+                            key: key.clone(),
+                            created: old.created,
+                            rev,
+                        });
+                    }
+                    value.created = rev;
+                    Self::put_version(&mut batch, &key, &value)?;
+                    changes.push(GraphChange::Add { key, value });
+                    created += 1;
+                }
+                self.kv.commit_unsynced(batch)?;
+                self.graph.apply(&changes);
+                Ok(())
+            })
+            .and_then(|()| self.commit_revision(Batch::default(), rev, now, &[]));
+        match written {
+            Ok(revision) => {
+                self.count_live(signed(created) - signed(closed));
+                Ok((revision, created))
+            }
+            Err(e) => {
+                if let Err(undo) = self.undo_import(import, rev) {
+                    self.needs_repair.store(true, Ordering::Release);
+                    tracing::error!(
+                        error = %undo,
+                        "cannot roll back a failed import; writes are refused until a restart"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes what a failed [`Mvcc::commit_import`] wrote at `rev` (not published).
+    fn undo_import(&self, import: u64, rev: u64) -> StoreResult<()> {
+        self.for_each_staged(import, &mut |chunk| {
+            let mut batch = Batch::default();
+            let mut changes = Vec::with_capacity(chunk.len());
+            for (key, _) in chunk {
+                batch.delete(encoding::version_key(Index::ByResource, &key, rev));
+                batch.delete(encoding::version_key(Index::BySubject, &key, rev));
+                changes.push(GraphChange::Remove {
+                    key: key.clone(),
+                    created: rev,
+                });
+                if let Some(mut closed) = self.graph.newest_version_before(&key, rev)
+                    && closed.deleted == rev
+                {
+                    closed.deleted = LIVE;
+                    Self::put_version(&mut batch, &key, &closed)?;
+                    changes.push(GraphChange::Close {
+                        key,
+                        created: closed.created,
+                        rev: LIVE,
+                    });
+                }
+            }
+            self.kv.commit_unsynced(batch)?;
+            self.graph.apply(&changes);
+            Ok(())
+        })?;
+        // Durable before any later write reuses `rev`.
+        self.kv.commit(Batch::default())
+    }
+
+    /// Refuses writes while versions of a failed import may be left past the head.
+    fn writable(&self) -> StoreResult<()> {
+        if self.needs_repair.load(Ordering::Acquire) {
+            return Err(StoreError::Engine(
+                "a failed import could not be rolled back; restart the server to repair the store"
+                    .to_string(),
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn write_schema(
         &self,
         text: &str,
@@ -625,6 +946,7 @@ impl<K: Kv> Mvcc<K> {
         now: Timestamp,
     ) -> StoreResult<Revision> {
         let _guard = lock(&self.write_lock);
+        self.writable()?;
         let head = self.head();
         for check in orphan_checks {
             let mut hit = None;
@@ -678,7 +1000,7 @@ impl<K: Kv> Mvcc<K> {
                 Ok(true)
             })?;
             if !batch.is_empty() {
-                self.kv.commit(batch)?;
+                self.commit(batch)?;
             }
             match resume {
                 Some(next) => cursor = next,
@@ -732,7 +1054,7 @@ impl<K: Kv> Mvcc<K> {
                 encoding::meta_key(META_HORIZON),
                 horizon.to_be_bytes().to_vec(),
             );
-            self.kv.commit(b)?;
+            self.commit(b)?;
             self.horizon.store(horizon, Ordering::Release);
         }
 
@@ -891,6 +1213,30 @@ macro_rules! delegate_datastore {
                     .delete_relationships(filter, preconditions, limit, allow_partial, now)
             }
 
+            fn begin_import(&self) -> $crate::store::StoreResult<u64> {
+                self.inner.begin_import()
+            }
+
+            fn stage_import(
+                &self,
+                import: u64,
+                relationships: &[$crate::model::Relationship],
+            ) -> $crate::store::StoreResult<()> {
+                self.inner.stage_import(import, relationships)
+            }
+
+            fn commit_import(
+                &self,
+                import: u64,
+                now: $crate::model::Timestamp,
+            ) -> $crate::store::StoreResult<($crate::model::Revision, u64)> {
+                self.inner.commit_import(import, now)
+            }
+
+            fn abort_import(&self, import: u64) -> $crate::store::StoreResult<()> {
+                self.inner.abort_import(import)
+            }
+
             fn write_schema(
                 &self,
                 text: &str,
@@ -907,6 +1253,10 @@ macro_rules! delegate_datastore {
             ) -> $crate::store::StoreResult<$crate::store::GcStats> {
                 self.inner.gc(now, window)
             }
+
+            fn check_writable(&self) -> $crate::store::StoreResult<()> {
+                self.inner.check_writable()
+            }
         }
     };
 }
@@ -916,8 +1266,8 @@ pub(crate) use delegate_datastore;
 mod tests {
     use super::*;
     use crate::model::parse_relationship;
-    use crate::store::MemoryStore;
     use crate::store::encoding::META;
+    use crate::store::{MemoryStore, RocksStore};
 
     const NOW: Timestamp = Timestamp {
         seconds: 1_700_000_000,
@@ -945,7 +1295,8 @@ mod tests {
             NOW,
         )
         .unwrap();
-        m.write_relationships(&[], &[update(UpdateOp::Touch, b)], NOW)
+        let b_expiring = format!("{b}[expiration:2100-01-01T00:00:00Z]");
+        m.write_relationships(&[], &[update(UpdateOp::Touch, &b_expiring)], NOW)
             .unwrap();
         m.write_relationships(&[], &[update(UpdateOp::Delete, a)], NOW)
             .unwrap();
@@ -965,6 +1316,159 @@ mod tests {
         assert_eq!(m.raw_count(REV_TIME).unwrap(), 1);
         assert_eq!(m.raw_count(SCHEMA).unwrap(), 1);
         assert_eq!(m.raw_count(META).unwrap(), 4);
+    }
+
+    fn live_texts(ds: &crate::store::RocksStore, rev: Revision) -> Vec<String> {
+        let all = RelationshipFilter {
+            resource_type: Some("document".into()),
+            ..RelationshipFilter::default()
+        };
+        let mut v: Vec<String> = ds
+            .inner
+            .query(rev, &all, None, 100, NOW)
+            .unwrap()
+            .relationships
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The gauge of stored relationships follows imports as it follows writes.
+    #[test]
+    fn imports_are_counted_as_stored_relationships() {
+        let ds = MemoryStore::new();
+        let m = &ds.inner;
+        m.write_relationships(
+            &[],
+            &[update(UpdateOp::Create, "document:a#viewer@user:ann")],
+            NOW,
+        )
+        .unwrap();
+        let import = m.begin_import().unwrap();
+        let rels: Vec<Relationship> = ["document:b#viewer@user:bob", "document:c#viewer@user:cid"]
+            .iter()
+            .map(|s| parse_relationship(s).unwrap())
+            .collect();
+        m.stage_import(import, &rels).unwrap();
+        m.commit_import(import, NOW).unwrap();
+        assert_eq!(m.live.load(Ordering::Relaxed), 3);
+    }
+
+    /// A crash in the middle of an import's commit leaves versions past the head on disk; the
+    /// next open removes them, so the next write's revision does not make them visible.
+    #[test]
+    fn rocks_interrupted_import_is_rolled_back_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ds = RocksStore::open(dir.path()).unwrap();
+            ds.inner
+                .write_relationships(
+                    &[],
+                    &[update(UpdateOp::Create, "document:a#viewer@user:ann")],
+                    NOW,
+                )
+                .unwrap();
+            let head = ds.inner.head_revision().unwrap().0;
+            // What a commit writes before it publishes: a new version past the head, and an
+            // older live version closed past the head.
+            let mut batch = Batch::default();
+            let k = parse_relationship("document:b#viewer@user:bob")
+                .unwrap()
+                .key();
+            let v = encoding::VersionValue {
+                created: head + 1,
+                deleted: encoding::LIVE,
+                caveat: None,
+                expires_at: None,
+            };
+            let enc = v.encode().unwrap();
+            batch.put(
+                encoding::version_key(Index::ByResource, &k, head + 1),
+                enc.clone(),
+            );
+            batch.put(encoding::version_key(Index::BySubject, &k, head + 1), enc);
+            let a = parse_relationship("document:a#viewer@user:ann")
+                .unwrap()
+                .key();
+            let closed = encoding::VersionValue {
+                created: head,
+                deleted: head + 1,
+                caveat: None,
+                expires_at: None,
+            };
+            let enc = closed.encode().unwrap();
+            batch.put(
+                encoding::version_key(Index::ByResource, &a, head),
+                enc.clone(),
+            );
+            batch.put(encoding::version_key(Index::BySubject, &a, head), enc);
+            batch.put(encoding::staged_key(7, &k), v.encode().unwrap());
+            ds.inner.kv.commit(batch).unwrap();
+        }
+        let ds = RocksStore::open(dir.path()).unwrap();
+        let next = ds
+            .inner
+            .write_relationships(
+                &[],
+                &[update(UpdateOp::Create, "document:c#viewer@user:cid")],
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(
+            live_texts(&ds, next),
+            ["document:a#viewer@user:ann", "document:c#viewer@user:cid"]
+        );
+        // The metrics gauge counts what is live after the repair, not what was on disk.
+        assert_eq!(ds.inner.live.load(Ordering::Relaxed), 2);
+        let mut staged = 0;
+        ds.inner
+            .kv
+            .scan(
+                &[encoding::STAGED],
+                Some(&[encoding::STAGED + 1]),
+                &mut |_, _| {
+                    staged += 1;
+                    Ok(true)
+                },
+            )
+            .unwrap();
+        assert_eq!(staged, 0);
+        drop(ds);
+        // And the repair itself was durable.
+        let ds = RocksStore::open(dir.path()).unwrap();
+        assert_eq!(live_texts(&ds, next).len(), 2);
+    }
+
+    #[test]
+    fn touching_an_unchanged_relationship_adds_no_version() {
+        let ds = MemoryStore::new();
+        let m = &ds.inner;
+        let a = "document:a#viewer@user:ann";
+        let first = m
+            .write_relationships(&[], &[update(UpdateOp::Create, a)], NOW)
+            .unwrap();
+        for _ in 0..1000 {
+            m.write_relationships(&[], &[update(UpdateOp::Touch, a)], NOW)
+                .unwrap();
+        }
+        assert_eq!(m.raw_count(BY_RESOURCE).unwrap(), 1);
+        assert_eq!(m.raw_count(BY_SUBJECT).unwrap(), 1);
+        // Still one relationship, visible from its creation on.
+        let all = RelationshipFilter {
+            resource_type: Some("document".into()),
+            ..RelationshipFilter::default()
+        };
+        for rev in [first, m.head_revision().unwrap()] {
+            let page = m.query(rev, &all, None, 10, NOW).unwrap();
+            assert_eq!(page.relationships.len(), 1);
+        }
+        // A TOUCH that changes something is a new version, as before.
+        let changed = format!("{a}[expiration:2100-01-01T00:00:00Z]");
+        m.write_relationships(&[], &[update(UpdateOp::Touch, &changed)], NOW)
+            .unwrap();
+        assert_eq!(m.raw_count(BY_RESOURCE).unwrap(), 2);
     }
 
     #[test]
@@ -1005,5 +1509,75 @@ mod tests {
         );
         assert_eq!(time_minus(t, Duration::ZERO), t);
         assert_eq!(time_minus(t, Duration::MAX).seconds, i64::MIN);
+    }
+
+    /// A map whose commits fail (as on a full disk) while `fail` is set.
+    #[derive(Default)]
+    struct FlakyKv {
+        inner: crate::store::memory::MemoryKv,
+        fail: AtomicBool,
+        commits: AtomicU64,
+    }
+
+    impl Kv for FlakyKv {
+        fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+            self.inner.get(key)
+        }
+
+        fn scan(
+            &self,
+            start: &[u8],
+            end: Option<&[u8]>,
+            f: &mut crate::store::kv::ScanFn<'_>,
+        ) -> StoreResult<()> {
+            self.inner.scan(start, end, f)
+        }
+
+        fn commit(&self, batch: Batch) -> StoreResult<()> {
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Engine("No space left on device".into()));
+            }
+            self.inner.commit(batch)
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_marks_the_store_unwritable_until_a_probe_succeeds() {
+        let m = Mvcc::fresh(|b| {
+            let kv = FlakyKv::default();
+            kv.inner.commit(b).unwrap();
+            kv
+        });
+        let a = "document:a#viewer@user:ann";
+        m.write_relationships(&[], &[update(UpdateOp::Create, a)], NOW)
+            .unwrap();
+        let before = m.kv.commits.load(Ordering::SeqCst);
+        m.check_writable().unwrap();
+        assert_eq!(
+            m.kv.commits.load(Ordering::SeqCst),
+            before,
+            "a healthy store answers without writing"
+        );
+
+        m.kv.fail.store(true, Ordering::SeqCst);
+        let b = "document:b#viewer@user:ann";
+        assert!(
+            m.write_relationships(&[], &[update(UpdateOp::Create, b)], NOW)
+                .is_err()
+        );
+        assert!(m.check_writable().is_err(), "the failure is remembered");
+        assert!(m.check_writable().is_err(), "the probe fails too");
+
+        m.kv.fail.store(false, Ordering::SeqCst);
+        m.check_writable().unwrap();
+        let after_probe = m.kv.commits.load(Ordering::SeqCst);
+        m.check_writable().unwrap();
+        assert_eq!(m.kv.commits.load(Ordering::SeqCst), after_probe);
+        assert_eq!(
+            m.raw_count(crate::store::encoding::META).unwrap(),
+            4,
+            "the probe leaves nothing behind"
+        );
     }
 }

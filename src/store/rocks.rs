@@ -75,6 +75,18 @@ impl Kv for RocksKv {
     }
 
     fn commit(&self, batch: Batch) -> StoreResult<()> {
+        self.write(batch, true)
+    }
+
+    fn commit_unsynced(&self, batch: Batch) -> StoreResult<()> {
+        self.write(batch, false)
+    }
+}
+
+impl RocksKv {
+    /// Writes `batch` as one `WriteBatch`; with `sync`, waits until the WAL (and with it every
+    /// earlier batch) is on disk.
+    fn write(&self, batch: Batch, sync: bool) -> StoreResult<()> {
         // In key order: the memtable's skip list then finds each insertion point next to the
         // previous one instead of searching from the top (a third of a bulk load's CPU went
         // into that search). A stable sort keeps the order of operations on one key, which is
@@ -89,7 +101,7 @@ impl Kv for RocksKv {
             }
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        wo.set_sync(sync);
         self.db.write_opt(wb, &wo).map_err(engine)
     }
 }

@@ -58,16 +58,22 @@ pub async fn start_with_store(
     dir: Option<tempfile::TempDir>,
     key: Option<&str>,
 ) -> TestServer {
+    start_with_limits(store, dir, key, Limits::default()).await
+}
+
+/// Starts a server over an existing store, with the given request limits.
+pub async fn start_with_limits(
+    store: Arc<dyn Datastore>,
+    dir: Option<tempfile::TempDir>,
+    key: Option<&str>,
+    limits: Limits,
+) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let api = Api::new(
-        Arc::clone(&store),
-        EngineConfig::default(),
-        Limits::default(),
-    );
+    let api = Api::new(Arc::clone(&store), EngineConfig::default(), limits);
     let (tx, rx) = oneshot::channel::<()>();
     let options = ServerOptions {
-        preshared_key: key.map(str::to_string),
+        preshared_keys: key.map(str::to_string).into_iter().collect(),
         ..ServerOptions::default()
     };
     let server_store = Arc::clone(&store);
