@@ -23,8 +23,11 @@ use crate::model::{
 };
 use crate::store::{StoreError, StoreResult};
 
-/// The version of this layout, stored under [`META_FORMAT`].
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The version of this layout, stored under [`META_FORMAT`]. Version 1 had no [`GC_DUE`]
+/// keyspace; opening it builds that keyspace and moves the store to version 2.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The older layout this build still opens (and upgrades).
+pub(crate) const FORMAT_VERSION_NO_GC_DUE: u32 = 1;
 
 /// Prefix of the `meta` keyspace.
 pub(crate) const META: u8 = 0x01;
@@ -39,6 +42,17 @@ pub(crate) const SCHEMA: u8 = 0x05;
 
 /// Prefix of the `staged` keyspace (bulk imports in progress).
 pub(crate) const STAGED: u8 = 0x06;
+
+/// Prefix of the `gc-due` keyspace: for each version that will become garbage, when. An entry
+/// is `GC_DUE, DUE_DELETED, deleted (u64 BE), by-resource version key` for a deleted version
+/// and `GC_DUE, DUE_EXPIRED, expiration (12 bytes, ordered), by-resource version key` for an
+/// expiring one, with an empty value; garbage collection scans only the entries already due,
+/// so its cost follows the garbage, not the store. An entry may outlive its version (a
+/// version removed by the other entry, an import rolled back): the collector checks the
+/// version before removing it.
+pub(crate) const GC_DUE: u8 = 0x07;
+const DUE_DELETED: u8 = 0x00;
+const DUE_EXPIRED: u8 = 0x01;
 
 /// Meta key of the layout version (u32 BE).
 pub(crate) const META_FORMAT: &str = "format";
@@ -139,6 +153,59 @@ pub(crate) fn decode_time(b: &[u8]) -> StoreResult<Timestamp> {
         seconds: i64::from_be_bytes(s),
         nanos: decode_u32(n)?,
     })
+}
+
+/// `t` as 12 bytes whose byte order is the order of time (negative seconds included).
+fn ordered_time(t: Timestamp) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    let flipped = u64::from_be_bytes(t.seconds.to_be_bytes()) ^ (1 << 63);
+    b[..8].copy_from_slice(&flipped.to_be_bytes());
+    b[8..].copy_from_slice(&t.nanos.to_be_bytes());
+    b
+}
+
+/// The `gc-due` entry of a version deleted at `deleted`, whose by-resource key is `version`.
+pub(crate) fn due_deleted_key(deleted: u64, version: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + version.len());
+    k.extend_from_slice(&[GC_DUE, DUE_DELETED]);
+    k.extend_from_slice(&deleted.to_be_bytes());
+    k.extend_from_slice(version);
+    k
+}
+
+/// The `gc-due` entry of a version expiring at `at`, whose by-resource key is `version`.
+pub(crate) fn due_expired_key(at: Timestamp, version: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(14 + version.len());
+    k.extend_from_slice(&[GC_DUE, DUE_EXPIRED]);
+    k.extend_from_slice(&ordered_time(at));
+    k.extend_from_slice(version);
+    k
+}
+
+/// The range of `gc-due` entries of versions deleted at or before `horizon`.
+pub(crate) fn due_deleted_range(horizon: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut end = vec![GC_DUE, DUE_DELETED];
+    end.extend_from_slice(&horizon.saturating_add(1).to_be_bytes());
+    (vec![GC_DUE, DUE_DELETED], end)
+}
+
+/// The range of `gc-due` entries of versions expiring at or before `cutoff`.
+pub(crate) fn due_expired_range(cutoff: Timestamp) -> (Vec<u8>, Vec<u8>) {
+    let mut end = vec![GC_DUE, DUE_EXPIRED];
+    end.extend_from_slice(&ordered_time(cutoff));
+    // After every entry at `cutoff` itself: their next byte is a version key's first byte.
+    end.push(u8::MAX);
+    (vec![GC_DUE, DUE_EXPIRED], end)
+}
+
+/// The by-resource version key a `gc-due` entry points at.
+pub(crate) fn due_version_key(entry: &[u8]) -> StoreResult<&[u8]> {
+    let skip = match entry.get(..2) {
+        Some([GC_DUE, DUE_DELETED]) => 10,
+        Some([GC_DUE, DUE_EXPIRED]) => 14,
+        _ => return Err(corrupt("bad gc-due key")),
+    };
+    entry.get(skip..).ok_or_else(|| corrupt("bad gc-due key"))
 }
 
 /// The key of the schema written at `rev`.

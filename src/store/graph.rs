@@ -32,9 +32,6 @@ pub type Sym = u32;
 /// The empty name: a plain subject's relation.
 pub const EMPTY: Sym = 0;
 
-/// How many tuples one garbage-collection chunk visits under the write lock.
-const GC_CHUNK: usize = 4096;
-
 /// Slots of the per-thread cache of recent name lookups (a power of two).
 const RECENT_NAMES: usize = 256;
 
@@ -420,40 +417,6 @@ impl Graph {
             graph: self.id,
             rev,
             now,
-        }
-    }
-
-    /// Removes versions deleted at or before `horizon` or expired at or before `cutoff`, and
-    /// tuples left without versions, a chunk of tuples per write-lock hold. Returns how many
-    /// versions it removed.
-    pub(crate) fn gc(&self, horizon: u64, cutoff: Timestamp) -> u64 {
-        let mut removed = 0u64;
-        let mut start = 0usize;
-        loop {
-            let mut g = self.write();
-            let end = start.saturating_add(GC_CHUNK).min(g.slots.len());
-            for i in start..end {
-                let Ok(idx) = u32::try_from(i) else { break };
-                let mut emptied = None;
-                if let Some(Some(s)) = g.slots.get_mut(i) {
-                    let before = s.versions.len();
-                    s.versions
-                        .retain(|v| v.deleted > horizon && v.expires_at.is_none_or(|e| e > cutoff));
-                    removed += u64::try_from(before - s.versions.len()).unwrap_or(0);
-                    if s.versions.is_empty() {
-                        emptied = Some(s.key);
-                    }
-                }
-                if let Some(key) = emptied {
-                    g.remove_slot(idx, key);
-                }
-            }
-            let done = end >= g.slots.len();
-            drop(g);
-            if done {
-                return removed;
-            }
-            start = end;
         }
     }
 }
@@ -916,7 +879,11 @@ mod tests {
         };
         assert_eq!(ids(&g, 2, &unpinned), None);
 
-        assert_eq!(g.gc(3, NOW), 1);
+        // What garbage collection does once the version closed at 3 is below the horizon.
+        g.apply(&[GraphChange::Remove {
+            key: a.clone(),
+            created: 1,
+        }]);
         assert!(g.newest_version(&a).is_none());
         assert_eq!(ids(&g, 3, &f).unwrap(), vec![b.to_string()]);
         // the freed slot is reused
@@ -940,6 +907,5 @@ mod tests {
         };
         assert!(g.query(1, &f, earlier, &mut out));
         assert_eq!(out.len(), 1);
-        assert_eq!(g.gc(0, NOW), 1);
     }
 }

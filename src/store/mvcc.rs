@@ -20,8 +20,8 @@ use crate::model::{
     OrphanCheck, Relationship, RelationshipFilter, RelationshipKey, Revision, Timestamp,
 };
 use crate::store::encoding::{
-    self, BY_RESOURCE, BY_SUBJECT, FORMAT_VERSION, Index, LIVE, META_FORMAT, META_HEAD,
-    META_HORIZON, META_ID, META_PROBE, REV_TIME, SCHEMA, STAGED, VersionValue,
+    self, BY_RESOURCE, FORMAT_VERSION, Index, LIVE, META_FORMAT, META_HEAD, META_HORIZON, META_ID,
+    META_PROBE, REV_TIME, SCHEMA, STAGED, VersionValue,
 };
 use crate::store::graph::{Graph, GraphChange};
 use crate::store::kv::{Batch, Kv};
@@ -45,6 +45,8 @@ const IMPORT_CHUNK: usize = 2_000;
 
 /// How many keys one GC commit deletes at most.
 const GC_BATCH: usize = 10_000;
+/// `gc-due` entries handled per commit and per hold of the graph's write lock.
+const GC_SWEEP_CHUNK: usize = 2_000;
 
 /// One visible relationship version found by a scan.
 struct Found {
@@ -196,8 +198,8 @@ impl<K: Kv> Mvcc<K> {
     }
 
     /// Loads every stored relationship version into the in-memory graph, and the newest
-    /// schema.
-    fn load_graph(self) -> StoreResult<Mvcc<K>> {
+    /// schema; with `upgrade`, also writes the `gc-due` entries a version-1 store lacks.
+    fn load_graph(self, upgrade: bool) -> StoreResult<Mvcc<K>> {
         let newest = self.scan_schema(self.head())?;
         *self
             .latest_schema
@@ -209,6 +211,7 @@ impl<K: Kv> Mvcc<K> {
         // after it (opened again here).
         let head = self.head();
         let mut repairs: Vec<(RelationshipKey, VersionValue)> = Vec::new();
+        let mut due = Batch::default();
         self.graph.load(|add| {
             self.kv
                 .scan(&[BY_RESOURCE], Some(&[BY_RESOURCE + 1]), &mut |k, v| {
@@ -224,6 +227,9 @@ impl<K: Kv> Mvcc<K> {
                     }
                     if value.deleted == LIVE {
                         live += 1;
+                    }
+                    if upgrade {
+                        Self::put_due(&mut due, k, &value);
                     }
                     add(names, &value);
                     Ok(true)
@@ -250,6 +256,16 @@ impl<K: Kv> Mvcc<K> {
             );
         }
         self.clear_staged(&[STAGED], Some(&[STAGED + 1]))?;
+        if upgrade {
+            // One batch: the entries of the garbage and of expiring versions only, written
+            // once, when a store made by an older build is first opened.
+            due.put(
+                encoding::meta_key(META_FORMAT),
+                FORMAT_VERSION.to_be_bytes().to_vec(),
+            );
+            self.kv.commit(due)?;
+            tracing::info!("upgraded the data directory to storage format {FORMAT_VERSION}");
+        }
         self.count_live(signed(live));
         Ok(self)
     }
@@ -274,7 +290,8 @@ impl<K: Kv> Mvcc<K> {
             }
             Some(v) => {
                 let version = encoding::decode_u32(&v)?;
-                if version != FORMAT_VERSION {
+                let upgrade = version == encoding::FORMAT_VERSION_NO_GC_DUE;
+                if version != FORMAT_VERSION && !upgrade {
                     return Err(StoreError::Corrupt(format!(
                         "unsupported storage format version {version} (this build reads {FORMAT_VERSION})"
                     )));
@@ -287,7 +304,7 @@ impl<K: Kv> Mvcc<K> {
                     .map_err(|_| StoreError::Corrupt("non-UTF-8 store id".to_string()))?;
                 let head = encoding::decode_u64(&get(META_HEAD)?)?;
                 let horizon = encoding::decode_u64(&get(META_HORIZON)?)?;
-                Mvcc::from_parts(kv, id, head, horizon).load_graph()
+                Mvcc::from_parts(kv, id, head, horizon).load_graph(upgrade)
             }
         }
     }
@@ -505,16 +522,29 @@ impl<K: Kv> Mvcc<K> {
     }
 
     /// Writes `value` (a version of `key`) into both indexes.
+    /// Puts the `gc-due` entries of `value` (stored under `by_resource`): when it was
+    /// deleted, when it expires. Putting them again is harmless.
+    fn put_due(batch: &mut Batch, by_resource: &[u8], value: &VersionValue) {
+        if value.deleted != LIVE {
+            batch.put(
+                encoding::due_deleted_key(value.deleted, by_resource),
+                Vec::new(),
+            );
+        }
+        if let Some(at) = value.expires_at {
+            batch.put(encoding::due_expired_key(at, by_resource), Vec::new());
+        }
+    }
+
     fn put_version(
         batch: &mut Batch,
         key: &RelationshipKey,
         value: &VersionValue,
     ) -> StoreResult<()> {
         let enc = value.encode()?;
-        batch.put(
-            encoding::version_key(Index::ByResource, key, value.created),
-            enc.clone(),
-        );
+        let by_resource = encoding::version_key(Index::ByResource, key, value.created);
+        Self::put_due(batch, &by_resource, value);
+        batch.put(by_resource, enc.clone());
         batch.put(
             encoding::version_key(Index::BySubject, key, value.created),
             enc,
@@ -1009,6 +1039,53 @@ impl<K: Kv> Mvcc<K> {
         }
     }
 
+    /// Removes the versions whose `gc-due` entries lie in `[start, end)` and pass `due` (given
+    /// the stored value), and the entries themselves, a chunk at a time: each chunk is one
+    /// store commit and one short hold of the graph's write lock. Returns how many versions it
+    /// removed, and how many of those were still live (expired, never deleted).
+    fn sweep_due(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        due: &mut dyn FnMut(&[u8]) -> StoreResult<bool>,
+    ) -> StoreResult<(u64, u64)> {
+        let (mut removed, mut live) = (0u64, 0u64);
+        let mut cursor = start.to_vec();
+        loop {
+            // Collected first, read after: no store read runs inside a scan.
+            let mut entries: Vec<Vec<u8>> = Vec::new();
+            self.kv.scan(&cursor, Some(end), &mut |k, _| {
+                entries.push(k.to_vec());
+                Ok(entries.len() < GC_SWEEP_CHUNK)
+            })?;
+            let Some(last) = entries.last() else {
+                return Ok((removed, live));
+            };
+            cursor = last.clone();
+            cursor.push(0);
+            let mut batch = Batch::default();
+            let mut changes = Vec::new();
+            for entry in entries {
+                let version = encoding::due_version_key(&entry)?;
+                if let Some(value) = self.kv.get(version)?
+                    && due(&value)?
+                {
+                    let (key, created) = encoding::decode_version_key(Index::ByResource, version)?;
+                    batch.delete(version.to_vec());
+                    batch.delete(encoding::version_key(Index::BySubject, &key, created));
+                    if encoding::peek_deleted(&value)? == LIVE {
+                        live += 1;
+                    }
+                    removed += 1;
+                    changes.push(GraphChange::Remove { key, created });
+                }
+                batch.delete(entry);
+            }
+            self.commit(batch)?;
+            self.graph.apply(&changes);
+        }
+    }
+
     /// One garbage collection pass, counted in the metrics.
     pub(crate) fn gc(&self, now: Timestamp, window: Duration) -> StoreResult<GcStats> {
         let _guard = lock(&self.gc_lock);
@@ -1058,32 +1135,30 @@ impl<K: Kv> Mvcc<K> {
             self.horizon.store(horizon, Ordering::Release);
         }
 
-        // 2. Relationship versions deleted at or before the horizon, or expired before the
-        //    cutoff (invisible to every reader from then on), from both indexes.
+        // 2. Relationship versions deleted at or before the horizon, or expired at or before
+        //    the cutoff (invisible to every reader from then on): found through their
+        //    `gc-due` entries, removed from both indexes and from the graph.
         let mut relationships = 0u64;
         let mut expired_live = 0u64;
-        let swept = self.gc_range(&[BY_RESOURCE], &[BY_SUBJECT], &mut |k, v, batch| {
-            let deleted = encoding::peek_deleted(v)?;
-            let expired = encoding::peek_expires(v)?.is_some_and(|e| e <= cutoff);
-            if deleted <= horizon || expired {
-                let (key, created) = encoding::decode_version_key(Index::ByResource, k)?;
-                batch.delete(k.to_vec());
-                batch.delete(encoding::version_key(Index::BySubject, &key, created));
-                relationships += 1;
-                if deleted == LIVE {
-                    expired_live += 1;
-                }
-            }
-            Ok(())
-        });
-        // Expired versions still live at the head leave the stored count (those of batches
-        // committed before a failure, too: slightly low rather than never corrected).
+        let (start, end) = encoding::due_deleted_range(horizon);
+        let swept = self
+            .sweep_due(&start, &end, &mut |v| {
+                Ok(encoding::peek_deleted(v)? <= horizon)
+            })
+            .and_then(|(n, _)| {
+                relationships += n;
+                let (start, end) = encoding::due_expired_range(cutoff);
+                self.sweep_due(&start, &end, &mut |v| {
+                    Ok(encoding::peek_expires(v)?.is_some_and(|e| e <= cutoff))
+                })
+            })
+            .map(|(n, live)| {
+                relationships += n;
+                expired_live += live;
+            });
+        // Expired versions still live at the head leave the stored count.
         self.count_live(-signed(expired_live));
         swept?;
-
-        // The graph drops the same versions (its own pass: both only remove versions no
-        // readable revision sees, so they need not move in lockstep).
-        self.graph.gc(horizon, cutoff);
 
         // 3. Schema versions superseded at or before the horizon: keep the newest one there.
         let mut schemas = 0u64;
@@ -1266,7 +1341,7 @@ pub(crate) use delegate_datastore;
 mod tests {
     use super::*;
     use crate::model::parse_relationship;
-    use crate::store::encoding::META;
+    use crate::store::encoding::{BY_SUBJECT, GC_DUE, META};
     use crate::store::{MemoryStore, RocksStore};
 
     const NOW: Timestamp = Timestamp {
@@ -1306,6 +1381,8 @@ mod tests {
         assert_eq!(m.raw_count(BY_SUBJECT).unwrap(), 3);
         assert_eq!(m.raw_count(REV_TIME).unwrap(), 5);
         assert_eq!(m.raw_count(SCHEMA).unwrap(), 2);
+        // A `gc-due` entry per deleted version and per expiring one.
+        assert_eq!(m.raw_count(GC_DUE).unwrap(), 3);
         let stats = m.gc(NOW, Duration::ZERO).unwrap();
         assert_eq!(
             (stats.relationships, stats.schemas, stats.horizon),
@@ -1316,6 +1393,48 @@ mod tests {
         assert_eq!(m.raw_count(REV_TIME).unwrap(), 1);
         assert_eq!(m.raw_count(SCHEMA).unwrap(), 1);
         assert_eq!(m.raw_count(META).unwrap(), 4);
+        // The expiration in 2100 is not due yet.
+        assert_eq!(m.raw_count(GC_DUE).unwrap(), 1);
+    }
+
+    /// A store written before the `gc-due` keyspace existed gets it at its first open, and its
+    /// old garbage is then collected.
+    #[test]
+    fn rocks_format_1_store_is_upgraded_and_its_garbage_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = "document:a#viewer@user:ann";
+        {
+            let ds = RocksStore::open(dir.path()).unwrap();
+            let m = &ds.inner;
+            m.write_relationships(&[], &[update(UpdateOp::Create, a)], NOW)
+                .unwrap();
+            m.write_relationships(&[], &[update(UpdateOp::Delete, a)], NOW)
+                .unwrap();
+            // Back to format 1: no `gc-due` entries.
+            let mut batch = Batch::default();
+            m.kv.scan(&[GC_DUE], Some(&[GC_DUE + 1]), &mut |k, _| {
+                batch.delete(k.to_vec());
+                Ok(true)
+            })
+            .unwrap();
+            batch.put(
+                encoding::meta_key(META_FORMAT),
+                encoding::FORMAT_VERSION_NO_GC_DUE.to_be_bytes().to_vec(),
+            );
+            m.kv.commit(batch).unwrap();
+            assert_eq!(m.raw_count(GC_DUE).unwrap(), 0);
+        }
+        let ds = RocksStore::open(dir.path()).unwrap();
+        let m = &ds.inner;
+        assert_eq!(
+            m.kv.get(&encoding::meta_key(META_FORMAT)).unwrap(),
+            Some(FORMAT_VERSION.to_be_bytes().to_vec())
+        );
+        assert_eq!(m.raw_count(GC_DUE).unwrap(), 1);
+        let stats = m.gc(NOW, Duration::ZERO).unwrap();
+        assert_eq!(stats.relationships, 1);
+        assert_eq!(m.raw_count(BY_RESOURCE).unwrap(), 0);
+        assert_eq!(m.raw_count(GC_DUE).unwrap(), 0);
     }
 
     fn live_texts(ds: &crate::store::RocksStore, rev: Revision) -> Vec<String> {
