@@ -319,7 +319,12 @@ async fn backup_during_writes_restores_to_the_same_state() {
         pb::consistency::Requirement::FullyConsistent(true),
     )
     .await;
-    assert_eq!(restored_rels, source_rels);
+    assert!(
+        restored_rels == source_rels,
+        "the restored store holds {} relationships, the source {} at the backup's revision",
+        restored_rels.len(),
+        source_rels.len()
+    );
     // The restored store is at the backup's revision: its token reads there too.
     assert_eq!(
         all_relationships(&restored.channel, at_backup).await,
