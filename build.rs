@@ -24,6 +24,7 @@ const PROTO_FILES: &[&str] = &[
     "authzed/api/v1/watch_service.proto",
     "authzed/api/v1/experimental_service.proto",
     "pemba/internal/v1/token.proto",
+    "pemba/admin/v1/backup.proto",
 ];
 
 /// Name of the serialized `FileDescriptorSet` written to `$OUT_DIR`.

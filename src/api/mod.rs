@@ -2,6 +2,7 @@
 //! convert it to model values (`convert`), call the store or engine, and convert back; errors
 //! become gRPC statuses in exactly one place (`status`).
 
+mod backup;
 mod convert;
 mod error;
 mod permissions;
@@ -16,6 +17,7 @@ mod validate;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use backup::{BackupApi, valid_backup_name};
 pub use error::{ApiError, ApiResult, Reason};
 pub use permissions::PermissionsApi;
 pub use schema_service::SchemaApi;

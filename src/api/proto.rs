@@ -39,6 +39,17 @@ pub mod pemba_internal {
     tonic::include_proto!("pemba.internal.v1");
 }
 
+/// `pemba`: Pemba's own public packages.
+pub mod pemba {
+    /// `pemba.admin`.
+    pub mod admin {
+        /// `pemba.admin.v1`: the administrative API (backups), with its tonic client and server.
+        pub mod v1 {
+            tonic::include_proto!("pemba.admin.v1");
+        }
+    }
+}
+
 /// The serialized `FileDescriptorSet` of every file in proto/ plus its imports
 /// (written by build.rs), e.g. for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pemba_descriptor");

@@ -191,6 +191,13 @@ fn store_status(err: StoreError) -> tonic::Status {
                 "stored data could not be decoded; see the server log".into(),
             )
         }
+        StoreError::Unsupported(_) => with_reason(
+            Code::FailedPrecondition,
+            message,
+            "PEMBA_ERROR_REASON_UNSUPPORTED_BY_DATASTORE",
+            Metadata::new(),
+        ),
+        StoreError::TargetExists(_) => plain(Code::AlreadyExists, message),
         StoreError::Engine(_) => internal("datastore failure", &message),
     }
 }

@@ -2,6 +2,7 @@
 //! equivalents), turned into a running server; `pemba bench`, a load generator for any
 //! `authzed.api.v1` endpoint, over the reusable benchmark [`workload`].
 
+pub mod backup;
 pub mod bench;
 pub mod workload;
 
@@ -34,6 +35,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load the benchmark workload into a server and measure it.
     Bench(bench::BenchArgs),
+    /// Back up a running server, or restore a backup into a data dir.
+    Backup(backup::BackupArgs),
 }
 
 /// Which datastore to use.
@@ -132,6 +135,9 @@ pub struct ServeArgs {
         default_missing_value = "true"
     )]
     pub metrics_enabled: bool,
+    /// directory `pemba backup create` writes checkpoints under (the server writes nowhere else)
+    #[arg(long, env = "PEMBA_BACKUP_DIR", default_value = "./pemba-backups")]
+    pub backup_dir: PathBuf,
     /// address of the Prometheus metrics endpoint
     #[arg(long, env = "PEMBA_METRICS_ADDR", default_value = "127.0.0.1:9090")]
     pub metrics_addr: SocketAddr,
@@ -142,6 +148,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => bench::run(args),
+        Command::Backup(args) => backup::run(args),
     }
 }
 
@@ -217,6 +224,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         concurrency_limit: args.grpc_concurrency_limit,
         gc_window: Duration::from_secs(args.gc_window_secs),
         gc_interval: Duration::from_secs(args.gc_interval_secs.max(1)),
+        backup_dir: args.backup_dir.clone(),
         ..ServerOptions::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
 
-use crate::api::{Api, PermissionsApi, SchemaApi};
+use crate::api::{Api, BackupApi, PermissionsApi, SchemaApi};
 use crate::store::Datastore;
 
 pub use tls::{TlsError, TlsFiles};
@@ -69,6 +69,8 @@ pub struct ServerOptions {
     pub gc_window: Duration,
     /// how often garbage collection runs
     pub gc_interval: Duration,
+    /// the directory `BackupService.CreateBackup` writes under (and nowhere else)
+    pub backup_dir: std::path::PathBuf,
 }
 
 impl Default for ServerOptions {
@@ -87,6 +89,7 @@ impl Default for ServerOptions {
             health_check_interval: Duration::from_secs(1),
             gc_window: Duration::from_secs(24 * 3600),
             gc_interval: Duration::from_secs(180),
+            backup_dir: std::path::PathBuf::from("./pemba-backups"),
         }
     }
 }
@@ -275,6 +278,12 @@ pub async fn run(
     let schema = SchemaApi(Arc::clone(&api))
         .into_server()
         .max_decoding_message_size(options.max_message_size);
+    let backup = BackupApi {
+        api: Arc::clone(&api),
+        root: options.backup_dir.clone(),
+    }
+    .into_server()
+    .max_decoding_message_size(options.max_message_size);
     let admission = limits::Admission::new(options.concurrency_limit, options.max_message_size);
 
     let gc = tokio::spawn(gc_loop(
@@ -310,7 +319,8 @@ pub async fn run(
         .layer(limits::AdmissionLayer(Arc::clone(&admission)))
         .add_service(health_service)
         .add_service(InterceptedService::new(permissions, auth.clone()))
-        .add_service(InterceptedService::new(schema, auth))
+        .add_service(InterceptedService::new(schema, auth.clone()))
+        .add_service(InterceptedService::new(backup, auth))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });

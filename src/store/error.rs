@@ -67,6 +67,12 @@ pub enum StoreError {
     /// Stored bytes could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// The datastore cannot do this (e.g. a checkpoint of the in-memory store).
+    #[error("unsupported by this datastore: {0}")]
+    Unsupported(String),
+    /// A checkpoint's target directory already exists.
+    #[error("the backup target `{0}` already exists")]
+    TargetExists(String),
     /// The underlying engine failed (I/O, RocksDB).
     #[error("storage engine error: {0}")]
     Engine(String),

@@ -2,7 +2,9 @@
 //! range scan, atomic batch commit) that the MVCC layer is written against once, and that
 //! `rocks.rs` and `memory.rs` implement.
 
-use crate::store::StoreResult;
+use std::path::Path;
+
+use crate::store::{StoreError, StoreResult};
 
 /// One change in a [`Batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,5 +66,13 @@ pub(crate) trait Kv: Send + Sync {
     /// crash before that. For data that means nothing until a later commit says so.
     fn commit_unsynced(&self, batch: Batch) -> StoreResult<()> {
         self.commit(batch)
+    }
+
+    /// Writes a consistent copy of the whole map into the new directory `dir` (which must not
+    /// exist). The default refuses: only a durable backend can.
+    fn checkpoint(&self, _dir: &Path) -> StoreResult<()> {
+        Err(StoreError::Unsupported(
+            "this datastore cannot write a checkpoint".to_string(),
+        ))
     }
 }

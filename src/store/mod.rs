@@ -118,6 +118,16 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// [`StoreError::RevisionInFuture`] above the head.
     fn check_revision(&self, rev: Revision) -> StoreResult<()>;
 
+    /// Writes a consistent online copy of the whole store into the new directory `dir` (which
+    /// must not exist: [`StoreError::TargetExists`]) and answers the revision the copy holds.
+    /// A store that cannot answers [`StoreError::Unsupported`] (the default).
+    fn checkpoint(&self, dir: &std::path::Path) -> StoreResult<Revision> {
+        let _ = dir;
+        Err(StoreError::Unsupported(
+            "this datastore cannot write a checkpoint".to_string(),
+        ))
+    }
+
     /// The schema visible at `rev`, if any was written at or before it. Errors like
     /// [`Datastore::check_revision`] for an unreadable `rev`.
     fn read_schema(&self, rev: Revision) -> StoreResult<Option<StoredSchema>>;

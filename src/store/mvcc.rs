@@ -317,6 +317,14 @@ impl<K: Kv> Mvcc<K> {
         self.head.load(Ordering::Acquire)
     }
 
+    /// Writes a consistent copy of the store into the new directory `dir`, taken while no write
+    /// can commit, and answers the revision it holds.
+    pub(crate) fn checkpoint(&self, dir: &std::path::Path) -> StoreResult<Revision> {
+        let _guard = lock(&self.write_lock);
+        self.kv.checkpoint(dir)?;
+        Ok(Revision(self.head()))
+    }
+
     pub(crate) fn head_revision(&self) -> StoreResult<Revision> {
         Ok(Revision(self.head()))
     }
@@ -1222,6 +1230,13 @@ macro_rules! delegate_datastore {
 
             fn head_revision(&self) -> $crate::store::StoreResult<$crate::model::Revision> {
                 self.inner.head_revision()
+            }
+
+            fn checkpoint(
+                &self,
+                dir: &std::path::Path,
+            ) -> $crate::store::StoreResult<$crate::model::Revision> {
+                self.inner.checkpoint(dir)
             }
 
             fn check_revision(

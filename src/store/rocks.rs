@@ -81,9 +81,23 @@ impl Kv for RocksKv {
     fn commit_unsynced(&self, batch: Batch) -> StoreResult<()> {
         self.write(batch, false)
     }
+
+    fn checkpoint(&self, dir: &Path) -> StoreResult<()> {
+        self.checkpoint_to(dir)
+    }
 }
 
 impl RocksKv {
+    /// A RocksDB checkpoint of the database in `dir`: hard links to the immutable table files
+    /// where possible, copies otherwise, after flushing the memtable.
+    fn checkpoint_to(&self, dir: &Path) -> StoreResult<()> {
+        if dir.exists() {
+            return Err(StoreError::TargetExists(dir.display().to_string()));
+        }
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(engine)?;
+        cp.create_checkpoint(dir).map_err(engine)
+    }
+
     /// Writes `batch` as one `WriteBatch`; with `sync`, waits until the WAL (and with it every
     /// earlier batch) is on disk.
     fn write(&self, batch: Batch, sync: bool) -> StoreResult<()> {
