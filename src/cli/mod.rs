@@ -135,6 +135,13 @@ pub struct ServeArgs {
     /// address of the Prometheus metrics endpoint
     #[arg(long, env = "PEMBA_METRICS_ADDR", default_value = "127.0.0.1:9090")]
     pub metrics_addr: SocketAddr,
+    /// PEM certificate chain for HTTPS on the metrics endpoint (with --metrics-tls-key-path);
+    /// reloaded when the file changes
+    #[arg(long, env = "PEMBA_METRICS_TLS_CERT_PATH")]
+    pub metrics_tls_cert_path: Option<PathBuf>,
+    /// PEM private key for HTTPS on the metrics endpoint (with --metrics-tls-cert-path)
+    #[arg(long, env = "PEMBA_METRICS_TLS_KEY_PATH")]
+    pub metrics_tls_key_path: Option<PathBuf>,
 }
 
 /// Runs the parsed command line.
@@ -157,6 +164,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }),
         (None, None) => None,
         _ => bail!("--grpc-tls-cert-path and --grpc-tls-key-path go together"),
+    };
+    let metrics_tls = match (args.metrics_tls_cert_path, args.metrics_tls_key_path) {
+        (Some(cert_path), Some(key_path)) => {
+            let files = server::TlsFiles {
+                cert_path,
+                key_path,
+            };
+            let config = server::tls::server_config(&files, server::metrics::ALPN)
+                .context("cannot set up TLS for the metrics endpoint")?;
+            Some(config)
+        }
+        (None, None) => None,
+        _ => bail!("--metrics-tls-cert-path and --metrics-tls-key-path go together"),
     };
     if !args.grpc_addr.ip().is_loopback() {
         if keys.is_empty() {
@@ -233,9 +253,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let task = tokio::spawn(server::metrics::serve_tcp(listener, async {
+                let stopped = async {
                     let _ = stopped.await;
-                }));
+                };
+                let task = match metrics_tls {
+                    Some(tls) => tokio::spawn(server::metrics::serve_tls(
+                        listener,
+                        tls,
+                        args.grpc_tls_handshake_timeout,
+                        stopped,
+                    )),
+                    None => tokio::spawn(server::metrics::serve_tcp(listener, stopped)),
+                };
                 Some((stop, task))
             }
             false => None,
@@ -343,5 +372,17 @@ mod tests {
             Cli::try_parse_from(["pemba", "serve", "--grpc-tls-cert-path", "c.pem"]).is_err(),
             "a certificate without a key is refused"
         );
+    }
+
+    #[test]
+    fn metrics_certificate_without_key_is_a_start_error() {
+        for flag in ["--metrics-tls-cert-path", "--metrics-tls-key-path"] {
+            let cli = Cli::try_parse_from(["pemba", "serve", flag, "x.pem"]).unwrap();
+            let Command::Serve(args) = cli.command else {
+                unreachable!()
+            };
+            let err = serve(args).unwrap_err().to_string();
+            assert!(err.contains("go together"), "{err}");
+        }
     }
 }

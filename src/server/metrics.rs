@@ -587,6 +587,34 @@ pub async fn serve_tcp(listener: TcpListener, shutdown: impl Future<Output = ()>
     serve(incoming, shutdown).await;
 }
 
+/// [`serve`] over HTTPS: every connection must complete a TLS handshake with `tls` (see
+/// [`super::tls::server_config`]; the certificate is reloaded when its files change) within
+/// `handshake_timeout`. A client speaking plain HTTP fails the handshake and gets no metrics.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    handshake_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics over TLS");
+    }
+    let closer = tokio_util::sync::CancellationToken::new();
+    let incoming = super::tls::incoming(
+        listener,
+        super::tls::AcceptOptions {
+            tls: Some(tls),
+            handshake_timeout,
+            closer: closer.clone(),
+        },
+    );
+    serve(incoming, shutdown).await;
+    closer.cancel();
+}
+
+/// The ALPN protocol the metrics endpoint offers over TLS.
+pub const ALPN: &[&[u8]] = &[b"http/1.1"];
+
 #[cfg(test)]
 mod tests {
     use super::*;
