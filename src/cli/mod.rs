@@ -3,6 +3,8 @@
 //! `authzed.api.v1` endpoint, over the reusable benchmark [`workload`].
 
 pub mod bench;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod workload;
 
 use std::net::SocketAddr;
@@ -142,6 +144,34 @@ pub struct ServeArgs {
     /// PEM private key for HTTPS on the metrics endpoint (with --metrics-tls-cert-path)
     #[arg(long, env = "PEMBA_METRICS_TLS_KEY_PATH")]
     pub metrics_tls_key_path: Option<PathBuf>,
+    /// OTLP/gRPC collector to send traces to, e.g. `http://127.0.0.1:4317` (none: no traces
+    /// are exported; needs the `otel` cargo feature, on by default)
+    #[arg(long, env = "PEMBA_OTEL_ENDPOINT")]
+    pub otel_endpoint: Option<String>,
+    /// the `service.name` of the exported traces
+    #[arg(long, env = "PEMBA_OTEL_SERVICE_NAME", default_value = "pemba")]
+    pub otel_service_name: String,
+    /// fraction of traces exported, 0 to 1 (a caller's sampling decision is followed)
+    #[arg(long, env = "PEMBA_OTEL_SAMPLE_RATIO", default_value_t = 0.01)]
+    pub otel_sample_ratio: f64,
+}
+
+impl Cli {
+    /// The trace export asked for, if any.
+    #[cfg(feature = "otel")]
+    pub fn otel_options(&self) -> Option<otel::OtelOptions> {
+        match &self.command {
+            Command::Serve(args) => args
+                .otel_endpoint
+                .as_ref()
+                .map(|endpoint| otel::OtelOptions {
+                    endpoint: endpoint.clone(),
+                    service_name: args.otel_service_name.clone(),
+                    sample_ratio: args.otel_sample_ratio,
+                }),
+            Command::Bench(_) => None,
+        }
+    }
 }
 
 /// Runs the parsed command line.
@@ -153,6 +183,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if cfg!(not(feature = "otel")) && args.otel_endpoint.is_some() {
+        bail!("--otel-endpoint: this build has no OpenTelemetry support (cargo feature `otel`)");
+    }
     let keys = args.grpc_preshared_key;
     if keys.iter().any(String::is_empty) {
         bail!("--grpc-preshared-key: empty keys are refused");

@@ -285,10 +285,18 @@ where
         let id_text = id.to_str().unwrap_or_default().to_string();
         let metrics = GRPC_METRICS.as_ref();
         let rpc = metrics.map(|m| m.method(req.uri().path()));
+        // `otel.*` and `rpc.*` fields name and describe the span when it is exported over
+        // OpenTelemetry (semantic conventions for gRPC servers).
         let span = tracing::info_span!(
             "rpc",
             request_id = %id_text,
             method = %rpc.map_or("unknown", |r| r.name.as_str()),
+            otel.name = %rpc.map_or("unknown", |r| r.name.as_str()),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %rpc.map_or("unknown", |r| r.labels[1].as_str()),
+            rpc.method = %rpc.map_or("unknown", |r| r.labels[2].as_str()),
+            rpc.grpc.status_code = tracing::field::Empty,
         );
         if let Some(m) = metrics
             && rpc.is_some_and(|r| std::ptr::eq(r, &m.unknown))
@@ -349,6 +357,10 @@ impl Drop for Call {
             c.inc();
         }
         self.metrics.in_flight.dec();
+        self.span.record(
+            "rpc.grpc.status_code",
+            u64::try_from(self.code).unwrap_or(2),
+        );
         let _entered = self.span.enter();
         tracing::debug!(
             grpc_code = CODE_NAMES.get(self.code).copied().unwrap_or("Unknown"),
