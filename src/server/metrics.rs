@@ -359,7 +359,7 @@ impl Drop for Call {
         self.metrics.in_flight.dec();
         self.span.record(
             "rpc.grpc.status_code",
-            u64::try_from(self.code).unwrap_or(2),
+            i64::try_from(self.code).unwrap_or(2),
         );
         let _entered = self.span.enter();
         tracing::debug!(
