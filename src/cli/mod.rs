@@ -151,7 +151,7 @@ pub struct ServeArgs {
     /// the `service.name` of the exported traces
     #[arg(long, env = "PEMBA_OTEL_SERVICE_NAME", default_value = "pemba")]
     pub otel_service_name: String,
-    /// fraction of traces exported, 0 to 1 (a caller's sampling decision is followed)
+    /// fraction of RPCs whose span is exported, 0 to 1
     #[arg(long, env = "PEMBA_OTEL_SAMPLE_RATIO", default_value_t = 0.01)]
     pub otel_sample_ratio: f64,
 }
