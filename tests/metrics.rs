@@ -517,3 +517,90 @@ async fn request_id_is_echoed_and_logged() {
         "{text}"
     );
 }
+
+/// A CA and a certificate it signed for `localhost` and 127.0.0.1: (CA PEM, leaf PEM, leaf key
+/// PEM).
+fn ca_and_leaf() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+/// One HTTPS/1.1 request trusting only `ca_pem`; returns the status code and the body.
+async fn https(addr: SocketAddr, ca_pem: &str, path: &str) -> (u16, String) {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(pemba::server::tls::ring_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = connector.connect(name, tcp).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    // The server may close without a TLS close_notify: keep what was read.
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw))
+        .await
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_over_tls_and_not_in_clear() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_and_leaf();
+    let files = pemba::server::TlsFiles {
+        cert_path: dir.path().join("cert.pem"),
+        key_path: dir.path().join("key.pem"),
+    };
+    std::fs::write(&files.cert_path, cert).unwrap();
+    std::fs::write(&files.key_path, key).unwrap();
+    let tls = pemba::server::tls::server_config(&files, pemba::server::metrics::ALPN).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(pemba::server::metrics::serve_tls(
+        listener,
+        tls,
+        Duration::from_secs(10),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let (status, body) = https(addr, &ca, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("# TYPE"), "{body}");
+
+    // Plain HTTP to the TLS port: the handshake fails and no metrics come back.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(!text.contains("# TYPE"), "{text}");
+    assert!(!text.starts_with("HTTP/1.1 200"), "{text}");
+}

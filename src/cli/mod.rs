@@ -4,6 +4,8 @@
 
 pub mod backup;
 pub mod bench;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod workload;
 
 use std::net::SocketAddr;
@@ -141,6 +143,41 @@ pub struct ServeArgs {
     /// address of the Prometheus metrics endpoint
     #[arg(long, env = "PEMBA_METRICS_ADDR", default_value = "127.0.0.1:9090")]
     pub metrics_addr: SocketAddr,
+    /// PEM certificate chain for HTTPS on the metrics endpoint (with --metrics-tls-key-path);
+    /// reloaded when the file changes
+    #[arg(long, env = "PEMBA_METRICS_TLS_CERT_PATH")]
+    pub metrics_tls_cert_path: Option<PathBuf>,
+    /// PEM private key for HTTPS on the metrics endpoint (with --metrics-tls-cert-path)
+    #[arg(long, env = "PEMBA_METRICS_TLS_KEY_PATH")]
+    pub metrics_tls_key_path: Option<PathBuf>,
+    /// OTLP/gRPC collector to send traces to, e.g. `http://127.0.0.1:4317` (none: no traces
+    /// are exported; needs the `otel` cargo feature, on by default)
+    #[arg(long, env = "PEMBA_OTEL_ENDPOINT")]
+    pub otel_endpoint: Option<String>,
+    /// the `service.name` of the exported traces
+    #[arg(long, env = "PEMBA_OTEL_SERVICE_NAME", default_value = "pemba")]
+    pub otel_service_name: String,
+    /// fraction of RPCs whose span is exported, 0 to 1
+    #[arg(long, env = "PEMBA_OTEL_SAMPLE_RATIO", default_value_t = 0.01)]
+    pub otel_sample_ratio: f64,
+}
+
+impl Cli {
+    /// The trace export asked for, if any.
+    #[cfg(feature = "otel")]
+    pub fn otel_options(&self) -> Option<otel::OtelOptions> {
+        match &self.command {
+            Command::Serve(args) => args
+                .otel_endpoint
+                .as_ref()
+                .map(|endpoint| otel::OtelOptions {
+                    endpoint: endpoint.clone(),
+                    service_name: args.otel_service_name.clone(),
+                    sample_ratio: args.otel_sample_ratio,
+                }),
+            Command::Bench(_) => None,
+        }
+    }
 }
 
 /// Runs the parsed command line.
@@ -153,6 +190,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if cfg!(not(feature = "otel")) && args.otel_endpoint.is_some() {
+        bail!("--otel-endpoint: this build has no OpenTelemetry support (cargo feature `otel`)");
+    }
     let keys = args.grpc_preshared_key;
     if keys.iter().any(String::is_empty) {
         bail!("--grpc-preshared-key: empty keys are refused");
@@ -164,6 +204,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }),
         (None, None) => None,
         _ => bail!("--grpc-tls-cert-path and --grpc-tls-key-path go together"),
+    };
+    let metrics_tls = match (args.metrics_tls_cert_path, args.metrics_tls_key_path) {
+        (Some(cert_path), Some(key_path)) => {
+            let files = server::TlsFiles {
+                cert_path,
+                key_path,
+            };
+            let config = server::tls::server_config(&files, server::metrics::ALPN)
+                .context("cannot set up TLS for the metrics endpoint")?;
+            Some(config)
+        }
+        (None, None) => None,
+        _ => bail!("--metrics-tls-cert-path and --metrics-tls-key-path go together"),
     };
     if !args.grpc_addr.ip().is_loopback() {
         if keys.is_empty() {
@@ -241,9 +294,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let task = tokio::spawn(server::metrics::serve_tcp(listener, async {
+                let stopped = async {
                     let _ = stopped.await;
-                }));
+                };
+                let task = match metrics_tls {
+                    Some(tls) => tokio::spawn(server::metrics::serve_tls(
+                        listener,
+                        tls,
+                        args.grpc_tls_handshake_timeout,
+                        stopped,
+                    )),
+                    None => tokio::spawn(server::metrics::serve_tcp(listener, stopped)),
+                };
                 Some((stop, task))
             }
             false => None,
@@ -351,5 +413,17 @@ mod tests {
             Cli::try_parse_from(["pemba", "serve", "--grpc-tls-cert-path", "c.pem"]).is_err(),
             "a certificate without a key is refused"
         );
+    }
+
+    #[test]
+    fn metrics_certificate_without_key_is_a_start_error() {
+        for flag in ["--metrics-tls-cert-path", "--metrics-tls-key-path"] {
+            let cli = Cli::try_parse_from(["pemba", "serve", flag, "x.pem"]).unwrap();
+            let Command::Serve(args) = cli.command else {
+                unreachable!()
+            };
+            let err = serve(args).unwrap_err().to_string();
+            assert!(err.contains("go together"), "{err}");
+        }
     }
 }

@@ -285,10 +285,18 @@ where
         let id_text = id.to_str().unwrap_or_default().to_string();
         let metrics = GRPC_METRICS.as_ref();
         let rpc = metrics.map(|m| m.method(req.uri().path()));
+        // `otel.*` and `rpc.*` fields name and describe the span when it is exported over
+        // OpenTelemetry (semantic conventions for gRPC servers).
         let span = tracing::info_span!(
             "rpc",
             request_id = %id_text,
             method = %rpc.map_or("unknown", |r| r.name.as_str()),
+            otel.name = %rpc.map_or("unknown", |r| r.name.as_str()),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %rpc.map_or("unknown", |r| r.labels[1].as_str()),
+            rpc.method = %rpc.map_or("unknown", |r| r.labels[2].as_str()),
+            rpc.grpc.status_code = tracing::field::Empty,
         );
         if let Some(m) = metrics
             && rpc.is_some_and(|r| std::ptr::eq(r, &m.unknown))
@@ -349,6 +357,10 @@ impl Drop for Call {
             c.inc();
         }
         self.metrics.in_flight.dec();
+        self.span.record(
+            "rpc.grpc.status_code",
+            i64::try_from(self.code).unwrap_or(2),
+        );
         let _entered = self.span.enter();
         tracing::debug!(
             grpc_code = CODE_NAMES.get(self.code).copied().unwrap_or("Unknown"),
@@ -586,6 +598,34 @@ pub async fn serve_tcp(listener: TcpListener, shutdown: impl Future<Output = ()>
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     serve(incoming, shutdown).await;
 }
+
+/// [`serve`] over HTTPS: every connection must complete a TLS handshake with `tls` (see
+/// [`super::tls::server_config`]; the certificate is reloaded when its files change) within
+/// `handshake_timeout`. A client speaking plain HTTP fails the handshake and gets no metrics.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    handshake_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics over TLS");
+    }
+    let closer = tokio_util::sync::CancellationToken::new();
+    let incoming = super::tls::incoming(
+        listener,
+        super::tls::AcceptOptions {
+            tls: Some(tls),
+            handshake_timeout,
+            closer: closer.clone(),
+        },
+    );
+    serve(incoming, shutdown).await;
+    closer.cancel();
+}
+
+/// The ALPN protocol the metrics endpoint offers over TLS.
+pub const ALPN: &[&[u8]] = &[b"http/1.1"];
 
 #[cfg(test)]
 mod tests {
