@@ -175,7 +175,7 @@ impl Cli {
                     service_name: args.otel_service_name.clone(),
                     sample_ratio: args.otel_sample_ratio,
                 }),
-            Command::Bench(_) => None,
+            Command::Bench(_) | Command::Backup(_) => None,
         }
     }
 }
