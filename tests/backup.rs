@@ -9,12 +9,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{PermissionsServiceClient, SchemaServiceClient, rel, touch};
+use common::{PermissionsServiceClient, SchemaServiceClient, TestServer, rel, touch};
+use pemba::api::Limits;
 use pemba::api::proto::authzed::api::v1 as pb;
 use pemba::api::proto::pemba::admin::v1 as admin;
-use pemba::api::{Api, Limits};
-use pemba::engine::EngineConfig;
-use pemba::server::{self, ServerOptions};
+use pemba::server::ServerOptions;
 use pemba::store::{Datastore, MemoryStore, RocksStore};
 use tonic::transport::Channel;
 
@@ -34,46 +33,14 @@ definition document {
 }
 "#;
 
-/// A server over `store` writing backups under `backup_dir`; stops when the sender drops.
-struct Running {
-    addr: std::net::SocketAddr,
-    channel: Channel,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-async fn serve(store: Arc<dyn Datastore>, backup_dir: &Path) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let api = Api::new(
-        Arc::clone(&store),
-        EngineConfig::default(),
-        Limits::default(),
-    );
+/// A server over `store` writing backups under `backup_dir`, with the key; stops when dropped.
+async fn serve(store: Arc<dyn Datastore>, backup_dir: &Path) -> TestServer {
     let options = ServerOptions {
         preshared_keys: vec![KEY.to_string()],
         backup_dir: backup_dir.to_path_buf(),
         ..ServerOptions::default()
     };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        server::run(listener, api, store, options, async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    Running {
-        addr,
-        channel,
-        _stop: tx,
-        handle,
-    }
+    common::start_with_options(store, None, options, Limits::default()).await
 }
 
 fn authed<T>(msg: T) -> tonic::Request<T> {
@@ -372,7 +339,9 @@ async fn backup_names_must_be_one_plain_component() {
         .into_inner();
     assert!(root.join("ok").join("CURRENT").is_file(), "{ok:?}");
     assert!(ok.backup_revision.is_some());
-    server.handle.abort();
+    if let Some(handle) = &server.handle {
+        handle.abort();
+    }
 }
 
 #[tokio::test]

@@ -12,10 +12,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod common;
+
+use common::{free_port, serve_command, wait_listening};
 use futures::TryStreamExt as _;
 use pb::permissions_service_client::PermissionsServiceClient;
 use pb::schema_service_client::SchemaServiceClient;
@@ -23,40 +26,22 @@ use pemba::api::proto::authzed::api::v1 as pb;
 use rand::{Rng as _, SeedableRng as _};
 use tonic::transport::Channel;
 
+fn start(data_dir: &Path, port: u16) -> Child {
+    let mut child = serve_command(port)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("PEMBA_LOG", "error")
+        .spawn()
+        .expect("pemba starts");
+    // Opening a store after a kill replays its log: give it time.
+    wait_listening(&mut child, port, Duration::from_secs(60));
+    child
+}
+
 const ROUNDS: usize = 10;
 const WRITERS: usize = 4;
 /// Relationships in one transaction.
 const SIZE: usize = 8;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(data_dir: &Path, port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_pemba"))
-        .args(["serve", "--grpc-addr"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("PEMBA_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("pemba starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the store did not open within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
 
 async fn channel(port: u16) -> Channel {
     Channel::from_shared(format!("http://127.0.0.1:{port}"))

@@ -19,10 +19,13 @@
     reason = "test harness"
 )]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
+
+use common::{free_port, serve_command, wait_listening};
 
 fn oracle_library() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("PEMBA_SPICEDB_LIB") {
@@ -69,14 +72,6 @@ fn python() -> Option<PathBuf> {
     importable.then_some(py)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind port 0")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
-
 /// Kills the server when the test ends, however it ends.
 struct Server(Child);
 
@@ -88,28 +83,14 @@ impl Drop for Server {
 }
 
 fn start(port: u16, dir: &Path) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_pemba"))
-        .args(["serve", "--datastore", "memory", "--grpc-addr"])
-        .arg(format!("127.0.0.1:{port}"))
-        // A free port for the metrics endpoint: servers of parallel tests must not collide.
-        .env("PEMBA_METRICS_ADDR", "127.0.0.1:0")
+    let child = serve_command(port)
+        .args(["--datastore", "memory"])
+        .env("PEMBA_LOG", "info")
         .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .expect("pemba starts");
     let mut server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = server.0.try_wait().expect("wait") {
-            panic!("pemba exited before listening: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not listen within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&mut server.0, port, Duration::from_secs(30));
     server
 }
 

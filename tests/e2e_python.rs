@@ -11,10 +11,13 @@
     reason = "test harness: a failed step should abort the test"
 )]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{free_port, serve_command, wait_listening};
 
 const KEY: &str = "e2e-test-key";
 
@@ -44,39 +47,6 @@ fn python() -> PathBuf {
     py
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind port 0")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
-
-fn start(data_dir: &Path, port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_pemba"))
-        .args(["serve", "--grpc-addr"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--grpc-preshared-key", KEY])
-        // A free port for the metrics endpoint: servers of parallel tests must not collide.
-        .env("PEMBA_METRICS_ADDR", "127.0.0.1:0")
-        .env("PEMBA_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("pemba starts");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "server did not listen within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
 fn session(py: &Path, phase: &str, port: u16) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/session.py");
     let out = Command::new(py)
@@ -91,6 +61,17 @@ fn session(py: &Path, phase: &str, port: u16) -> String {
         "phase `{phase}` failed:\n{stdout}\n{stderr}"
     );
     stdout
+}
+
+fn start(data_dir: &Path, port: u16) -> Child {
+    let mut child = serve_command(port)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--grpc-preshared-key", KEY])
+        .spawn()
+        .expect("pemba starts");
+    wait_listening(&mut child, port, Duration::from_secs(30));
+    child
 }
 
 #[test]
@@ -131,21 +112,6 @@ fn python_client_session_survives_kill_and_restart() {
     }
 }
 
-/// Waits until something listens on `port`, or the child exits.
-fn wait_listening(child: &mut Child, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = child.try_wait().expect("wait") {
-            panic!("server exited early: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not listen within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn python_client_over_tls_with_two_keys() {
     let py = python();
@@ -161,20 +127,16 @@ fn python_client_over_tls_with_two_keys() {
     std::fs::write(&key_path, key.serialize_pem()).expect("key written");
 
     let port = free_port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_pemba"))
-        .args(["serve", "--datastore", "memory", "--grpc-addr"])
-        .arg(format!("127.0.0.1:{port}"))
+    let mut server = serve_command(port)
+        .args(["--datastore", "memory"])
         .arg("--grpc-tls-cert-path")
         .arg(&cert_path)
         .arg("--grpc-tls-key-path")
         .arg(&key_path)
         .env("PEMBA_GRPC_PRESHARED_KEY", "old-key,new-key")
-        .env("PEMBA_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .expect("pemba starts");
-    wait_listening(&mut server, port);
+    wait_listening(&mut server, port, Duration::from_secs(30));
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/tls_keys.py");
     let out = Command::new(&py)

@@ -8,10 +8,13 @@
     reason = "tests"
 )]
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{free_port, serve_command};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -52,14 +55,6 @@ fn attribute(span: &Span, key: &str) -> Option<Value> {
         .and_then(|v| v.value.clone())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_rpc_is_exported_as_a_span_and_flushed_at_shutdown() {
     let collector = Collector::default();
@@ -72,9 +67,8 @@ async fn each_rpc_is_exported_as_a_span_and_flushed_at_shutdown() {
     );
 
     let port = free_port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_pemba"))
-        .args(["serve", "--datastore", "memory", "--grpc-addr"])
-        .arg(format!("127.0.0.1:{port}"))
+    let mut server = serve_command(port)
+        .args(["--datastore", "memory"])
         .args(["--otel-endpoint", &format!("http://{otlp}")])
         .args([
             "--otel-service-name",
@@ -82,10 +76,6 @@ async fn each_rpc_is_exported_as_a_span_and_flushed_at_shutdown() {
             "--otel-sample-ratio",
             "1",
         ])
-        .env("PEMBA_METRICS_ADDR", "127.0.0.1:0")
-        .env("PEMBA_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

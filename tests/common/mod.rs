@@ -2,7 +2,9 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pemba::api::proto::authzed::api::v1 as pb;
 use pemba::api::{Api, Limits};
@@ -18,6 +20,7 @@ pub use pb::schema_service_client::SchemaServiceClient;
 /// A running server and clients for it; the server stops when this is dropped.
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
+    pub channel: Channel,
     pub permissions: PermissionsServiceClient<Channel>,
     pub schema: SchemaServiceClient<Channel>,
     pub store: Arc<dyn Datastore>,
@@ -68,14 +71,24 @@ pub async fn start_with_limits(
     key: Option<&str>,
     limits: Limits,
 ) -> TestServer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let api = Api::new(Arc::clone(&store), EngineConfig::default(), limits);
-    let (tx, rx) = oneshot::channel::<()>();
     let options = ServerOptions {
         preshared_keys: key.map(str::to_string).into_iter().collect(),
         ..ServerOptions::default()
     };
+    start_with_options(store, dir, options, limits).await
+}
+
+/// Starts a server over an existing store, with the given server options and request limits.
+pub async fn start_with_options(
+    store: Arc<dyn Datastore>,
+    dir: Option<tempfile::TempDir>,
+    options: ServerOptions,
+    limits: Limits,
+) -> TestServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let api = Api::new(Arc::clone(&store), EngineConfig::default(), limits);
+    let (tx, rx) = oneshot::channel::<()>();
     let server_store = Arc::clone(&store);
     let handle = tokio::spawn(async move {
         server::run(listener, api, server_store, options, async {
@@ -91,12 +104,55 @@ pub async fn start_with_limits(
         .unwrap();
     TestServer {
         addr,
+        channel: channel.clone(),
         permissions: PermissionsServiceClient::new(channel.clone()),
         schema: SchemaServiceClient::new(channel),
         store,
         stop: Some(tx),
         handle: Some(handle),
         _dir: dir,
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `pemba serve` listening on `port`, for a test to add its flags to and spawn: metrics on a
+/// free port (servers of parallel tests must not collide on 9090), warnings and errors on
+/// stderr.
+pub fn serve_command(port: u16) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pemba"));
+    command
+        .args(["serve", "--grpc-addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("PEMBA_METRICS_ADDR", "127.0.0.1:0")
+        .env("PEMBA_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    command
+}
+
+/// Waits until something listens on `port`; panics if `child` exits first or `patience` runs
+/// out.
+pub fn wait_listening(child: &mut Child, port: u16, patience: Duration) {
+    let deadline = Instant::now() + patience;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let exited = child.try_wait().unwrap();
+        assert!(
+            exited.is_none(),
+            "pemba exited before listening: {exited:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "pemba did not listen within {patience:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
