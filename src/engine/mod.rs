@@ -9,10 +9,10 @@
 //!   `check_tuple_to_userset`, `check_intersection_tuple_to_userset`, union / intersection /
 //!   exclusion);
 //! - `expand`, `lookup_resources` (reverse walk from the subject, then checks where
-//!   intersections, exclusions or caveats require them), `lookup_subjects` (forward walk with
-//!   subject-set algebra, wildcards with exclusions);
-//! - `caveats` — caveat conditions and the pluggable evaluator; `validate` — request checks
-//!   against the schema; `error`.
+//!   intersections, exclusions or caveats require them), `lookup_subjects` (forward walk),
+//!   `subject_set` (its subject-set algebra, wildcards with exclusions, caveats);
+//! - `caveats` — caveat conditions and the pluggable evaluator; `cel` — the CEL evaluator;
+//!   `validate` — request checks against the schema; `error`.
 //!
 //! Semantics where SpiceDB's behaviour is timing-dependent or unspecified (checked against the
 //! reference SpiceDB through `tests/cases/*.yaml` and the differential test):
@@ -48,6 +48,7 @@ mod fast;
 mod lookup_resources;
 mod lookup_subjects;
 mod metrics;
+mod subject_set;
 mod validate;
 
 use std::sync::Arc;
