@@ -11,7 +11,7 @@
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, BuildHasherDefault};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rustc_hash::FxHasher;
@@ -168,6 +168,9 @@ pub(crate) struct Graph {
     /// distinguishes this graph in the per-thread name caches
     id: u64,
     inner: RwLock<Inner>,
+    /// writers blocked on `inner`: long readers poll it and let them in (see
+    /// [`GraphView::writer_waiting`])
+    writers_waiting: AtomicUsize,
 }
 
 /// How a filter can be answered from the graph.
@@ -230,6 +233,7 @@ impl Graph {
                 sets_by_resource: FxMap::default(),
                 by_subject: FxMap::default(),
             }),
+            writers_waiting: AtomicUsize::new(0),
         }
     }
 
@@ -239,8 +243,20 @@ impl Graph {
         self.inner.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The write lock. The standard `RwLock` is writer-preferring: once a writer waits, new
+    /// readers queue behind it, so a writer waiting on a long reader would stall every Check
+    /// that arrives meanwhile. A writer that cannot get in at once therefore says so in
+    /// `writers_waiting`, and long readers give the lock up at their next step.
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+        match self.inner.try_write() {
+            Ok(g) => return g,
+            Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        self.writers_waiting.fetch_add(1, Ordering::SeqCst);
+        let g = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        self.writers_waiting.fetch_sub(1, Ordering::SeqCst);
+        g
     }
 
     /// Adds a stored version of `key`.
@@ -414,6 +430,7 @@ impl Graph {
     pub(crate) fn view(&self, rev: u64, now: Timestamp) -> GraphView<'_> {
         GraphView {
             g: self.read(),
+            writers_waiting: &self.writers_waiting,
             graph: self.id,
             rev,
             now,
@@ -459,12 +476,20 @@ pub struct Edge {
 #[derive(Debug)]
 pub struct GraphView<'g> {
     g: RwLockReadGuard<'g, Inner>,
+    writers_waiting: &'g AtomicUsize,
     graph: u64,
     rev: u64,
     now: Timestamp,
 }
 
 impl GraphView<'_> {
+    /// True when a writer is blocked on this view's lock: a long reader (a lookup's candidate
+    /// checks) should drop the view at its next step and take a new one, so that the writer,
+    /// and the Checks queued behind it, wait for one step instead of the whole read.
+    pub fn writer_waiting(&self) -> bool {
+        self.writers_waiting.load(Ordering::Relaxed) > 0
+    }
+
     /// The symbol of `name`, or `None` if no relationship ever named it.
     pub fn sym(&self, name: &str) -> Option<Sym> {
         self.g.names.get_cached(self.graph, name)
@@ -907,5 +932,32 @@ mod tests {
         };
         assert!(g.query(1, &f, earlier, &mut out));
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn a_blocked_writer_is_announced_to_readers() {
+        let g = Graph::new();
+        let a = key("document:a#viewer@user:ann");
+        g.insert(&a, &live(1));
+        let view = g.view(1, NOW);
+        assert!(!view.writer_waiting());
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                g.apply(&[GraphChange::Close {
+                    key: a.clone(),
+                    created: 1,
+                    rev: 2,
+                }]);
+            });
+            // The writer cannot get in while the view is held; it must say it is waiting.
+            while !view.writer_waiting() {
+                assert!(!writer.is_finished(), "the writer got past a held read lock");
+                std::thread::yield_now();
+            }
+            drop(view);
+            writer.join().unwrap();
+        });
+        assert!(!g.view(2, NOW).writer_waiting());
+        assert_eq!(ids(&g, 2, &by_resource("document", "a", "viewer")).unwrap().len(), 0);
     }
 }
