@@ -3,7 +3,8 @@
 //! writer, and while 1000 response streams are stalled, and the server's memory through an
 //! ImportBulk of two million relationships. `cargo bench --bench overload`; the workload's
 //! scale is `PEMBA_OVERLOAD_SCALE` (10 by default), the checkers in flight
-//! `PEMBA_OVERLOAD_CONCURRENCY` (8 by default).
+//! `PEMBA_OVERLOAD_CONCURRENCY` (8 by default), the lookup's candidates
+//! `PEMBA_OVERLOAD_CANDIDATES` (1,000,000 by default).
 //!
 //! It prints figures and asserts nothing about time: the timing figures of the issues and of
 //! docs/performance.md come from here.
@@ -321,11 +322,11 @@ async fn during_gc(scale: u32, concurrency: usize) {
 /// Check latency while one LookupResources walks a million candidates, and a writer writes
 /// beside it (the mix that made a writer-preferring lock convoy).
 async fn during_big_lookup(scale: u32, concurrency: usize) {
-    const CANDIDATES: usize = 1_000_000;
+    let candidates = env_or("PEMBA_OVERLOAD_CANDIDATES", 1_000_000);
     let server = Server::start(&["--request-timeout", "10m"]);
     let channel = server.channel().await;
     load_workload(&channel, scale).await;
-    import(&channel, CANDIDATES, |i| {
+    import(&channel, candidates, |i| {
         format!("document:big{i}#viewer@group:everyone#member")
     })
     .await;
@@ -334,6 +335,8 @@ async fn during_big_lookup(scale: u32, concurrency: usize) {
     })
     .await;
 
+    let (found, took) = lookup(&server, "bigreader").await;
+    println!("LookupResources over {candidates} candidates, alone: {found} found in {took:.1?}");
     let checkers = Checkers::start(&channel, scale, concurrency);
     tokio::time::sleep(Duration::from_secs(5)).await;
     checkers.phase(1);
@@ -360,13 +363,27 @@ async fn during_big_lookup(scale: u32, concurrency: usize) {
             out
         })
     };
+    let (found, took) = lookup(&server, "bigreader").await;
+    stop_writer.store(true, Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    let all = checkers.finish().await;
+    println!(
+        "LookupResources over {candidates} candidates, beside checks and writes: {found} found in {took:.1?}"
+    );
+    summary("Check without the lookup", phase_samples(&all, 0));
+    summary("Check during the lookup and writes", phase_samples(&all, 1));
+    summary("Write during the lookup", writes);
+}
+
+/// Runs LookupResources `document#view` for `user`; returns how many it found and the time.
+async fn lookup(server: &Server, user: &str) -> (usize, Duration) {
     let started = Instant::now();
     let found = PermissionsServiceClient::new(server.channel().await)
         .lookup_resources(pb::LookupResourcesRequest {
             consistency: fully_consistent(),
             resource_object_type: "document".into(),
             permission: "view".into(),
-            subject: Some(subj("user", "bigreader", "")),
+            subject: Some(subj("user", user, "")),
             ..Default::default()
         })
         .await
@@ -377,14 +394,7 @@ async fn during_big_lookup(scale: u32, concurrency: usize) {
             n + 1
         })
         .await;
-    let took = started.elapsed();
-    stop_writer.store(true, Ordering::Relaxed);
-    let writes = writer.await.unwrap();
-    let all = checkers.finish().await;
-    println!("LookupResources over {CANDIDATES} candidates: {found} found in {took:.1?}");
-    summary("Check without the lookup", phase_samples(&all, 0));
-    summary("Check during the lookup and writes", phase_samples(&all, 1));
-    summary("Write during the lookup", writes);
+    (found, started.elapsed())
 }
 
 /// Write and Check latency while 1000 ReadRelationships streams are stalled by their readers.
