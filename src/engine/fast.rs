@@ -451,16 +451,17 @@ pub(crate) fn try_check(
     answers
 }
 
-/// How many candidate checks run under one hold of the graph's read lock. Between two holds a
-/// waiting writer gets the lock, so a lookup over a million candidates never keeps writers,
-/// and the checks queued behind a waiting writer, waiting for longer than one chunk.
+/// How many candidate checks run at most under one hold of the graph's read lock. A hold also
+/// ends early, after the current candidate, when a writer is waiting for the lock, so a
+/// lookup over a million candidates keeps a writer, and the Checks queued behind it, waiting
+/// for one candidate check, not for the lookup.
 pub(crate) const IDS_PER_VIEW: usize = 256;
 
 /// The fast path's answers for `subject` on `resource_type:id#permission` for each of `ids`
 /// (a LookupResources candidate check): `Some(answer)` where it can answer, `None` where the
 /// general checker must. `None` for all if it cannot run at all (a subject set, no graph).
 /// `memo` must only ever be used for this subject and snapshot. The graph's read lock is
-/// taken afresh for every [`IDS_PER_VIEW`] ids: the snapshot's revision is fixed, so what the
+/// taken afresh after at most [`IDS_PER_VIEW`] ids: the snapshot's revision is fixed, so what the
 /// memo learnt under one hold stays true under the next.
 pub(crate) fn check_ids<'i>(
     snap: &Snapshot<'_>,
@@ -487,11 +488,16 @@ pub(crate) fn check_ids<'i>(
             max_depth,
             memo,
         );
-        out.extend(
-            ids.by_ref()
-                .take(IDS_PER_VIEW)
-                .map(|id| checker.check(resource_type, id, permission).ok()),
-        );
+        // At most a chunk per hold, and less when a writer is waiting: then it gets the lock
+        // after this one candidate, instead of after the chunk, and so do the Checks queued
+        // behind it.
+        for _ in 0..IDS_PER_VIEW {
+            let Some(id) = ids.next() else { break };
+            out.push(checker.check(resource_type, id, permission).ok());
+            if view.writer_waiting() {
+                break;
+            }
+        }
         checker.count_dispatches();
         drop(view);
         // Pulled with no lock held: the next chunk's first id.

@@ -402,8 +402,11 @@ impl<'s> Walk<'s> {
                 (i, true, exact)
             }
         };
+        // Edges only feed the cycle search, where a repeated edge costs a step and changes
+        // nothing; a search for it would cost a scan of `from`'s edges per offer, quadratic
+        // on an atom reaching a million others (one group sharing a million documents).
         if let Some(edges) = self.edges.get_mut(from)
-            && !edges.contains(&i)
+            && edges.last() != Some(&i)
         {
             edges.push(i);
         }

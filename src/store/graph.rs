@@ -11,7 +11,7 @@
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, BuildHasherDefault};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rustc_hash::FxHasher;
@@ -31,6 +31,9 @@ pub type Sym = u32;
 
 /// The empty name: a plain subject's relation.
 pub const EMPTY: Sym = 0;
+
+/// Relationships a query walks at most under one hold of the graph's read lock.
+const VISIT_CHUNK: usize = 4096;
 
 /// Slots of the per-thread cache of recent name lookups (a power of two).
 const RECENT_NAMES: usize = 256;
@@ -168,6 +171,9 @@ pub(crate) struct Graph {
     /// distinguishes this graph in the per-thread name caches
     id: u64,
     inner: RwLock<Inner>,
+    /// writers blocked on `inner`: long readers poll it and let them in (see
+    /// [`GraphView::writer_waiting`])
+    writers_waiting: AtomicUsize,
 }
 
 /// How a filter can be answered from the graph.
@@ -230,6 +236,7 @@ impl Graph {
                 sets_by_resource: FxMap::default(),
                 by_subject: FxMap::default(),
             }),
+            writers_waiting: AtomicUsize::new(0),
         }
     }
 
@@ -239,8 +246,20 @@ impl Graph {
         self.inner.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The write lock. The standard `RwLock` is writer-preferring: once a writer waits, new
+    /// readers queue behind it, so a writer waiting on a long reader would stall every Check
+    /// that arrives meanwhile. A writer that cannot get in at once therefore says so in
+    /// `writers_waiting`, and long readers give the lock up at their next step.
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+        match self.inner.try_write() {
+            Ok(g) => return g,
+            Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        self.writers_waiting.fetch_add(1, Ordering::SeqCst);
+        let g = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        self.writers_waiting.fetch_sub(1, Ordering::SeqCst);
+        g
     }
 
     /// Adds a stored version of `key`.
@@ -358,51 +377,74 @@ impl Graph {
         now: Timestamp,
         f: &mut dyn FnMut(&Inner, &TupleSyms, &Version) -> bool,
     ) -> bool {
-        let g = self.read();
+        let mut g = self.read();
         let Some((access, pins)) = g.access(filter, self.id) else {
             return false;
         };
         let prefix = filter.resource_id_prefix.as_deref();
-        let mut emit = |slot: u32| -> bool {
-            match g.slot(slot) {
-                Some(s)
-                    if pins.matches(&s.key)
-                        && prefix.is_none_or(|p| g.names.name(s.key[1]).starts_with(p)) =>
-                {
-                    match s.versions.iter().rev().find(|v| v.visible(rev, now)) {
-                        Some(v) => f(&g, &s.key, v),
-                        None => true,
-                    }
+        let emit = |g: &Inner,
+                    f: &mut dyn FnMut(&Inner, &TupleSyms, &Version) -> bool,
+                    slot: u32| match g.slot(slot) {
+            Some(s)
+                if pins.matches(&s.key)
+                    && prefix.is_none_or(|p| g.names.name(s.key[1]).starts_with(p)) =>
+            {
+                match s.versions.iter().rev().find(|v| v.visible(rev, now)) {
+                    Some(v) => f(g, &s.key, v),
+                    None => true,
                 }
-                _ => true,
             }
+            _ => true,
         };
-        match access {
-            Access::Empty => {}
+        let list = match access {
+            Access::Empty => return true,
             Access::Tuple(t) => {
                 if let Some(slot) = g.tuples.get(&t) {
-                    emit(*slot);
+                    emit(&g, f, *slot);
+                }
+                return true;
+            }
+            // A filter pinning a subject relation other than `...` matches subject sets only.
+            Access::Resource(k) => match pins.srel {
+                Some(r) if r != EMPTY => g.sets_by_resource.get(&k),
+                _ => g.by_resource.get(&k),
+            },
+            Access::Subject(k) => g.by_subject.get(&k),
+        };
+        let Some(list) = list else { return true };
+        if list.len() <= VISIT_CHUNK {
+            for slot in list {
+                if !emit(&g, f, *slot) {
+                    break;
                 }
             }
-            Access::Resource(k) => {
-                // A filter pinning a subject relation other than `...` matches subject sets
-                // only.
-                let list = match pins.srel {
-                    Some(r) if r != EMPTY => &g.sets_by_resource,
-                    _ => &g.by_resource,
-                };
-                for slot in list.get(&k).into_iter().flatten() {
-                    if !emit(*slot) {
-                        break;
-                    }
+            return true;
+        }
+        // A long list (a million documents shared with one group) is walked over several holds
+        // of the lock, so a writer waits for one chunk at most, and for one relationship when
+        // it says it is waiting. The slot ids are copied first, because a writer may reorder
+        // the list in between. A slot freed meanwhile is skipped; one reused meanwhile holds a
+        // tuple whose versions were all created after `rev`, or that no longer matches, so
+        // `emit` skips it too.
+        let slots: Vec<u32> = list.clone();
+        let mut rest = slots.as_slice();
+        while !rest.is_empty() {
+            let mut used = 0;
+            for slot in rest.iter().take(VISIT_CHUNK) {
+                used += 1;
+                if !emit(&g, f, *slot) {
+                    return true;
+                }
+                if self.writers_waiting.load(Ordering::Relaxed) > 0 {
+                    break;
                 }
             }
-            Access::Subject(k) => {
-                for slot in g.by_subject.get(&k).into_iter().flatten() {
-                    if !emit(*slot) {
-                        break;
-                    }
-                }
+            rest = rest.get(used..).unwrap_or_default();
+            if !rest.is_empty() {
+                drop(g);
+                // Give the waiting writer a chance to run before this reader asks again.
+                std::thread::yield_now();
+                g = self.read();
             }
         }
         true
@@ -414,6 +456,7 @@ impl Graph {
     pub(crate) fn view(&self, rev: u64, now: Timestamp) -> GraphView<'_> {
         GraphView {
             g: self.read(),
+            writers_waiting: &self.writers_waiting,
             graph: self.id,
             rev,
             now,
@@ -459,12 +502,20 @@ pub struct Edge {
 #[derive(Debug)]
 pub struct GraphView<'g> {
     g: RwLockReadGuard<'g, Inner>,
+    writers_waiting: &'g AtomicUsize,
     graph: u64,
     rev: u64,
     now: Timestamp,
 }
 
 impl GraphView<'_> {
+    /// True when a writer is blocked on this view's lock: a long reader (a lookup's candidate
+    /// checks) should drop the view at its next step and take a new one, so that the writer,
+    /// and the Checks queued behind it, wait for one step instead of the whole read.
+    pub fn writer_waiting(&self) -> bool {
+        self.writers_waiting.load(Ordering::Relaxed) > 0
+    }
+
     /// The symbol of `name`, or `None` if no relationship ever named it.
     pub fn sym(&self, name: &str) -> Option<Sym> {
         self.g.names.get_cached(self.graph, name)
@@ -907,5 +958,105 @@ mod tests {
         };
         assert!(g.query(1, &f, earlier, &mut out));
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn a_blocked_writer_is_announced_to_readers() {
+        let g = Graph::new();
+        let a = key("document:a#viewer@user:ann");
+        g.insert(&a, &live(1));
+        let view = g.view(1, NOW);
+        assert!(!view.writer_waiting());
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                g.apply(&[GraphChange::Close {
+                    key: a.clone(),
+                    created: 1,
+                    rev: 2,
+                }]);
+            });
+            // The writer cannot get in while the view is held; it must say it is waiting.
+            while !view.writer_waiting() {
+                assert!(
+                    !writer.is_finished(),
+                    "the writer got past a held read lock"
+                );
+                std::thread::yield_now();
+            }
+            drop(view);
+            writer.join().unwrap();
+        });
+        assert!(!g.view(2, NOW).writer_waiting());
+        assert_eq!(
+            ids(&g, 2, &by_resource("document", "a", "viewer"))
+                .unwrap()
+                .len(),
+            0
+        );
+    }
+
+    /// A query over a list longer than one chunk lets a waiting writer in part-way, and still
+    /// returns each matching relationship once, even though the writer freed a slot, reused
+    /// it, and reordered the list meanwhile.
+    #[test]
+    fn a_long_query_lets_a_writer_in_and_stays_exact() {
+        // Whether the writer runs before the reader asks again is up to the OS scheduler, so
+        // the scenario is tried until it does (with the lock held throughout, it never can).
+        let writer_got_in = (0..100).any(|_| long_query_with_a_writer());
+        assert!(
+            writer_got_in,
+            "the writer waited for the whole query every time"
+        );
+    }
+
+    /// One try of the scenario above; true if the writer got in part-way.
+    fn long_query_with_a_writer() -> bool {
+        let g = Graph::new();
+        let n = VISIT_CHUNK * 2 + 10;
+        let old = key("document:a#viewer@user:old");
+        let mut closed = live(1);
+        closed.deleted = 2;
+        g.insert(&old, &closed);
+        for i in 0..n {
+            g.insert(&key(&format!("document:a#viewer@user:u{i}")), &live(1));
+        }
+        let late = key("document:a#viewer@user:late");
+        let mut seen = Vec::new();
+        let mut writer_got_in = false;
+        std::thread::scope(|s| {
+            let mut writer = None;
+            assert!(g.visit(
+                2,
+                &by_resource("document", "a", "viewer"),
+                NOW,
+                &mut |inner, k, _| {
+                    if writer.is_none() {
+                        writer = Some(s.spawn(|| {
+                            g.apply(&[
+                                GraphChange::Remove {
+                                    key: old.clone(),
+                                    created: 1,
+                                },
+                                GraphChange::Add {
+                                    key: late.clone(),
+                                    value: live(3),
+                                },
+                            ]);
+                        }));
+                        while g.writers_waiting.load(Ordering::SeqCst) == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                    writer_got_in |= inner.lookup_key(&late).is_some();
+                    seen.push(inner.names.name(k[4]).to_string());
+                    true
+                }
+            ));
+        });
+        seen.sort();
+        let mut expected: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+        expected.sort();
+        assert_eq!(seen, expected);
+        writer_got_in
     }
 }
