@@ -22,6 +22,11 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 /// Relationships read from the store per page when streaming.
 const PAGE_SIZE: usize = 1000;
 
+/// Relationships ReadRelationships reads from the store at a time: what one stream holds
+/// besides the transport's buffers (each response carries a token and a cursor, several
+/// hundred bytes in all), so that a thousand stalled readers hold megabytes, not gigabytes.
+const READ_PAGE_SIZE: usize = 128;
+
 /// The tonic `PermissionsService`.
 #[derive(Debug, Clone)]
 pub struct PermissionsApi(pub Arc<Api>);
@@ -272,6 +277,7 @@ fn stream_relationships<T: Send + 'static>(
     filter: RelationshipFilter,
     start: ReadStart,
     limit: Option<usize>,
+    page_size: usize,
     hash: u64,
     emit: impl Fn(&Api, Vec<crate::model::Relationship>, Revision, u64) -> Vec<T> + Send + 'static,
 ) -> ResponseStream<T> {
@@ -287,7 +293,7 @@ fn stream_relationships<T: Send + 'static>(
         while remaining > 0 {
             let page = blocking({
                 let (api, filter, after) = (Arc::clone(&api), Arc::clone(&filter), after.clone());
-                let n = remaining.min(PAGE_SIZE);
+                let n = remaining.min(page_size);
                 move || Ok(api.store.query(revision, &filter, after.as_ref(), n, now)?)
             })
             .await;
@@ -502,6 +508,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
             filter,
             start,
             limit,
+            READ_PAGE_SIZE,
             hash,
             |api, rels, rev, hash| {
                 let token = convert::zed_token_out(rev, api.store.unique_id());
@@ -628,6 +635,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
             filter,
             start,
             None,
+            PAGE_SIZE,
             hash,
             move |api, rels, rev, hash| {
                 rels.chunks(page)

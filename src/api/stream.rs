@@ -22,8 +22,10 @@ use tonic::Status;
 
 use super::error::ApiError;
 
-/// Responses buffered between a producer and the transport.
-const BUFFER: usize = 64;
+/// Responses buffered between a producer and the transport. Small: a response may carry a
+/// thousand relationships (ExportBulkRelationships), and a stalled reader keeps its buffer
+/// until the stall timeout.
+const BUFFER: usize = 16;
 
 /// What the producer and the response stream share.
 struct Shared<T> {

@@ -87,7 +87,7 @@ pub struct ServeArgs {
     pub grpc_shutdown_grace_period: Duration,
     /// calls in flight across all connections before new ones get RESOURCE_EXHAUSTED
     /// (health checks excepted; 0 = no limit)
-    #[arg(long, env = "PEMBA_GRPC_CONCURRENCY_LIMIT", default_value_t = 1000)]
+    #[arg(long, env = "PEMBA_GRPC_CONCURRENCY_LIMIT", default_value_t = 4096)]
     pub grpc_concurrency_limit: usize,
     /// HTTP/2 concurrent streams (calls) per connection
     #[arg(long, env = "PEMBA_GRPC_MAX_CONCURRENT_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
