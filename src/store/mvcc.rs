@@ -43,6 +43,10 @@ pub(crate) const PRECONDITION_SCAN_BUDGET: usize = 100_000;
 /// graph's write lock).
 const IMPORT_CHUNK: usize = 2_000;
 
+/// How many relationships a delete by filter closes per batch (and per hold of the graph's
+/// write lock).
+const DELETE_CHUNK: usize = 2_000;
+
 /// How many keys one GC commit deletes at most.
 const GC_BATCH: usize = 10_000;
 /// `gc-due` entries handled per commit and per hold of the graph's write lock.
@@ -206,9 +210,11 @@ impl<K: Kv> Mvcc<K> {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = newest;
         let mut live = 0u64;
-        // A bulk import commits in several batches before it publishes its revision: a crash
-        // in between leaves versions created after the head (dropped here) and versions closed
-        // after it (opened again here).
+        // A bulk import and a delete by filter commit in several batches before they publish
+        // their revision: a crash in between leaves versions created after the head (dropped
+        // here) and versions closed after it (opened again here). Their `gc-due` entries of
+        // deletions after the head are removed below; left alone they would be harmless
+        // anyway, as GC reads each version's own `deleted` before removing it.
         let head = self.head();
         let mut repairs: Vec<(RelationshipKey, VersionValue)> = Vec::new();
         let mut due = Batch::default();
@@ -252,8 +258,10 @@ impl<K: Kv> Mvcc<K> {
         if !repairs.is_empty() {
             tracing::warn!(
                 versions = repairs.len(),
-                "rolled back the versions of an import interrupted before it committed"
+                "rolled back the versions of an import or a delete interrupted before it committed"
             );
+            let start = encoding::due_deleted_from(head.saturating_add(1));
+            self.clear_range(&start, Some(&encoding::due_deleted_from(LIVE)), true)?;
         }
         self.clear_staged(&[STAGED], Some(&[STAGED + 1]))?;
         if upgrade {
@@ -724,6 +732,15 @@ impl<K: Kv> Mvcc<K> {
         self.commit_revision(batch, rev, now, &changes)
     }
 
+    /// Deletes the live relationships matching `filter`, all at one new revision, in chunks of
+    /// [`DELETE_CHUNK`]: each chunk is one unsynced commit and one short hold of the graph's
+    /// write lock, so memory stays one chunk whatever the number of matches. The versions a
+    /// chunk closes get `deleted = rev` above the head, which readers of the head still see as
+    /// live; the head moves to `rev` only after the last chunk, in the one synced commit, so
+    /// no reader sees part of the delete. The scan of matches reads at the head and resumes
+    /// strictly after the last key it returned, so what the chunks write cannot disturb it. A
+    /// chunk that fails to commit makes the chunks before it roll back; a crash in between is
+    /// rolled back at the next open (see [`Mvcc::load_graph`]).
     pub(crate) fn delete_relationships(
         &self,
         filter: &RelationshipFilter,
@@ -736,49 +753,141 @@ impl<K: Kv> Mvcc<K> {
         self.writable()?;
         let head = self.head();
         self.check_preconditions(head, preconditions, now)?;
-        let mut matches: Vec<Found> = Vec::new();
-        let cap = limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX).saturating_add(1));
-        self.scan_visible(head, filter, None, now, &mut |found| {
-            matches.push(found);
-            Ok(cap.is_none_or(|c| matches.len() < c))
-        })?;
-        let mut partial = false;
-        if let Some(l) = limit
-            && u64::try_from(matches.len()).unwrap_or(u64::MAX) > l
-        {
-            if !allow_partial {
+        let max = limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+        if let (Some(l), Some(m), false) = (limit, max, allow_partial) {
+            // All or nothing: counted before anything is written.
+            let mut seen = 0usize;
+            self.scan_visible(head, filter, None, now, &mut |_| {
+                seen += 1;
+                Ok(seen <= m)
+            })?;
+            if seen > m {
                 return Err(StoreError::TooManyToDelete { limit: l });
             }
-            matches.truncate(usize::try_from(l).unwrap_or(usize::MAX));
-            partial = true;
         }
-        if matches.is_empty() {
-            return Ok(DeleteOutcome {
-                revision: Revision(head),
-                deleted: 0,
+        let mut deleted = 0usize;
+        let mut partial = false;
+        let mut wrote = false;
+        let result = (|| -> StoreResult<Option<Revision>> {
+            let mut after: Option<RelationshipKey> = None;
+            loop {
+                let room = max.map_or(usize::MAX, |m| m.saturating_sub(deleted));
+                let want = room.min(DELETE_CHUNK);
+                let mut chunk: Vec<Found> = Vec::new();
+                if want > 0 {
+                    self.scan_visible(head, filter, after.as_ref(), now, &mut |found| {
+                        chunk.push(found);
+                        Ok(chunk.len() < want)
+                    })?;
+                }
+                if let Some(f) = chunk.last() {
+                    after = Some(f.rel.key());
+                }
+                let mut last = chunk.len() < want;
+                if !last && chunk.len() == room {
+                    // The limit is reached: anything left makes the delete partial.
+                    last = true;
+                    self.scan_visible(head, filter, after.as_ref(), now, &mut |_| {
+                        partial = true;
+                        Ok(false)
+                    })?;
+                }
+                if chunk.is_empty() && !wrote {
+                    return Ok(None);
+                }
+                let rev = Self::next_revision(head)?;
+                let mut batch = Batch::default();
+                let mut changes = Vec::with_capacity(chunk.len());
+                for m in chunk {
+                    let mut old = m.value;
+                    let created = old.created;
+                    old.deleted = rev;
+                    let key = m.rel.key();
+                    Self::put_version(&mut batch, &key, &old)?;
+                    changes.push(GraphChange::Close { key, created, rev });
+                }
+                deleted += changes.len();
+                if last {
+                    let earlier = deleted - changes.len();
+                    let revision = self.commit_revision(batch, rev, now, &changes)?;
+                    self.count_live(-signed(u64::try_from(earlier).unwrap_or(u64::MAX)));
+                    return Ok(Some(revision));
+                }
+                wrote = true;
+                self.commit_unsynced(batch)?;
+                self.graph.apply(&changes);
+            }
+        })();
+        match result {
+            Ok(revision) => Ok(DeleteOutcome {
+                revision: revision.unwrap_or(Revision(head)),
+                deleted: u64::try_from(deleted).unwrap_or(u64::MAX),
                 partial,
-            });
+            }),
+            Err(e) => {
+                if wrote
+                    && let Ok(rev) = Self::next_revision(head)
+                    && let Err(undo) = self.undo_delete(rev)
+                {
+                    self.needs_repair.store(true, Ordering::Release);
+                    tracing::error!(
+                            error = %undo,
+                        "cannot roll back a failed delete; writes are refused until a restart"
+                    );
+                }
+                Err(e)
+            }
         }
-        let rev = Self::next_revision(head)?;
-        let mut batch = Batch::default();
-        let mut changes = Vec::with_capacity(matches.len());
-        for m in &matches {
-            let mut old = m.value.clone();
-            old.deleted = rev;
-            let key = m.rel.key();
-            Self::put_version(&mut batch, &key, &old)?;
-            changes.push(GraphChange::Close {
-                key,
-                created: m.value.created,
-                rev,
-            });
+    }
+
+    /// Opens again the versions a failed [`Mvcc::delete_relationships`] closed at `rev` (not
+    /// published), found through their `gc-due` entries, which it removes.
+    fn undo_delete(&self, rev: u64) -> StoreResult<()> {
+        let start = encoding::due_deleted_from(rev);
+        let end = encoding::due_deleted_from(rev.saturating_add(1));
+        loop {
+            let mut entries: Vec<Vec<u8>> = Vec::new();
+            self.kv.scan(&start, Some(&end), &mut |k, _| {
+                entries.push(k.to_vec());
+                Ok(entries.len() < DELETE_CHUNK)
+            })?;
+            if entries.is_empty() {
+                break;
+            }
+            let mut batch = Batch::default();
+            let mut changes = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let version = encoding::due_version_key(&entry)?;
+                if let Some(v) = self.kv.get(version)? {
+                    let mut value = VersionValue::decode(&v)?;
+                    if value.deleted == rev {
+                        let (key, created) =
+                            encoding::decode_version_key(Index::ByResource, version)?;
+                        value.deleted = LIVE;
+                        Self::put_version(&mut batch, &key, &value)?;
+                        changes.push(GraphChange::Close {
+                            key,
+                            created,
+                            rev: LIVE,
+                        });
+                    }
+                }
+                batch.delete(entry);
+            }
+            self.commit_unsynced(batch)?;
+            self.graph.apply(&changes);
         }
-        let revision = self.commit_revision(batch, rev, now, &changes)?;
-        Ok(DeleteOutcome {
-            revision,
-            deleted: u64::try_from(matches.len()).unwrap_or(u64::MAX),
-            partial,
-        })
+        // Durable before any later write reuses `rev`.
+        self.commit(Batch::default())
+    }
+
+    /// [`Kv::commit_unsynced`], remembering a failure.
+    fn commit_unsynced(&self, batch: Batch) -> StoreResult<()> {
+        let result = self.kv.commit_unsynced(batch);
+        if result.is_err() {
+            self.writes_failing.store(true, Ordering::Release);
+        }
+        result
     }
 
     /// Starts a bulk import; its id names it to the calls below.
@@ -818,6 +927,11 @@ impl<K: Kv> Mvcc<K> {
 
     /// Deletes the staged keys in `[start, end)`, a bounded batch at a time.
     fn clear_staged(&self, start: &[u8], end: Option<&[u8]>) -> StoreResult<()> {
+        self.clear_range(start, end, false)
+    }
+
+    /// Deletes the keys in `[start, end)`, a bounded batch at a time; with `sync`, durably.
+    fn clear_range(&self, start: &[u8], end: Option<&[u8]>, sync: bool) -> StoreResult<()> {
         loop {
             let mut batch = Batch::default();
             self.kv.scan(start, end, &mut |k, _| {
@@ -825,7 +939,11 @@ impl<K: Kv> Mvcc<K> {
                 Ok(batch.len() < GC_BATCH)
             })?;
             if batch.is_empty() {
-                return Ok(());
+                return if sync {
+                    self.kv.commit(Batch::default())
+                } else {
+                    Ok(())
+                };
             }
             self.kv.commit_unsynced(batch)?;
         }
@@ -911,7 +1029,7 @@ impl<K: Kv> Mvcc<K> {
                     changes.push(GraphChange::Add { key, value });
                     created += 1;
                 }
-                self.kv.commit_unsynced(batch)?;
+                self.commit_unsynced(batch)?;
                 self.graph.apply(&changes);
                 Ok(())
             })
@@ -1645,15 +1763,46 @@ mod tests {
         assert_eq!(time_minus(t, Duration::MAX).seconds, i64::MIN);
     }
 
-    /// A map whose commits fail (as on a full disk) while `fail` is set.
-    #[derive(Default)]
-    struct FlakyKv {
-        inner: crate::store::memory::MemoryKv,
+    /// A map whose commits fail (as on a full disk) while `fail` is set, or from the
+    /// `fail_from`-th commit on, or at the `fail_at`-th commit only (counted from 1).
+    struct FlakyKv<K: Kv = crate::store::memory::MemoryKv> {
+        inner: K,
         fail: AtomicBool,
+        fail_from: AtomicU64,
+        fail_at: AtomicU64,
         commits: AtomicU64,
     }
 
-    impl Kv for FlakyKv {
+    impl<K: Kv> FlakyKv<K> {
+        fn new(inner: K) -> FlakyKv<K> {
+            FlakyKv {
+                inner,
+                fail: AtomicBool::new(false),
+                fail_from: AtomicU64::new(u64::MAX),
+                fail_at: AtomicU64::new(u64::MAX),
+                commits: AtomicU64::new(0),
+            }
+        }
+
+        fn attempt(&self) -> StoreResult<()> {
+            let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.fail.load(Ordering::SeqCst)
+                || n >= self.fail_from.load(Ordering::SeqCst)
+                || n == self.fail_at.load(Ordering::SeqCst)
+            {
+                return Err(StoreError::Engine("No space left on device".into()));
+            }
+            Ok(())
+        }
+    }
+
+    impl Default for FlakyKv {
+        fn default() -> Self {
+            FlakyKv::new(crate::store::memory::MemoryKv::default())
+        }
+    }
+
+    impl<K: Kv> Kv for FlakyKv<K> {
         fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
             self.inner.get(key)
         }
@@ -1668,12 +1817,199 @@ mod tests {
         }
 
         fn commit(&self, batch: Batch) -> StoreResult<()> {
-            self.commits.fetch_add(1, Ordering::SeqCst);
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(StoreError::Engine("No space left on device".into()));
-            }
+            self.attempt()?;
             self.inner.commit(batch)
         }
+
+        fn commit_unsynced(&self, batch: Batch) -> StoreResult<()> {
+            self.attempt()?;
+            self.inner.commit_unsynced(batch)
+        }
+    }
+
+    /// `n` relationships on one wide resource, `document:big#viewer`, written in a few
+    /// transactions; returns the head after them.
+    fn write_wide(m: &Mvcc<impl Kv>, n: usize) -> Revision {
+        let creates: Vec<RelationshipUpdate> = (0..n)
+            .map(|i| update(UpdateOp::Create, &format!("document:big#viewer@user:u{i}")))
+            .collect();
+        let mut head = Revision(0);
+        for chunk in creates.chunks(1000) {
+            head = m.write_relationships(&[], chunk, NOW).unwrap();
+        }
+        head
+    }
+
+    fn big() -> RelationshipFilter {
+        RelationshipFilter {
+            resource_type: Some("document".into()),
+            resource_id: Some("big".into()),
+            relation: Some("viewer".into()),
+            ..RelationshipFilter::default()
+        }
+    }
+
+    /// How many relationships `m` shows at `rev` on `document:big#viewer`, through the graph
+    /// (the engine's path) and through the key-value indexes (checked to agree).
+    fn visible_big(m: &Mvcc<impl Kv>, rev: Revision) -> usize {
+        let mut from_graph = Vec::new();
+        m.query_all(rev, &big(), NOW, &mut from_graph).unwrap();
+        // A prefix is not answered by the graph: a scan of the by-resource index.
+        let by_prefix = RelationshipFilter {
+            resource_type: Some("document".into()),
+            resource_id_prefix: Some("big".into()),
+            ..RelationshipFilter::default()
+        };
+        let mut scanned = 0;
+        m.scan_visible(rev.0, &by_prefix, None, NOW, &mut |_| {
+            scanned += 1;
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(
+            from_graph.len(),
+            scanned,
+            "graph and indexes differ at {rev:?}"
+        );
+        let view = m.graph_view(rev, NOW).unwrap().unwrap();
+        let (t, id, rel) = (
+            view.sym("document").unwrap(),
+            view.sym("big").unwrap(),
+            view.sym("viewer").unwrap(),
+        );
+        assert_eq!(view.subjects(t, id, rel).count(), scanned);
+        scanned
+    }
+
+    /// A delete by filter of more than one chunk writes several batches (the old one-batch
+    /// delete held every match in memory at once), and still deletes at one revision.
+    #[test]
+    fn a_large_delete_commits_in_several_batches_at_one_revision() {
+        let m = Mvcc::fresh(|b| {
+            let kv = FlakyKv::default();
+            kv.inner.commit(b).unwrap();
+            kv
+        });
+        let n = 2 * DELETE_CHUNK + 500;
+        let before = write_wide(&m, n);
+        let commits = m.kv.commits.load(Ordering::SeqCst);
+        let out = m
+            .delete_relationships(&big(), &[], None, false, NOW)
+            .unwrap();
+        let batches = m.kv.commits.load(Ordering::SeqCst) - commits;
+        assert_eq!(
+            batches, 3,
+            "one batch per chunk, the last with the revision"
+        );
+        assert_eq!(out.revision, before.next());
+        assert_eq!(out.deleted, u64::try_from(n).unwrap());
+        assert_eq!(m.head_revision().unwrap(), out.revision);
+        assert_eq!(visible_big(&m, before), n);
+        assert_eq!(visible_big(&m, out.revision), 0);
+        assert_eq!(m.live.load(Ordering::Relaxed), 0);
+        // Every closed version is due for GC at the delete's revision.
+        assert_eq!(m.raw_count(GC_DUE).unwrap(), n);
+        let stats = m.gc(NOW, Duration::ZERO).unwrap();
+        assert_eq!(stats.relationships, u64::try_from(n).unwrap());
+        assert_eq!(m.raw_count(BY_RESOURCE).unwrap(), 0);
+    }
+
+    /// A chunk that fails to commit in the middle of a delete: the chunks before it are
+    /// rolled back at once, nothing is deleted, and the store goes on writing.
+    #[test]
+    fn a_delete_failing_in_a_middle_chunk_is_rolled_back() {
+        let m = Mvcc::fresh(|b| {
+            let kv = FlakyKv::default();
+            kv.inner.commit(b).unwrap();
+            kv
+        });
+        let n = 3 * DELETE_CHUNK + 10;
+        let before = write_wide(&m, n);
+        let commits = m.kv.commits.load(Ordering::SeqCst);
+        m.kv.fail_at.store(commits + 2, Ordering::SeqCst);
+        assert!(
+            m.delete_relationships(&big(), &[], None, false, NOW)
+                .is_err()
+        );
+        assert_eq!(m.head_revision().unwrap(), before);
+        assert_eq!(visible_big(&m, before), n);
+        assert_eq!(m.raw_count(GC_DUE).unwrap(), 0, "no gc-due entry is left");
+        assert_eq!(m.live.load(Ordering::Relaxed), signed(n as u64));
+        m.check_writable().unwrap();
+        // The revision is used by the next write, which sees everything still live.
+        let out = m
+            .delete_relationships(&big(), &[], None, false, NOW)
+            .unwrap();
+        assert_eq!(out.revision, before.next());
+        assert_eq!(visible_big(&m, before), n);
+        assert_eq!(visible_big(&m, out.revision), 0);
+    }
+
+    /// The process dies (here: every commit fails) between two chunks of a delete: the store
+    /// shows readers of the head everything meanwhile, refuses writes, and the next open
+    /// rolls the delete back entirely.
+    #[test]
+    fn rocks_delete_interrupted_between_chunks_is_rolled_back_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 3 * DELETE_CHUNK + 10;
+        let before = {
+            let m = Mvcc::open(FlakyKv::new(
+                crate::store::rocks::RocksKv::open(dir.path()).unwrap(),
+            ))
+            .unwrap();
+            let before = write_wide(&m, n);
+            let commits = m.kv.commits.load(Ordering::SeqCst);
+            m.kv.fail_from.store(commits + 3, Ordering::SeqCst);
+            assert!(
+                m.delete_relationships(&big(), &[], None, false, NOW)
+                    .is_err()
+            );
+            assert_eq!(m.head_revision().unwrap(), before);
+            // Two chunks are on disk and in the graph, closed above the head: invisible.
+            let mut closed = 0;
+            m.kv.scan(&[BY_RESOURCE], Some(&[BY_RESOURCE + 1]), &mut |_, v| {
+                if encoding::peek_deleted(v)? == before.0 + 1 {
+                    closed += 1;
+                }
+                Ok(true)
+            })
+            .unwrap();
+            assert_eq!(closed, 2 * DELETE_CHUNK);
+            assert_eq!(visible_big(&m, before), n);
+            assert!(
+                m.write_relationships(
+                    &[],
+                    &[update(UpdateOp::Create, "document:x#viewer@user:x")],
+                    NOW
+                )
+                .is_err()
+            );
+            before
+        };
+        let ds = RocksStore::open(dir.path()).unwrap();
+        let m = &ds.inner;
+        assert_eq!(m.head_revision().unwrap(), before);
+        assert_eq!(visible_big(m, before), n);
+        assert_eq!(
+            m.raw_count(GC_DUE).unwrap(),
+            0,
+            "stale gc-due entries are gone"
+        );
+        assert_eq!(m.live.load(Ordering::Relaxed), signed(n as u64));
+        let next = m
+            .write_relationships(
+                &[],
+                &[update(UpdateOp::Create, "document:x#viewer@user:x")],
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(next, before.next());
+        assert_eq!(visible_big(m, next), n);
+        let out = m
+            .delete_relationships(&big(), &[], None, false, NOW)
+            .unwrap();
+        assert_eq!(visible_big(m, out.revision), 0);
+        assert_eq!(visible_big(m, next), n);
     }
 
     #[test]
