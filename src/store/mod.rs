@@ -13,7 +13,7 @@ mod metrics;
 mod mvcc;
 mod rocks;
 
-pub use error::{StoreError, StoreResult};
+pub use error::{StoreError, StoreResult, WriteFailure};
 pub use graph::{EMPTY, Edge, GraphView, Sym};
 pub use memory::MemoryStore;
 pub use metrics::init_metrics;

@@ -28,7 +28,7 @@ use crate::store::kv::{Batch, Kv};
 use crate::store::metrics::{self, signed};
 use crate::store::{
     DeleteOutcome, GcStats, Page, Precondition, PreconditionOp, RelationshipUpdate, StoreError,
-    StoreResult, StoredSchema, UpdateOp,
+    StoreResult, StoredSchema, UpdateOp, WriteFailure,
 };
 
 /// The visitor of a GC range: queues the deletions for one entry.
@@ -113,6 +113,17 @@ fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A failed commit as the error writers see: the store cannot write.
+fn unwritable(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Engine(detail) => StoreError::Unwritable {
+            cause: WriteFailure::of(&detail),
+            detail,
+        },
+        other => other,
+    }
+}
+
 fn new_unique_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
@@ -184,7 +195,7 @@ impl<K: Kv> Mvcc<K> {
 
     /// Commits `batch`, remembering whether the backend could write.
     fn commit(&self, batch: Batch) -> StoreResult<()> {
-        let result = self.kv.commit(batch);
+        let result = self.kv.commit(batch).map_err(unwritable);
         self.writes_failing
             .store(result.is_err(), Ordering::Release);
         result
@@ -883,7 +894,7 @@ impl<K: Kv> Mvcc<K> {
 
     /// [`Kv::commit_unsynced`], remembering a failure.
     fn commit_unsynced(&self, batch: Batch) -> StoreResult<()> {
-        let result = self.kv.commit_unsynced(batch);
+        let result = self.kv.commit_unsynced(batch).map_err(unwritable);
         if result.is_err() {
             self.writes_failing.store(true, Ordering::Release);
         }
@@ -915,7 +926,7 @@ impl<K: Kv> Mvcc<K> {
             };
             batch.put(staged, value.encode()?);
         }
-        self.kv.commit_unsynced(batch)
+        self.commit_unsynced(batch)
     }
 
     /// Forgets import `import`'s staged relationships.
@@ -1076,21 +1087,23 @@ impl<K: Kv> Mvcc<K> {
                     });
                 }
             }
-            self.kv.commit_unsynced(batch)?;
+            self.commit_unsynced(batch)?;
             self.graph.apply(&changes);
             Ok(())
         })?;
         // Durable before any later write reuses `rev`.
-        self.kv.commit(Batch::default())
+        self.commit(Batch::default())
     }
 
     /// Refuses writes while versions of a failed import may be left past the head.
     fn writable(&self) -> StoreResult<()> {
         if self.needs_repair.load(Ordering::Acquire) {
-            return Err(StoreError::Engine(
-                "a failed import could not be rolled back; restart the server to repair the store"
+            return Err(StoreError::Unwritable {
+                cause: WriteFailure::NeedsRepair,
+                detail: "a failed import or delete could not be rolled back; restart the server \
+                         to repair the store"
                     .to_string(),
-            ));
+            });
         }
         Ok(())
     }
