@@ -9,7 +9,7 @@
 //! mutex; reads take no lock beyond one consistent KV scan. The head revision is published only
 //! after its batch is durable.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -80,12 +80,8 @@ pub(crate) struct Mvcc<K: Kv> {
     latest_schema: RwLock<Option<StoredSchema>>,
     /// the id of the next bulk import
     next_import: AtomicU64,
-    /// set when a failed import could not be rolled back: the stored versions past the head
-    /// would become visible to the next write, so writes are refused until a restart repairs
-    /// them (see [`Mvcc::load_graph`])
-    needs_repair: AtomicBool,
-    /// set when a commit fails (disk full, I/O error), cleared when one succeeds
-    writes_failing: AtomicBool,
+    /// whether the store can write: what writers and the health service both go by
+    write_state: WriteStateCell,
     /// relationships stored at the head (this store's share of the metrics gauge)
     live: AtomicI64,
 }
@@ -111,6 +107,78 @@ impl<K: Kv> std::fmt::Debug for Mvcc<K> {
 fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
     // The guarded data is `()`: a panic while holding the lock leaves nothing inconsistent.
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether a store can write. One state, read before every write ([`Mvcc::writable`]) and by
+/// the health service ([`Mvcc::check_writable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteState {
+    /// the last commit succeeded
+    Writable,
+    /// the last commit failed, for this reason (a full disk or another I/O error): writes are
+    /// still tried, and the first that succeeds makes the store writable again
+    Failing(WriteFailure),
+    /// the versions of a failed import or delete could not be rolled back, so the next write's
+    /// revision would make them visible: every write is refused until a restart, whose open
+    /// repairs them (see [`Mvcc::load_graph`]). Never left while running.
+    NeedsRepair,
+}
+
+/// A [`WriteState`] shared between threads, in one atomic byte.
+#[derive(Debug, Default)]
+struct WriteStateCell(AtomicU8);
+
+impl WriteStateCell {
+    const WRITABLE: u8 = 0;
+    const DISK_FULL: u8 = 1;
+    const IO: u8 = 2;
+    const NEEDS_REPAIR: u8 = 3;
+
+    fn get(&self) -> WriteState {
+        match self.0.load(Ordering::Acquire) {
+            Self::WRITABLE => WriteState::Writable,
+            Self::DISK_FULL => WriteState::Failing(WriteFailure::DiskFull),
+            Self::IO => WriteState::Failing(WriteFailure::Io),
+            _ => WriteState::NeedsRepair,
+        }
+    }
+
+    /// Moves to `to` unless the store needs repair, which stays.
+    fn set(&self, to: u8) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now != Self::NEEDS_REPAIR && now != to).then_some(to)
+            });
+    }
+
+    /// Remembers a commit's outcome: a failure makes the store failing; a success (of a
+    /// synced commit, `durable`) makes it writable.
+    fn record(&self, result: &StoreResult<()>, durable: bool) {
+        match result {
+            Ok(()) if durable => self.set(Self::WRITABLE),
+            Ok(()) => {}
+            Err(StoreError::Unwritable { cause, .. }) => self.set(match cause {
+                WriteFailure::DiskFull => Self::DISK_FULL,
+                WriteFailure::Io | WriteFailure::NeedsRepair => Self::IO,
+            }),
+            Err(_) => self.set(Self::IO),
+        }
+    }
+
+    fn set_needs_repair(&self) {
+        self.0.store(Self::NEEDS_REPAIR, Ordering::Release);
+    }
+}
+
+/// The error of a write refused in [`WriteState::NeedsRepair`].
+fn needs_repair() -> StoreError {
+    StoreError::Unwritable {
+        cause: WriteFailure::NeedsRepair,
+        detail: "a failed import or delete could not be rolled back; restart the server to \
+                 repair the store"
+            .to_string(),
+    }
 }
 
 /// A failed commit as the error writers see: the store cannot write.
@@ -176,8 +244,7 @@ impl<K: Kv> Mvcc<K> {
             graph: Graph::new(),
             latest_schema: RwLock::new(None),
             next_import: AtomicU64::new(0),
-            needs_repair: AtomicBool::new(false),
-            writes_failing: AtomicBool::new(false),
+            write_state: WriteStateCell::default(),
             live: AtomicI64::new(0),
         }
     }
@@ -196,20 +263,28 @@ impl<K: Kv> Mvcc<K> {
     /// Commits `batch`, remembering whether the backend could write.
     fn commit(&self, batch: Batch) -> StoreResult<()> {
         let result = self.kv.commit(batch).map_err(unwritable);
-        self.writes_failing
-            .store(result.is_err(), Ordering::Release);
+        self.write_state.record(&result, true);
         result
     }
 
-    /// `Ok` unless the last commit failed; then one tiny probe commit (the delete of an unused
-    /// key, synced like any write) decides, and a success clears the failure.
+    /// What the health service asks: `Ok` while the store is [`WriteState::Writable`]; while
+    /// it is [`WriteState::Failing`], one tiny probe commit (the delete of an unused key,
+    /// synced like any write) decides, and a success makes it writable again; in
+    /// [`WriteState::NeedsRepair`] never `Ok` (only a restart repairs).
     pub(crate) fn check_writable(&self) -> StoreResult<()> {
-        if !self.writes_failing.load(Ordering::Acquire) {
-            return Ok(());
+        match self.write_state.get() {
+            WriteState::Writable => Ok(()),
+            WriteState::NeedsRepair => Err(needs_repair()),
+            WriteState::Failing(cause) => {
+                tracing::debug!(
+                    cause = cause.as_str(),
+                    "probing whether the datastore can write again"
+                );
+                let mut probe = Batch::default();
+                probe.delete(encoding::meta_key(META_PROBE));
+                self.commit(probe)
+            }
         }
-        let mut probe = Batch::default();
-        probe.delete(encoding::meta_key(META_PROBE));
-        self.commit(probe)
     }
 
     /// Loads every stored relationship version into the in-memory graph, and the newest
@@ -840,7 +915,7 @@ impl<K: Kv> Mvcc<K> {
                     && let Ok(rev) = Self::next_revision(head)
                     && let Err(undo) = self.undo_delete(rev)
                 {
-                    self.needs_repair.store(true, Ordering::Release);
+                    self.write_state.set_needs_repair();
                     tracing::error!(
                             error = %undo,
                         "cannot roll back a failed delete; writes are refused until a restart"
@@ -892,12 +967,10 @@ impl<K: Kv> Mvcc<K> {
         self.commit(Batch::default())
     }
 
-    /// [`Kv::commit_unsynced`], remembering a failure.
+    /// [`Kv::commit_unsynced`], remembering a failure (a success proves nothing durable).
     fn commit_unsynced(&self, batch: Batch) -> StoreResult<()> {
         let result = self.kv.commit_unsynced(batch).map_err(unwritable);
-        if result.is_err() {
-            self.writes_failing.store(true, Ordering::Release);
-        }
+        self.write_state.record(&result, false);
         result
     }
 
@@ -1052,7 +1125,7 @@ impl<K: Kv> Mvcc<K> {
             }
             Err(e) => {
                 if let Err(undo) = self.undo_import(import, rev) {
-                    self.needs_repair.store(true, Ordering::Release);
+                    self.write_state.set_needs_repair();
                     tracing::error!(
                         error = %undo,
                         "cannot roll back a failed import; writes are refused until a restart"
@@ -1095,17 +1168,14 @@ impl<K: Kv> Mvcc<K> {
         self.commit(Batch::default())
     }
 
-    /// Refuses writes while versions of a failed import may be left past the head.
+    /// Refuses writes while versions of a failed import or delete may be left past the head
+    /// ([`WriteState::NeedsRepair`]). A store whose last commit failed still tries: the write
+    /// either fails the same way or finds the disk working again.
     fn writable(&self) -> StoreResult<()> {
-        if self.needs_repair.load(Ordering::Acquire) {
-            return Err(StoreError::Unwritable {
-                cause: WriteFailure::NeedsRepair,
-                detail: "a failed import or delete could not be rolled back; restart the server \
-                         to repair the store"
-                    .to_string(),
-            });
+        match self.write_state.get() {
+            WriteState::NeedsRepair => Err(needs_repair()),
+            WriteState::Writable | WriteState::Failing(_) => Ok(()),
         }
-        Ok(())
     }
 
     pub(crate) fn write_schema(
@@ -1489,6 +1559,7 @@ mod tests {
     use crate::model::parse_relationship;
     use crate::store::encoding::{BY_SUBJECT, GC_DUE, META};
     use crate::store::{MemoryStore, RocksStore};
+    use std::sync::atomic::AtomicBool;
 
     const NOW: Timestamp = Timestamp {
         seconds: 1_700_000_000,
@@ -2023,6 +2094,59 @@ mod tests {
             .unwrap();
         assert_eq!(visible_big(m, out.revision), 0);
         assert_eq!(visible_big(m, next), n);
+    }
+
+    /// A delete whose rollback fails too leaves the store needing repair: writes are refused
+    /// and health says so, even once the disk works again, until a restart.
+    #[test]
+    fn a_store_needing_repair_refuses_writes_and_fails_health_until_restart() {
+        let m = Mvcc::fresh(|b| {
+            let kv = FlakyKv::default();
+            kv.inner.commit(b).unwrap();
+            kv
+        });
+        let n = 2 * DELETE_CHUNK + 1;
+        let before = write_wide(&m, n);
+        assert_eq!(m.write_state.get(), WriteState::Writable);
+        let commits = m.kv.commits.load(Ordering::SeqCst);
+        m.kv.fail_from.store(commits + 2, Ordering::SeqCst);
+        let err = m
+            .delete_relationships(&big(), &[], None, false, NOW)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Unwritable {
+                    cause: WriteFailure::DiskFull,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(m.write_state.get(), WriteState::NeedsRepair);
+        // The disk works again: still refused, and health still says so.
+        m.kv.fail_from.store(u64::MAX, Ordering::SeqCst);
+        let refused = |r: StoreResult<()>| {
+            matches!(
+                r,
+                Err(StoreError::Unwritable {
+                    cause: WriteFailure::NeedsRepair,
+                    ..
+                })
+            )
+        };
+        assert!(refused(m.check_writable()));
+        assert!(refused(
+            m.write_relationships(
+                &[],
+                &[update(UpdateOp::Create, "document:x#viewer@user:x")],
+                NOW
+            )
+            .map(|_| ())
+        ));
+        assert!(refused(m.write_schema("s", &[], NOW).map(|_| ())));
+        assert_eq!(m.head_revision().unwrap(), before);
+        assert_eq!(visible_big(&m, before), n);
     }
 
     #[test]
