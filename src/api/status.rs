@@ -11,7 +11,7 @@ use super::error::{ApiError, Metadata, Reason, meta};
 use crate::consistency::ConsistencyError;
 use crate::engine::EngineError;
 use crate::schema::SchemaError;
-use crate::store::StoreError;
+use crate::store::{StoreError, WriteFailure};
 
 /// The `ErrorInfo.domain` SpiceDB uses.
 const DOMAIN: &str = "authzed.com";
@@ -198,6 +198,25 @@ fn store_status(err: StoreError) -> tonic::Status {
             Metadata::new(),
         ),
         StoreError::TargetExists(_) => plain(Code::AlreadyExists, message),
+        StoreError::Unwritable { cause, detail } => {
+            // Transient and server-side, like SpiceDB's datastore errors: retry later or on
+            // another server (health is NOT_SERVING meanwhile). The engine's words, which
+            // name files, stay in the log.
+            tracing::warn!(cause = cause.as_str(), error = %detail, "the datastore cannot write");
+            let what = match cause {
+                WriteFailure::DiskFull => "the disk is full",
+                WriteFailure::Io => "the disk failed to write",
+                WriteFailure::NeedsRepair => {
+                    "a failed write could not be rolled back and the server needs a restart"
+                }
+            };
+            with_reason(
+                Code::Unavailable,
+                format!("the datastore cannot write: {what}; reads still work"),
+                "PEMBA_ERROR_REASON_DATASTORE_UNWRITABLE",
+                meta([("cause", cause.as_str())]),
+            )
+        }
         StoreError::Engine(_) => internal("datastore failure", &message),
     }
 }

@@ -216,6 +216,7 @@ conformance!(
     query_filter_shapes,
     paging_returns_each_tuple_once,
     delete_by_filter_limits,
+    delete_by_filter_in_many_chunks_is_one_revision,
     expired_relationships,
     schema_versions,
     orphan_checks,
@@ -782,6 +783,80 @@ fn delete_by_filter_limits(ds: &dyn Datastore) {
         strs(&["document:a#owner@user:u0"])
     );
     assert_eq!(read(ds, r1, &f).len(), 5, "history is untouched");
+}
+
+/// A delete by filter larger than one of the store's commit chunks (a few thousand) still
+/// deletes everything at one revision: the previous revision sees all, the new one none.
+fn delete_by_filter_in_many_chunks_is_one_revision(ds: &dyn Datastore) {
+    const N: usize = 4_500;
+    let creates: Vec<RelationshipUpdate> = (0..N)
+        .map(|i| create(&format!("document:big#viewer@user:u{i:05}")))
+        .collect();
+    for chunk in creates.chunks(1000) {
+        write(ds, chunk);
+    }
+    let before = write(ds, &[create("document:small#viewer@user:ann")]);
+    let big = filter(Some("document"), Some("big"), None, Some("viewer"), None);
+    let documents = filter(Some("document"), None, None, None, None);
+
+    // A limit above one chunk, with partial deletion: exactly the limit goes, in index order.
+    let out = ds
+        .delete_relationships(&documents, &[], Some(4_100), true, NOW)
+        .unwrap();
+    assert_eq!(
+        (out.revision, out.deleted, out.partial),
+        (before.next(), 4_100, true)
+    );
+    assert_eq!(ds.head_revision().unwrap(), out.revision);
+    assert_eq!(read(ds, before, &documents).len(), N + 1);
+    let left = read(ds, out.revision, &big);
+    assert_eq!(left.len(), N - 4_100);
+    assert_eq!(left[0].subject.object.object_id, "u04100");
+
+    // Without a limit: everything matching, at one revision.
+    let all = ds
+        .delete_relationships(&big, &[], None, false, NOW)
+        .unwrap();
+    assert_eq!(
+        (all.revision, all.deleted, all.partial),
+        (
+            out.revision.next(),
+            u64::try_from(N - 4_100).unwrap(),
+            false
+        )
+    );
+    assert_eq!(
+        texts(ds, all.revision),
+        strs(&["document:small#viewer@user:ann"])
+    );
+    assert_eq!(read(ds, before, &big).len(), N, "history is untouched");
+
+    // A limit the matches stay within, larger than a chunk, refusing partial deletion.
+    let again: Vec<RelationshipUpdate> = (0..N)
+        .map(|i| create(&format!("document:big#viewer@user:v{i:05}")))
+        .collect();
+    for chunk in again.chunks(1000) {
+        write(ds, chunk);
+    }
+    let head = ds.head_revision().unwrap();
+    match ds
+        .delete_relationships(&big, &[], Some(4_499), false, NOW)
+        .unwrap_err()
+    {
+        StoreError::TooManyToDelete { limit } => assert_eq!(limit, 4_499),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(ds.head_revision().unwrap(), head);
+    assert_eq!(read(ds, head, &big).len(), N);
+    let exact = ds
+        .delete_relationships(&big, &[], Some(4_500), false, NOW)
+        .unwrap();
+    assert_eq!(
+        (exact.revision, exact.deleted, exact.partial),
+        (head.next(), u64::try_from(N).unwrap(), false)
+    );
+    assert!(read(ds, exact.revision, &big).is_empty());
+    assert_eq!(read(ds, head, &big).len(), N);
 }
 
 fn expired_relationships(ds: &dyn Datastore) {

@@ -189,6 +189,14 @@ pub(crate) fn due_deleted_range(horizon: u64) -> (Vec<u8>, Vec<u8>) {
     (vec![GC_DUE, DUE_DELETED], end)
 }
 
+/// The first `gc-due` entry of a version deleted at `deleted` or later: entries of versions
+/// deleted at exactly `rev` lie in `[due_deleted_from(rev), due_deleted_from(rev + 1))`.
+pub(crate) fn due_deleted_from(deleted: u64) -> Vec<u8> {
+    let mut k = vec![GC_DUE, DUE_DELETED];
+    k.extend_from_slice(&deleted.to_be_bytes());
+    k
+}
+
 /// The range of `gc-due` entries of versions expiring at or before `cutoff`.
 pub(crate) fn due_expired_range(cutoff: Timestamp) -> (Vec<u8>, Vec<u8>) {
     let mut end = vec![GC_DUE, DUE_EXPIRED];

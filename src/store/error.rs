@@ -73,7 +73,49 @@ pub enum StoreError {
     /// A checkpoint's target directory already exists.
     #[error("the backup target `{0}` already exists")]
     TargetExists(String),
+    /// The store cannot write now; reads go on. Writes are refused (or tried and failed)
+    /// until the cause goes away: free space, a working disk, or a restart that repairs.
+    #[error("the datastore cannot write: {detail}")]
+    Unwritable {
+        /// why
+        cause: WriteFailure,
+        /// what the engine said (for the log: it may name files)
+        detail: String,
+    },
     /// The underlying engine failed (I/O, RocksDB).
     #[error("storage engine error: {0}")]
     Engine(String),
+}
+
+/// Why a store cannot write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// the disk (or file system) is full
+    DiskFull,
+    /// any other failure to write (an I/O error)
+    Io,
+    /// the versions of a failed import or delete could not be rolled back: writes wait for a
+    /// restart, whose open repairs the store
+    NeedsRepair,
+}
+
+impl WriteFailure {
+    /// The failure an engine error reports (the text is all RocksDB exposes of ENOSPC).
+    pub(crate) fn of(detail: &str) -> WriteFailure {
+        let d = detail.to_ascii_lowercase();
+        if d.contains("no space left") || d.contains("nospace") || d.contains("disk full") {
+            WriteFailure::DiskFull
+        } else {
+            WriteFailure::Io
+        }
+    }
+
+    /// The name used in errors' metadata and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteFailure::DiskFull => "disk_full",
+            WriteFailure::Io => "io_error",
+            WriteFailure::NeedsRepair => "needs_repair",
+        }
+    }
 }

@@ -81,6 +81,59 @@ impl Version {
 struct Slot {
     key: TupleSyms,
     versions: SmallVec<[Version; 1]>,
+    /// where this slot sits in its lists of `by_resource`, `sets_by_resource` (subject sets
+    /// only) and `by_subject`, so removing it is a swap-remove, not a search of a list that
+    /// may hold millions
+    pos: [u32; 3],
+}
+
+/// The positions in [`Slot::pos`].
+const IN_RESOURCE: usize = 0;
+const IN_SETS: usize = 1;
+const IN_SUBJECT: usize = 2;
+
+/// Appends `idx` to `index[k]`; returns its position there.
+fn link<K: std::hash::Hash + Eq>(index: &mut FxMap<K, Vec<u32>>, k: K, idx: u32) -> u32 {
+    let list = index.entry(k).or_default();
+    list.push(idx);
+    u32::try_from(list.len() - 1).unwrap_or(u32::MAX)
+}
+
+/// Removes slot `idx`, at position `pos` (its `which` entry of [`Slot::pos`]), from
+/// `index[k]` by swapping the last entry into its place and updating that entry's position.
+fn unlink<K: std::hash::Hash + Eq>(
+    index: &mut FxMap<K, Vec<u32>>,
+    slots: &mut [Option<Slot>],
+    k: &K,
+    idx: u32,
+    pos: u32,
+    which: usize,
+) {
+    let Some(list) = index.get_mut(k) else {
+        return;
+    };
+    let at = if list.get(pos as usize) == Some(&idx) {
+        Some(pos as usize)
+    } else {
+        // Positions are kept with every move; searching keeps the graph right regardless.
+        tracing::error!(
+            slot = idx,
+            "graph slot position out of date; searching its list"
+        );
+        list.iter().position(|s| *s == idx)
+    };
+    if let Some(at) = at {
+        list.swap_remove(at);
+        if let Some(moved) = list.get(at).copied()
+            && let Some(Some(slot)) = slots.get_mut(moved as usize)
+            && let Some(p) = slot.pos.get_mut(which)
+        {
+            *p = u32::try_from(at).unwrap_or(u32::MAX);
+        }
+    }
+    if list.is_empty() {
+        index.remove(k);
+    }
 }
 
 /// Names to symbols and back.
@@ -651,37 +704,28 @@ impl Inner {
             }
             return;
         }
-        let slot = Slot {
-            key: syms,
-            versions: SmallVec::from_elem(version, 1),
-        };
         let idx = match self.free.pop() {
-            Some(i) => {
-                if let Some(s) = self.slots.get_mut(i as usize) {
-                    *s = Some(slot);
-                }
-                i
-            }
+            Some(i) => i,
             None => {
-                self.slots.push(Some(slot));
+                self.slots.push(None);
                 u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
             }
         };
-        self.tuples.insert(syms, idx);
-        self.by_resource
-            .entry([syms[0], syms[1], syms[2]])
-            .or_default()
-            .push(idx);
+        let r = [syms[0], syms[1], syms[2]];
+        let mut pos = [0u32; 3];
+        pos[IN_RESOURCE] = link(&mut self.by_resource, r, idx);
         if syms[5] != EMPTY {
-            self.sets_by_resource
-                .entry([syms[0], syms[1], syms[2]])
-                .or_default()
-                .push(idx);
+            pos[IN_SETS] = link(&mut self.sets_by_resource, r, idx);
         }
-        self.by_subject
-            .entry([syms[3], syms[4]])
-            .or_default()
-            .push(idx);
+        pos[IN_SUBJECT] = link(&mut self.by_subject, [syms[3], syms[4]], idx);
+        if let Some(s) = self.slots.get_mut(idx as usize) {
+            *s = Some(Slot {
+                key: syms,
+                versions: SmallVec::from_elem(version, 1),
+                pos,
+            });
+        }
+        self.tuples.insert(syms, idx);
     }
 
     fn close(&mut self, key: &RelationshipKey, created: u64, rev: u64) {
@@ -715,24 +759,41 @@ impl Inner {
         }
     }
 
+    /// Removes slot `idx` (of tuple `key`) from the tuple map and its lists, in O(1).
     fn remove_slot(&mut self, idx: u32, key: TupleSyms) {
         self.tuples.remove(&key);
+        let Some(pos) = self.slot(idx).map(|s| s.pos) else {
+            return;
+        };
         let r = [key[0], key[1], key[2]];
-        for index in [&mut self.by_resource, &mut self.sets_by_resource] {
-            if let Some(list) = index.get_mut(&r) {
-                list.retain(|s| *s != idx);
-                if list.is_empty() {
-                    index.remove(&r);
-                }
-            }
+        let slots = &mut self.slots;
+        unlink(
+            &mut self.by_resource,
+            slots,
+            &r,
+            idx,
+            pos[IN_RESOURCE],
+            IN_RESOURCE,
+        );
+        if key[5] != EMPTY {
+            unlink(
+                &mut self.sets_by_resource,
+                slots,
+                &r,
+                idx,
+                pos[IN_SETS],
+                IN_SETS,
+            );
         }
         let s = [key[3], key[4]];
-        if let Some(list) = self.by_subject.get_mut(&s) {
-            list.retain(|x| *x != idx);
-            if list.is_empty() {
-                self.by_subject.remove(&s);
-            }
-        }
+        unlink(
+            &mut self.by_subject,
+            slots,
+            &s,
+            idx,
+            pos[IN_SUBJECT],
+            IN_SUBJECT,
+        );
         if let Some(slot) = self.slots.get_mut(idx as usize) {
             *slot = None;
         }
@@ -940,6 +1001,108 @@ mod tests {
         // the freed slot is reused
         g.insert(&a, &live(4));
         assert_eq!(ids(&g, 4, &f).unwrap().len(), 2);
+    }
+
+    /// Removing most of the tuples of one very wide relation (and of one very wide subject),
+    /// in a scrambled order, leaves exactly the rest in every index, and freed slots are
+    /// reused correctly.
+    #[test]
+    fn mass_removal_on_one_wide_resource_stays_correct() {
+        use rand::seq::SliceRandom as _;
+        use rand::{SeedableRng as _, rngs::SmallRng};
+        let g = Graph::new();
+        const N: usize = 20_000;
+        let mut keys: Vec<RelationshipKey> = Vec::new();
+        for i in 0..N {
+            keys.push(key(&format!("document:big#viewer@user:u{i}")));
+            if i % 4 == 0 {
+                keys.push(key(&format!("document:big#viewer@group:g{i}#member")));
+            }
+            keys.push(key(&format!("document:d{i}#viewer@user:wide")));
+        }
+        for k in &keys {
+            g.insert(k, &live(1));
+        }
+        let mut order = keys.clone();
+        order.shuffle(&mut SmallRng::seed_from_u64(7));
+        let (gone, kept) = order.split_at(order.len() * 3 / 4);
+        let removes: Vec<GraphChange> = gone
+            .iter()
+            .map(|k| GraphChange::Remove {
+                key: k.clone(),
+                created: 1,
+            })
+            .collect();
+        g.apply(&removes);
+
+        let expect = |pred: &dyn Fn(&RelationshipKey) -> bool| {
+            let mut v: Vec<String> = kept
+                .iter()
+                .filter(|k| pred(k))
+                .map(ToString::to_string)
+                .collect();
+            v.sort();
+            v
+        };
+        let big = by_resource("document", "big", "viewer");
+        assert_eq!(
+            ids(&g, 1, &big).unwrap(),
+            expect(&|k| k.resource.object_id == "big")
+        );
+        let mut sets = big.clone();
+        sets.subject = Some(SubjectFilter {
+            subject_type: "group".into(),
+            subject_id: None,
+            relation: SubjectRelationFilter::Relation("member".into()),
+        });
+        let want_sets = expect(&|k| k.subject.relation.is_some());
+        assert_eq!(ids(&g, 1, &sets).unwrap(), want_sets);
+        let wide = RelationshipFilter {
+            subject: Some(SubjectFilter {
+                subject_type: "user".into(),
+                subject_id: Some("wide".into()),
+                relation: SubjectRelationFilter::Any,
+            }),
+            ..RelationshipFilter::default()
+        };
+        assert_eq!(
+            ids(&g, 1, &wide).unwrap(),
+            expect(&|k| k.subject.object.object_id == "wide")
+        );
+        for k in gone.iter().take(100) {
+            assert!(g.newest_version(k).is_none());
+        }
+        {
+            let view = g.view(1, NOW);
+            let (t, id, rel) = (
+                view.sym("document").unwrap(),
+                view.sym("big").unwrap(),
+                view.sym("viewer").unwrap(),
+            );
+            assert_eq!(view.subject_sets(t, id, rel).count(), want_sets.len());
+        }
+
+        // Everything else goes too; the lists go with their last entry, and slots are reused.
+        let rest: Vec<GraphChange> = kept
+            .iter()
+            .map(|k| GraphChange::Remove {
+                key: k.clone(),
+                created: 1,
+            })
+            .collect();
+        g.apply(&rest);
+        assert_eq!(ids(&g, 1, &big).unwrap(), Vec::<String>::new());
+        {
+            let inner = g.read();
+            assert!(inner.by_resource.is_empty());
+            assert!(inner.sets_by_resource.is_empty());
+            assert!(inner.by_subject.is_empty());
+            assert!(inner.tuples.is_empty());
+        }
+        let again = key("document:big#viewer@user:again");
+        g.insert(&again, &live(2));
+        assert_eq!(ids(&g, 2, &big).unwrap(), vec![again.to_string()]);
+        assert_eq!(g.read().slots.len(), keys.len(), "a freed slot was reused");
     }
 
     #[test]

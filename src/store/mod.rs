@@ -13,7 +13,7 @@ mod metrics;
 mod mvcc;
 mod rocks;
 
-pub use error::{StoreError, StoreResult};
+pub use error::{StoreError, StoreResult, WriteFailure};
 pub use graph::{EMPTY, Edge, GraphView, Sym};
 pub use memory::MemoryStore;
 pub use metrics::init_metrics;
@@ -239,7 +239,9 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// Can the store write? Meant to be cheap enough to poll every second for health: `Ok`
     /// while the last commit succeeded; after a failed commit (disk full, I/O error) the store
     /// tries one tiny synced write and answers with its outcome, so the answer recovers on its
-    /// own once the disk does. The default always answers `Ok`.
+    /// own once the disk does; while a failed import or delete awaits the repair of a restart,
+    /// [`StoreError::Unwritable`] with [`WriteFailure::NeedsRepair`], as every write gets.
+    /// The default always answers `Ok`.
     fn check_writable(&self) -> StoreResult<()> {
         Ok(())
     }

@@ -9,7 +9,7 @@
 //! mutex; reads take no lock beyond one consistent KV scan. The head revision is published only
 //! after its batch is durable.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use crate::store::kv::{Batch, Kv};
 use crate::store::metrics::{self, signed};
 use crate::store::{
     DeleteOutcome, GcStats, Page, Precondition, PreconditionOp, RelationshipUpdate, StoreError,
-    StoreResult, StoredSchema, UpdateOp,
+    StoreResult, StoredSchema, UpdateOp, WriteFailure,
 };
 
 /// The visitor of a GC range: queues the deletions for one entry.
@@ -42,6 +42,10 @@ pub(crate) const PRECONDITION_SCAN_BUDGET: usize = 100_000;
 /// How many staged relationships an import commit writes per batch (and per hold of the
 /// graph's write lock).
 const IMPORT_CHUNK: usize = 2_000;
+
+/// How many relationships a delete by filter closes per batch (and per hold of the graph's
+/// write lock).
+const DELETE_CHUNK: usize = 2_000;
 
 /// How many keys one GC commit deletes at most.
 const GC_BATCH: usize = 10_000;
@@ -76,12 +80,8 @@ pub(crate) struct Mvcc<K: Kv> {
     latest_schema: RwLock<Option<StoredSchema>>,
     /// the id of the next bulk import
     next_import: AtomicU64,
-    /// set when a failed import could not be rolled back: the stored versions past the head
-    /// would become visible to the next write, so writes are refused until a restart repairs
-    /// them (see [`Mvcc::load_graph`])
-    needs_repair: AtomicBool,
-    /// set when a commit fails (disk full, I/O error), cleared when one succeeds
-    writes_failing: AtomicBool,
+    /// whether the store can write: what writers and the health service both go by
+    write_state: WriteStateCell,
     /// relationships stored at the head (this store's share of the metrics gauge)
     live: AtomicI64,
 }
@@ -107,6 +107,89 @@ impl<K: Kv> std::fmt::Debug for Mvcc<K> {
 fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
     // The guarded data is `()`: a panic while holding the lock leaves nothing inconsistent.
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether a store can write. One state, read before every write ([`Mvcc::writable`]) and by
+/// the health service ([`Mvcc::check_writable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteState {
+    /// the last commit succeeded
+    Writable,
+    /// the last commit failed, for this reason (a full disk or another I/O error): writes are
+    /// still tried, and the first that succeeds makes the store writable again
+    Failing(WriteFailure),
+    /// the versions of a failed import or delete could not be rolled back, so the next write's
+    /// revision would make them visible: every write is refused until a restart, whose open
+    /// repairs them (see [`Mvcc::load_graph`]). Never left while running.
+    NeedsRepair,
+}
+
+/// A [`WriteState`] shared between threads, in one atomic byte.
+#[derive(Debug, Default)]
+struct WriteStateCell(AtomicU8);
+
+impl WriteStateCell {
+    const WRITABLE: u8 = 0;
+    const DISK_FULL: u8 = 1;
+    const IO: u8 = 2;
+    const NEEDS_REPAIR: u8 = 3;
+
+    fn get(&self) -> WriteState {
+        match self.0.load(Ordering::Acquire) {
+            Self::WRITABLE => WriteState::Writable,
+            Self::DISK_FULL => WriteState::Failing(WriteFailure::DiskFull),
+            Self::IO => WriteState::Failing(WriteFailure::Io),
+            _ => WriteState::NeedsRepair,
+        }
+    }
+
+    /// Moves to `to` unless the store needs repair, which stays.
+    fn set(&self, to: u8) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now != Self::NEEDS_REPAIR && now != to).then_some(to)
+            });
+    }
+
+    /// Remembers a commit's outcome: a failure makes the store failing; a success (of a
+    /// synced commit, `durable`) makes it writable.
+    fn record(&self, result: &StoreResult<()>, durable: bool) {
+        match result {
+            Ok(()) if durable => self.set(Self::WRITABLE),
+            Ok(()) => {}
+            Err(StoreError::Unwritable { cause, .. }) => self.set(match cause {
+                WriteFailure::DiskFull => Self::DISK_FULL,
+                WriteFailure::Io | WriteFailure::NeedsRepair => Self::IO,
+            }),
+            Err(_) => self.set(Self::IO),
+        }
+    }
+
+    fn set_needs_repair(&self) {
+        self.0.store(Self::NEEDS_REPAIR, Ordering::Release);
+    }
+}
+
+/// The error of a write refused in [`WriteState::NeedsRepair`].
+fn needs_repair() -> StoreError {
+    StoreError::Unwritable {
+        cause: WriteFailure::NeedsRepair,
+        detail: "a failed import or delete could not be rolled back; restart the server to \
+                 repair the store"
+            .to_string(),
+    }
+}
+
+/// A failed commit as the error writers see: the store cannot write.
+fn unwritable(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Engine(detail) => StoreError::Unwritable {
+            cause: WriteFailure::of(&detail),
+            detail,
+        },
+        other => other,
+    }
 }
 
 fn new_unique_id() -> String {
@@ -161,8 +244,7 @@ impl<K: Kv> Mvcc<K> {
             graph: Graph::new(),
             latest_schema: RwLock::new(None),
             next_import: AtomicU64::new(0),
-            needs_repair: AtomicBool::new(false),
-            writes_failing: AtomicBool::new(false),
+            write_state: WriteStateCell::default(),
             live: AtomicI64::new(0),
         }
     }
@@ -180,21 +262,29 @@ impl<K: Kv> Mvcc<K> {
 
     /// Commits `batch`, remembering whether the backend could write.
     fn commit(&self, batch: Batch) -> StoreResult<()> {
-        let result = self.kv.commit(batch);
-        self.writes_failing
-            .store(result.is_err(), Ordering::Release);
+        let result = self.kv.commit(batch).map_err(unwritable);
+        self.write_state.record(&result, true);
         result
     }
 
-    /// `Ok` unless the last commit failed; then one tiny probe commit (the delete of an unused
-    /// key, synced like any write) decides, and a success clears the failure.
+    /// What the health service asks: `Ok` while the store is [`WriteState::Writable`]; while
+    /// it is [`WriteState::Failing`], one tiny probe commit (the delete of an unused key,
+    /// synced like any write) decides, and a success makes it writable again; in
+    /// [`WriteState::NeedsRepair`] never `Ok` (only a restart repairs).
     pub(crate) fn check_writable(&self) -> StoreResult<()> {
-        if !self.writes_failing.load(Ordering::Acquire) {
-            return Ok(());
+        match self.write_state.get() {
+            WriteState::Writable => Ok(()),
+            WriteState::NeedsRepair => Err(needs_repair()),
+            WriteState::Failing(cause) => {
+                tracing::debug!(
+                    cause = cause.as_str(),
+                    "probing whether the datastore can write again"
+                );
+                let mut probe = Batch::default();
+                probe.delete(encoding::meta_key(META_PROBE));
+                self.commit(probe)
+            }
         }
-        let mut probe = Batch::default();
-        probe.delete(encoding::meta_key(META_PROBE));
-        self.commit(probe)
     }
 
     /// Loads every stored relationship version into the in-memory graph, and the newest
@@ -206,9 +296,11 @@ impl<K: Kv> Mvcc<K> {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = newest;
         let mut live = 0u64;
-        // A bulk import commits in several batches before it publishes its revision: a crash
-        // in between leaves versions created after the head (dropped here) and versions closed
-        // after it (opened again here).
+        // A bulk import and a delete by filter commit in several batches before they publish
+        // their revision: a crash in between leaves versions created after the head (dropped
+        // here) and versions closed after it (opened again here). Their `gc-due` entries of
+        // deletions after the head are removed below; left alone they would be harmless
+        // anyway, as GC reads each version's own `deleted` before removing it.
         let head = self.head();
         let mut repairs: Vec<(RelationshipKey, VersionValue)> = Vec::new();
         let mut due = Batch::default();
@@ -252,8 +344,10 @@ impl<K: Kv> Mvcc<K> {
         if !repairs.is_empty() {
             tracing::warn!(
                 versions = repairs.len(),
-                "rolled back the versions of an import interrupted before it committed"
+                "rolled back the versions of an import or a delete interrupted before it committed"
             );
+            let start = encoding::due_deleted_from(head.saturating_add(1));
+            self.clear_range(&start, Some(&encoding::due_deleted_from(LIVE)), true)?;
         }
         self.clear_staged(&[STAGED], Some(&[STAGED + 1]))?;
         if upgrade {
@@ -724,6 +818,15 @@ impl<K: Kv> Mvcc<K> {
         self.commit_revision(batch, rev, now, &changes)
     }
 
+    /// Deletes the live relationships matching `filter`, all at one new revision, in chunks of
+    /// [`DELETE_CHUNK`]: each chunk is one unsynced commit and one short hold of the graph's
+    /// write lock, so memory stays one chunk whatever the number of matches. The versions a
+    /// chunk closes get `deleted = rev` above the head, which readers of the head still see as
+    /// live; the head moves to `rev` only after the last chunk, in the one synced commit, so
+    /// no reader sees part of the delete. The scan of matches reads at the head and resumes
+    /// strictly after the last key it returned, so what the chunks write cannot disturb it. A
+    /// chunk that fails to commit makes the chunks before it roll back; a crash in between is
+    /// rolled back at the next open (see [`Mvcc::load_graph`]).
     pub(crate) fn delete_relationships(
         &self,
         filter: &RelationshipFilter,
@@ -736,49 +839,139 @@ impl<K: Kv> Mvcc<K> {
         self.writable()?;
         let head = self.head();
         self.check_preconditions(head, preconditions, now)?;
-        let mut matches: Vec<Found> = Vec::new();
-        let cap = limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX).saturating_add(1));
-        self.scan_visible(head, filter, None, now, &mut |found| {
-            matches.push(found);
-            Ok(cap.is_none_or(|c| matches.len() < c))
-        })?;
-        let mut partial = false;
-        if let Some(l) = limit
-            && u64::try_from(matches.len()).unwrap_or(u64::MAX) > l
-        {
-            if !allow_partial {
+        let max = limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+        if let (Some(l), Some(m), false) = (limit, max, allow_partial) {
+            // All or nothing: counted before anything is written.
+            let mut seen = 0usize;
+            self.scan_visible(head, filter, None, now, &mut |_| {
+                seen += 1;
+                Ok(seen <= m)
+            })?;
+            if seen > m {
                 return Err(StoreError::TooManyToDelete { limit: l });
             }
-            matches.truncate(usize::try_from(l).unwrap_or(usize::MAX));
-            partial = true;
         }
-        if matches.is_empty() {
-            return Ok(DeleteOutcome {
-                revision: Revision(head),
-                deleted: 0,
+        let mut deleted = 0usize;
+        let mut partial = false;
+        let mut wrote = false;
+        let result = (|| -> StoreResult<Option<Revision>> {
+            let mut after: Option<RelationshipKey> = None;
+            loop {
+                let room = max.map_or(usize::MAX, |m| m.saturating_sub(deleted));
+                let want = room.min(DELETE_CHUNK);
+                let mut chunk: Vec<Found> = Vec::new();
+                if want > 0 {
+                    self.scan_visible(head, filter, after.as_ref(), now, &mut |found| {
+                        chunk.push(found);
+                        Ok(chunk.len() < want)
+                    })?;
+                }
+                if let Some(f) = chunk.last() {
+                    after = Some(f.rel.key());
+                }
+                let mut last = chunk.len() < want;
+                if !last && chunk.len() == room {
+                    // The limit is reached: anything left makes the delete partial.
+                    last = true;
+                    self.scan_visible(head, filter, after.as_ref(), now, &mut |_| {
+                        partial = true;
+                        Ok(false)
+                    })?;
+                }
+                if chunk.is_empty() && !wrote {
+                    return Ok(None);
+                }
+                let rev = Self::next_revision(head)?;
+                let mut batch = Batch::default();
+                let mut changes = Vec::with_capacity(chunk.len());
+                for m in chunk {
+                    let mut old = m.value;
+                    let created = old.created;
+                    old.deleted = rev;
+                    let key = m.rel.key();
+                    Self::put_version(&mut batch, &key, &old)?;
+                    changes.push(GraphChange::Close { key, created, rev });
+                }
+                deleted += changes.len();
+                if last {
+                    let earlier = deleted - changes.len();
+                    let revision = self.commit_revision(batch, rev, now, &changes)?;
+                    self.count_live(-signed(u64::try_from(earlier).unwrap_or(u64::MAX)));
+                    return Ok(Some(revision));
+                }
+                wrote = true;
+                self.commit_unsynced(batch)?;
+                self.graph.apply(&changes);
+            }
+        })();
+        match result {
+            Ok(revision) => Ok(DeleteOutcome {
+                revision: revision.unwrap_or(Revision(head)),
+                deleted: u64::try_from(deleted).unwrap_or(u64::MAX),
                 partial,
-            });
+            }),
+            Err(e) => {
+                if wrote
+                    && let Ok(rev) = Self::next_revision(head)
+                    && let Err(undo) = self.undo_delete(rev)
+                {
+                    self.write_state.set_needs_repair();
+                    tracing::error!(
+                            error = %undo,
+                        "cannot roll back a failed delete; writes are refused until a restart"
+                    );
+                }
+                Err(e)
+            }
         }
-        let rev = Self::next_revision(head)?;
-        let mut batch = Batch::default();
-        let mut changes = Vec::with_capacity(matches.len());
-        for m in &matches {
-            let mut old = m.value.clone();
-            old.deleted = rev;
-            let key = m.rel.key();
-            Self::put_version(&mut batch, &key, &old)?;
-            changes.push(GraphChange::Close {
-                key,
-                created: m.value.created,
-                rev,
-            });
+    }
+
+    /// Opens again the versions a failed [`Mvcc::delete_relationships`] closed at `rev` (not
+    /// published), found through their `gc-due` entries, which it removes.
+    fn undo_delete(&self, rev: u64) -> StoreResult<()> {
+        let start = encoding::due_deleted_from(rev);
+        let end = encoding::due_deleted_from(rev.saturating_add(1));
+        loop {
+            let mut entries: Vec<Vec<u8>> = Vec::new();
+            self.kv.scan(&start, Some(&end), &mut |k, _| {
+                entries.push(k.to_vec());
+                Ok(entries.len() < DELETE_CHUNK)
+            })?;
+            if entries.is_empty() {
+                break;
+            }
+            let mut batch = Batch::default();
+            let mut changes = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let version = encoding::due_version_key(&entry)?;
+                if let Some(v) = self.kv.get(version)? {
+                    let mut value = VersionValue::decode(&v)?;
+                    if value.deleted == rev {
+                        let (key, created) =
+                            encoding::decode_version_key(Index::ByResource, version)?;
+                        value.deleted = LIVE;
+                        Self::put_version(&mut batch, &key, &value)?;
+                        changes.push(GraphChange::Close {
+                            key,
+                            created,
+                            rev: LIVE,
+                        });
+                    }
+                }
+                batch.delete(entry);
+            }
+            self.commit_unsynced(batch)?;
+            self.graph.apply(&changes);
         }
-        let revision = self.commit_revision(batch, rev, now, &changes)?;
-        Ok(DeleteOutcome {
-            revision,
-            deleted: u64::try_from(matches.len()).unwrap_or(u64::MAX),
-            partial,
-        })
+        // Durable before any later write reuses `rev`.
+        self.commit(Batch::default())
+    }
+
+    /// [`Kv::commit_unsynced`], remembering a failure (a success proves nothing durable).
+    fn commit_unsynced(&self, batch: Batch) -> StoreResult<()> {
+        let result = self.kv.commit_unsynced(batch).map_err(unwritable);
+        self.write_state.record(&result, false);
+        result
     }
 
     /// Starts a bulk import; its id names it to the calls below.
@@ -806,7 +999,7 @@ impl<K: Kv> Mvcc<K> {
             };
             batch.put(staged, value.encode()?);
         }
-        self.kv.commit_unsynced(batch)
+        self.commit_unsynced(batch)
     }
 
     /// Forgets import `import`'s staged relationships.
@@ -818,6 +1011,11 @@ impl<K: Kv> Mvcc<K> {
 
     /// Deletes the staged keys in `[start, end)`, a bounded batch at a time.
     fn clear_staged(&self, start: &[u8], end: Option<&[u8]>) -> StoreResult<()> {
+        self.clear_range(start, end, false)
+    }
+
+    /// Deletes the keys in `[start, end)`, a bounded batch at a time; with `sync`, durably.
+    fn clear_range(&self, start: &[u8], end: Option<&[u8]>, sync: bool) -> StoreResult<()> {
         loop {
             let mut batch = Batch::default();
             self.kv.scan(start, end, &mut |k, _| {
@@ -825,7 +1023,11 @@ impl<K: Kv> Mvcc<K> {
                 Ok(batch.len() < GC_BATCH)
             })?;
             if batch.is_empty() {
-                return Ok(());
+                return if sync {
+                    self.kv.commit(Batch::default())
+                } else {
+                    Ok(())
+                };
             }
             self.kv.commit_unsynced(batch)?;
         }
@@ -911,7 +1113,7 @@ impl<K: Kv> Mvcc<K> {
                     changes.push(GraphChange::Add { key, value });
                     created += 1;
                 }
-                self.kv.commit_unsynced(batch)?;
+                self.commit_unsynced(batch)?;
                 self.graph.apply(&changes);
                 Ok(())
             })
@@ -923,7 +1125,7 @@ impl<K: Kv> Mvcc<K> {
             }
             Err(e) => {
                 if let Err(undo) = self.undo_import(import, rev) {
-                    self.needs_repair.store(true, Ordering::Release);
+                    self.write_state.set_needs_repair();
                     tracing::error!(
                         error = %undo,
                         "cannot roll back a failed import; writes are refused until a restart"
@@ -958,23 +1160,22 @@ impl<K: Kv> Mvcc<K> {
                     });
                 }
             }
-            self.kv.commit_unsynced(batch)?;
+            self.commit_unsynced(batch)?;
             self.graph.apply(&changes);
             Ok(())
         })?;
         // Durable before any later write reuses `rev`.
-        self.kv.commit(Batch::default())
+        self.commit(Batch::default())
     }
 
-    /// Refuses writes while versions of a failed import may be left past the head.
+    /// Refuses writes while versions of a failed import or delete may be left past the head
+    /// ([`WriteState::NeedsRepair`]). A store whose last commit failed still tries: the write
+    /// either fails the same way or finds the disk working again.
     fn writable(&self) -> StoreResult<()> {
-        if self.needs_repair.load(Ordering::Acquire) {
-            return Err(StoreError::Engine(
-                "a failed import could not be rolled back; restart the server to repair the store"
-                    .to_string(),
-            ));
+        match self.write_state.get() {
+            WriteState::NeedsRepair => Err(needs_repair()),
+            WriteState::Writable | WriteState::Failing(_) => Ok(()),
         }
-        Ok(())
     }
 
     pub(crate) fn write_schema(
@@ -1358,6 +1559,7 @@ mod tests {
     use crate::model::parse_relationship;
     use crate::store::encoding::{BY_SUBJECT, GC_DUE, META};
     use crate::store::{MemoryStore, RocksStore};
+    use std::sync::atomic::AtomicBool;
 
     const NOW: Timestamp = Timestamp {
         seconds: 1_700_000_000,
@@ -1645,15 +1847,46 @@ mod tests {
         assert_eq!(time_minus(t, Duration::MAX).seconds, i64::MIN);
     }
 
-    /// A map whose commits fail (as on a full disk) while `fail` is set.
-    #[derive(Default)]
-    struct FlakyKv {
-        inner: crate::store::memory::MemoryKv,
+    /// A map whose commits fail (as on a full disk) while `fail` is set, or from the
+    /// `fail_from`-th commit on, or at the `fail_at`-th commit only (counted from 1).
+    struct FlakyKv<K: Kv = crate::store::memory::MemoryKv> {
+        inner: K,
         fail: AtomicBool,
+        fail_from: AtomicU64,
+        fail_at: AtomicU64,
         commits: AtomicU64,
     }
 
-    impl Kv for FlakyKv {
+    impl<K: Kv> FlakyKv<K> {
+        fn new(inner: K) -> FlakyKv<K> {
+            FlakyKv {
+                inner,
+                fail: AtomicBool::new(false),
+                fail_from: AtomicU64::new(u64::MAX),
+                fail_at: AtomicU64::new(u64::MAX),
+                commits: AtomicU64::new(0),
+            }
+        }
+
+        fn attempt(&self) -> StoreResult<()> {
+            let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.fail.load(Ordering::SeqCst)
+                || n >= self.fail_from.load(Ordering::SeqCst)
+                || n == self.fail_at.load(Ordering::SeqCst)
+            {
+                return Err(StoreError::Engine("No space left on device".into()));
+            }
+            Ok(())
+        }
+    }
+
+    impl Default for FlakyKv {
+        fn default() -> Self {
+            FlakyKv::new(crate::store::memory::MemoryKv::default())
+        }
+    }
+
+    impl<K: Kv> Kv for FlakyKv<K> {
         fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
             self.inner.get(key)
         }
@@ -1668,12 +1901,252 @@ mod tests {
         }
 
         fn commit(&self, batch: Batch) -> StoreResult<()> {
-            self.commits.fetch_add(1, Ordering::SeqCst);
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(StoreError::Engine("No space left on device".into()));
-            }
+            self.attempt()?;
             self.inner.commit(batch)
         }
+
+        fn commit_unsynced(&self, batch: Batch) -> StoreResult<()> {
+            self.attempt()?;
+            self.inner.commit_unsynced(batch)
+        }
+    }
+
+    /// `n` relationships on one wide resource, `document:big#viewer`, written in a few
+    /// transactions; returns the head after them.
+    fn write_wide(m: &Mvcc<impl Kv>, n: usize) -> Revision {
+        let creates: Vec<RelationshipUpdate> = (0..n)
+            .map(|i| update(UpdateOp::Create, &format!("document:big#viewer@user:u{i}")))
+            .collect();
+        let mut head = Revision(0);
+        for chunk in creates.chunks(1000) {
+            head = m.write_relationships(&[], chunk, NOW).unwrap();
+        }
+        head
+    }
+
+    fn big() -> RelationshipFilter {
+        RelationshipFilter {
+            resource_type: Some("document".into()),
+            resource_id: Some("big".into()),
+            relation: Some("viewer".into()),
+            ..RelationshipFilter::default()
+        }
+    }
+
+    /// How many relationships `m` shows at `rev` on `document:big#viewer`, through the graph
+    /// (the engine's path) and through the key-value indexes (checked to agree).
+    fn visible_big(m: &Mvcc<impl Kv>, rev: Revision) -> usize {
+        let mut from_graph = Vec::new();
+        m.query_all(rev, &big(), NOW, &mut from_graph).unwrap();
+        // A prefix is not answered by the graph: a scan of the by-resource index.
+        let by_prefix = RelationshipFilter {
+            resource_type: Some("document".into()),
+            resource_id_prefix: Some("big".into()),
+            ..RelationshipFilter::default()
+        };
+        let mut scanned = 0;
+        m.scan_visible(rev.0, &by_prefix, None, NOW, &mut |_| {
+            scanned += 1;
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(
+            from_graph.len(),
+            scanned,
+            "graph and indexes differ at {rev:?}"
+        );
+        let view = m.graph_view(rev, NOW).unwrap().unwrap();
+        let (t, id, rel) = (
+            view.sym("document").unwrap(),
+            view.sym("big").unwrap(),
+            view.sym("viewer").unwrap(),
+        );
+        assert_eq!(view.subjects(t, id, rel).count(), scanned);
+        scanned
+    }
+
+    /// A delete by filter of more than one chunk writes several batches (the old one-batch
+    /// delete held every match in memory at once), and still deletes at one revision.
+    #[test]
+    fn a_large_delete_commits_in_several_batches_at_one_revision() {
+        let m = Mvcc::fresh(|b| {
+            let kv = FlakyKv::default();
+            kv.inner.commit(b).unwrap();
+            kv
+        });
+        let n = 2 * DELETE_CHUNK + 500;
+        let before = write_wide(&m, n);
+        let commits = m.kv.commits.load(Ordering::SeqCst);
+        let out = m
+            .delete_relationships(&big(), &[], None, false, NOW)
+            .unwrap();
+        let batches = m.kv.commits.load(Ordering::SeqCst) - commits;
+        assert_eq!(
+            batches, 3,
+            "one batch per chunk, the last with the revision"
+        );
+        assert_eq!(out.revision, before.next());
+        assert_eq!(out.deleted, u64::try_from(n).unwrap());
+        assert_eq!(m.head_revision().unwrap(), out.revision);
+        assert_eq!(visible_big(&m, before), n);
+        assert_eq!(visible_big(&m, out.revision), 0);
+        assert_eq!(m.live.load(Ordering::Relaxed), 0);
+        // Every closed version is due for GC at the delete's revision.
+        assert_eq!(m.raw_count(GC_DUE).unwrap(), n);
+        let stats = m.gc(NOW, Duration::ZERO).unwrap();
+        assert_eq!(stats.relationships, u64::try_from(n).unwrap());
+        assert_eq!(m.raw_count(BY_RESOURCE).unwrap(), 0);
+    }
+
+    /// A chunk that fails to commit in the middle of a delete: the chunks before it are
+    /// rolled back at once, nothing is deleted, and the store goes on writing.
+    #[test]
+    fn a_delete_failing_in_a_middle_chunk_is_rolled_back() {
+        let m = Mvcc::fresh(|b| {
+            let kv = FlakyKv::default();
+            kv.inner.commit(b).unwrap();
+            kv
+        });
+        let n = 3 * DELETE_CHUNK + 10;
+        let before = write_wide(&m, n);
+        let commits = m.kv.commits.load(Ordering::SeqCst);
+        m.kv.fail_at.store(commits + 2, Ordering::SeqCst);
+        assert!(
+            m.delete_relationships(&big(), &[], None, false, NOW)
+                .is_err()
+        );
+        assert_eq!(m.head_revision().unwrap(), before);
+        assert_eq!(visible_big(&m, before), n);
+        assert_eq!(m.raw_count(GC_DUE).unwrap(), 0, "no gc-due entry is left");
+        assert_eq!(m.live.load(Ordering::Relaxed), signed(n as u64));
+        m.check_writable().unwrap();
+        // The revision is used by the next write, which sees everything still live.
+        let out = m
+            .delete_relationships(&big(), &[], None, false, NOW)
+            .unwrap();
+        assert_eq!(out.revision, before.next());
+        assert_eq!(visible_big(&m, before), n);
+        assert_eq!(visible_big(&m, out.revision), 0);
+    }
+
+    /// The process dies (here: every commit fails) between two chunks of a delete: the store
+    /// shows readers of the head everything meanwhile, refuses writes, and the next open
+    /// rolls the delete back entirely.
+    #[test]
+    fn rocks_delete_interrupted_between_chunks_is_rolled_back_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 3 * DELETE_CHUNK + 10;
+        let before = {
+            let m = Mvcc::open(FlakyKv::new(
+                crate::store::rocks::RocksKv::open(dir.path()).unwrap(),
+            ))
+            .unwrap();
+            let before = write_wide(&m, n);
+            let commits = m.kv.commits.load(Ordering::SeqCst);
+            m.kv.fail_from.store(commits + 3, Ordering::SeqCst);
+            assert!(
+                m.delete_relationships(&big(), &[], None, false, NOW)
+                    .is_err()
+            );
+            assert_eq!(m.head_revision().unwrap(), before);
+            // Two chunks are on disk and in the graph, closed above the head: invisible.
+            let mut closed = 0;
+            m.kv.scan(&[BY_RESOURCE], Some(&[BY_RESOURCE + 1]), &mut |_, v| {
+                if encoding::peek_deleted(v)? == before.0 + 1 {
+                    closed += 1;
+                }
+                Ok(true)
+            })
+            .unwrap();
+            assert_eq!(closed, 2 * DELETE_CHUNK);
+            assert_eq!(visible_big(&m, before), n);
+            assert!(
+                m.write_relationships(
+                    &[],
+                    &[update(UpdateOp::Create, "document:x#viewer@user:x")],
+                    NOW
+                )
+                .is_err()
+            );
+            before
+        };
+        let ds = RocksStore::open(dir.path()).unwrap();
+        let m = &ds.inner;
+        assert_eq!(m.head_revision().unwrap(), before);
+        assert_eq!(visible_big(m, before), n);
+        assert_eq!(
+            m.raw_count(GC_DUE).unwrap(),
+            0,
+            "stale gc-due entries are gone"
+        );
+        assert_eq!(m.live.load(Ordering::Relaxed), signed(n as u64));
+        let next = m
+            .write_relationships(
+                &[],
+                &[update(UpdateOp::Create, "document:x#viewer@user:x")],
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(next, before.next());
+        assert_eq!(visible_big(m, next), n);
+        let out = m
+            .delete_relationships(&big(), &[], None, false, NOW)
+            .unwrap();
+        assert_eq!(visible_big(m, out.revision), 0);
+        assert_eq!(visible_big(m, next), n);
+    }
+
+    /// A delete whose rollback fails too leaves the store needing repair: writes are refused
+    /// and health says so, even once the disk works again, until a restart.
+    #[test]
+    fn a_store_needing_repair_refuses_writes_and_fails_health_until_restart() {
+        let m = Mvcc::fresh(|b| {
+            let kv = FlakyKv::default();
+            kv.inner.commit(b).unwrap();
+            kv
+        });
+        let n = 2 * DELETE_CHUNK + 1;
+        let before = write_wide(&m, n);
+        assert_eq!(m.write_state.get(), WriteState::Writable);
+        let commits = m.kv.commits.load(Ordering::SeqCst);
+        m.kv.fail_from.store(commits + 2, Ordering::SeqCst);
+        let err = m
+            .delete_relationships(&big(), &[], None, false, NOW)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Unwritable {
+                    cause: WriteFailure::DiskFull,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(m.write_state.get(), WriteState::NeedsRepair);
+        // The disk works again: still refused, and health still says so.
+        m.kv.fail_from.store(u64::MAX, Ordering::SeqCst);
+        let refused = |r: StoreResult<()>| {
+            matches!(
+                r,
+                Err(StoreError::Unwritable {
+                    cause: WriteFailure::NeedsRepair,
+                    ..
+                })
+            )
+        };
+        assert!(refused(m.check_writable()));
+        assert!(refused(
+            m.write_relationships(
+                &[],
+                &[update(UpdateOp::Create, "document:x#viewer@user:x")],
+                NOW
+            )
+            .map(|_| ())
+        ));
+        assert!(refused(m.write_schema("s", &[], NOW).map(|_| ())));
+        assert_eq!(m.head_revision().unwrap(), before);
+        assert_eq!(visible_big(&m, before), n);
     }
 
     #[test]

@@ -29,7 +29,7 @@ fn engine(e: rocksdb::Error) -> StoreError {
 }
 
 impl RocksKv {
-    fn open(path: &Path) -> StoreResult<RocksKv> {
+    pub(crate) fn open(path: &Path) -> StoreResult<RocksKv> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(DBCompressionType::Lz4);
