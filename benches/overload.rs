@@ -65,7 +65,7 @@ impl Server {
             .args(extra)
             .env("PEMBA_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"));
         let mut child = command.spawn().unwrap();
-        wait_listening(&mut child, port, Duration::from_secs(60));
+        wait_listening(&mut child, port, Duration::from_secs(600));
         Server {
             child,
             port,
@@ -495,9 +495,11 @@ async fn import_memory() {
         server.disk_mib()
     );
     // What the in-memory graph of those relationships costs by itself.
+    let started = Instant::now();
     let server = server.restart();
     println!(
-        "  the same data after a restart: resident {:.0} MiB",
+        "  the same data after a restart: listening in {:.1?}, resident {:.0} MiB",
+        started.elapsed(),
         server.memory_mib("VmRSS:")
     );
 }
