@@ -759,4 +759,84 @@ mod tests {
         let back = parse_relationship(&safe).unwrap();
         assert_eq!(back, parse_relationship(line).unwrap());
     }
+
+    /// A reader that fails after some messages were sent never ends the stream: the call is
+    /// cancelled and the server commits none of what it received.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_failing_mid_stream_commits_nothing() {
+        use std::sync::Arc;
+
+        use crate::api::{Api, Limits};
+        use crate::engine::EngineConfig;
+        use crate::server::{self, ServerOptions};
+        use crate::store::{Datastore, MemoryStore};
+
+        let store: Arc<dyn Datastore> = Arc::new(MemoryStore::new());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let api = Api::new(
+            Arc::clone(&store),
+            EngineConfig::default(),
+            Limits::default(),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(server::run(
+            listener,
+            api,
+            Arc::clone(&store),
+            ServerOptions::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let client = Client::connect(&ClientArgs {
+            endpoint: addr.to_string(),
+            preshared_key: None,
+            ca_cert: None,
+        })
+        .await
+        .unwrap();
+        let text = "definition user {}\ndefinition doc { relation viewer: user }";
+        SchemaServiceClient::new(client.channel.clone())
+            .write_schema(client.request(pb::WriteSchemaRequest {
+                schema: text.into(),
+            }))
+            .await
+            .unwrap();
+        let schema = crate::schema::compile(text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rels.txt");
+        let mut lines: Vec<String> = (0..2500)
+            .map(|i| format!("doc:d{i}#viewer@user:u{i}"))
+            .collect();
+        lines.push("doc:x#nosuch@user:u".into());
+        std::fs::write(&path, lines.join("\n")).unwrap();
+
+        let err = send_relationships(&client, path, schema)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rels.txt:2501:"), "{err}");
+        // Two full messages reached the server before the reader failed; none is committed.
+        let read = PermissionsServiceClient::new(client.channel.clone())
+            .read_relationships(client.request(pb::ReadRelationshipsRequest {
+                consistency: Some(pb::Consistency {
+                    requirement: Some(pb::consistency::Requirement::FullyConsistent(true)),
+                }),
+                relationship_filter: Some(pb::RelationshipFilter {
+                    resource_type: "doc".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap();
+        assert!(read.is_none(), "an aborted import committed: {read:?}");
+        let _ = stop.send(());
+        served.await.unwrap().unwrap();
+    }
 }
