@@ -1,5 +1,6 @@
 //! Backups end to end: an online checkpoint of a RocksDB server taken while a writer keeps
-//! writing, restored with `pemba backup restore`, served again and compared with the source.
+//! writing, restored with `pemba backup restore`, served again and compared with the source;
+//! `pemba backup export` / `import` of a schema-and-relationships file, plain and over TLS.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
