@@ -22,6 +22,15 @@ pub use error::{ApiError, ApiResult, Reason};
 pub use permissions::PermissionsApi;
 pub use schema_service::SchemaApi;
 
+/// The conversions and schema checks a client of the API (`pemba backup import`) applies to
+/// relationships before sending them, the same the server applies on receipt.
+pub mod client {
+    pub use super::convert::{
+        relationship as relationship_from_proto, relationship_out as relationship_to_proto,
+    };
+    pub use super::validate::relationship_for_write;
+}
+
 use crate::engine::{Engine, EngineConfig};
 use crate::model::Revision;
 use crate::schema::CompiledSchema;

@@ -1,12 +1,13 @@
-//! `pemba backup create` (an online checkpoint taken by a running server) and
-//! `pemba backup restore` (copies a checkpoint into a data dir while no server runs).
+//! `pemba backup create` (an online checkpoint taken by a running server),
+//! `pemba backup restore` (copies a checkpoint into a data dir while no server runs), and
+//! `pemba backup export|import` (a schema and relationships file, see [`super::backup_file`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Endpoint;
 
+use super::backup_file::{ExportArgs, ImportArgs};
+use super::client::{Client, ClientArgs, call_failed, runtime};
 use crate::api::proto::pemba::admin::v1::CreateBackupRequest;
 use crate::api::proto::pemba::admin::v1::backup_service_client::BackupServiceClient;
 use crate::api::valid_backup_name;
@@ -27,6 +28,12 @@ pub enum BackupCommand {
     Create(CreateArgs),
     /// Copy a checkpoint into a data dir (no server may be running on it).
     Restore(RestoreArgs),
+    /// Write a running server's schema and relationships, at one revision, to a YAML file that
+    /// `pemba backup import` and SpiceDB's `zed import` read.
+    Export(ExportArgs),
+    /// Write the schema and relationships of an exported file (or a text file of
+    /// relationships) into a running server, all relationships or none.
+    Import(ImportArgs),
 }
 
 /// Flags of `pemba backup create`.
@@ -34,12 +41,9 @@ pub enum BackupCommand {
 pub struct CreateArgs {
     /// name of the backup: one path component of [A-Za-z0-9._-]
     pub name: String,
-    /// the server's gRPC address (plaintext)
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    pub endpoint: String,
-    /// the server's preshared key
-    #[arg(long, env = "PEMBA_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    /// how to reach the server
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Flags of `pemba backup restore`.
@@ -61,6 +65,8 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
     match args.command {
         BackupCommand::Create(a) => create(&a),
         BackupCommand::Restore(a) => restore(&a),
+        BackupCommand::Export(a) => super::backup_file::export(&a),
+        BackupCommand::Import(a) => super::backup_file::import(&a),
     }
 }
 
@@ -72,35 +78,16 @@ fn create(args: &CreateArgs) -> anyhow::Result<()> {
             args.name
         );
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let uri = if args.endpoint.contains("://") {
-            args.endpoint.clone()
-        } else {
-            format!("http://{}", args.endpoint)
-        };
-        let channel = Endpoint::from_shared(uri)
-            .with_context(|| format!("bad endpoint `{}`", args.endpoint))?
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {}", args.endpoint))?;
-        let mut client = BackupServiceClient::new(channel);
-        let mut request = tonic::Request::new(CreateBackupRequest {
+    runtime()?.block_on(async {
+        let client = Client::connect(&args.client).await?;
+        let request = client.request(CreateBackupRequest {
             name: args.name.clone(),
         });
-        if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
-            let value: MetadataValue<Ascii> = format!("Bearer {token}")
-                .parse()
-                .context("the token is not a valid header value")?;
-            request.metadata_mut().insert("authorization", value);
-        }
+        let mut client = BackupServiceClient::new(client.channel);
         let response = client
             .create_backup(request)
             .await
-            .map_err(|s| anyhow::anyhow!("CreateBackup failed: {:?}: {}", s.code(), s.message()))?
+            .map_err(|s| call_failed("CreateBackup", &s))?
             .into_inner();
         let token = response
             .backup_revision

@@ -3,7 +3,9 @@
 //! `authzed.api.v1` endpoint, over the reusable benchmark [`workload`].
 
 pub mod backup;
+pub mod backup_file;
 pub mod bench;
+pub mod client;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod workload;

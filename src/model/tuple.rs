@@ -168,9 +168,37 @@ impl fmt::Display for Relationship {
             }
         }
         if let Some(e) = &self.expires_at {
-            write!(f, "[expiration:{}s]", e.seconds)?;
+            write!(f, "[expiration:{e}]")?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// RFC 3339 in UTC, `YYYY-MM-DDTHH:MM:SS[.frac]Z`, the fraction only when non-zero and
+    /// without trailing zeros; a year outside 0..=9999 is written with as many digits as it
+    /// needs (and a `-` before it), which [`parse_rfc3339`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let days = self.seconds.div_euclid(86_400);
+        let secs = self.seconds.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        if y < 0 {
+            write!(f, "-{:04}", y.unsigned_abs())?;
+        } else {
+            write!(f, "{y:04}")?;
+        }
+        write!(
+            f,
+            "-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+            secs / 3600,
+            secs % 3600 / 60,
+            secs % 60
+        )?;
+        if self.nanos != 0 {
+            let frac = format!("{:09}", self.nanos);
+            write!(f, ".{}", frac.trim_end_matches('0'))?;
+        }
+        f.write_str("Z")
     }
 }
 
@@ -415,49 +443,100 @@ enum Bracket {
     Caveat(String, Context),
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.frac]Z`.
+/// Parses `YYYY-MM-DDTHH:MM:SS[.frac]Z` (or `+00:00` for `Z`); a year of more than four digits
+/// or with a leading `-` is read as [`Timestamp`]'s `Display` writes it. `None` when malformed or
+/// outside the range of [`Timestamp`].
 pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
     let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
     let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-');
-    let y: i64 = d.next()?.parse().ok()?;
-    let m: u32 = d.next()?.parse().ok()?;
-    let day: u32 = d.next()?.parse().ok()?;
-    let (hms, frac) = match time.split_once('.') {
-        Some((a, b)) => (a, b),
-        None => (time, ""),
+    let (negative, date) = match date.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, date),
     };
-    let mut t = hms.split(':');
-    let hh: i64 = t.next()?.parse().ok()?;
-    let mm: i64 = t.next()?.parse().ok()?;
-    let ss: i64 = t.next()?.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+    let mut d = date.split('-');
+    let y = digits::<i64>(d.next()?)?;
+    let y = if negative { -y } else { y };
+    let m = digits::<u32>(d.next()?)?;
+    let day = digits::<u32>(d.next()?)?;
+    if d.next().is_some() {
         return None;
     }
-    let nanos = if frac.is_empty() {
-        0
-    } else {
-        let digits: String = frac.chars().take(9).collect();
-        let n: u32 = digits.parse().ok()?;
-        n * 10u32.pow(9 - u32::try_from(digits.len()).ok()?)
+    let (hms, frac) = match time.split_once('.') {
+        Some((a, b)) => (a, Some(b)),
+        None => (time, None),
     };
-    let days = days_from_civil(y, m, day);
+    let mut t = hms.split(':');
+    let hh = digits::<i64>(t.next()?)?;
+    let mm = digits::<i64>(t.next()?)?;
+    let ss = digits::<i64>(t.next()?)?;
+    if t.next().is_some()
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || hh > 23
+        || mm > 59
+        || ss > 60
+    {
+        return None;
+    }
+    let nanos = match frac {
+        None => 0,
+        Some(frac) => {
+            // digits beyond the nanosecond are dropped
+            if !frac.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let kept = frac.get(..frac.len().min(9))?;
+            let n = digits::<u32>(kept)?;
+            n * 10u32.pow(9 - u32::try_from(kept.len()).ok()?)
+        }
+    };
+    let days = days_from_civil(i128::from(y), m, day);
+    let seconds = days * 86_400 + i128::from(hh * 3600 + mm * 60 + ss);
     Some(Timestamp {
-        seconds: days * 86_400 + hh * 3600 + mm * 60 + ss,
+        seconds: i64::try_from(seconds).ok()?,
         nanos,
     })
 }
 
+/// A non-empty run of ASCII digits (no sign, no spaces) as a number.
+fn digits<T: std::str::FromStr>(s: &str) -> Option<T> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+fn days_from_civil(y: i128, m: u32, d: u32) -> i128 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
-    let m = i64::from(m);
-    let d = i64::from(d);
+    let m = i128::from(m);
+    let d = i128::from(d);
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// The proleptic Gregorian date `(year, month, day)` of a day count since 1970-01-01, the
+/// inverse of [`days_from_civil`] (Howard Hinnant's algorithm). Any `i64` seconds' day count
+/// fits without overflow.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // 0..=146_096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // 0..=365
+    let mp = (5 * doy + 2) / 153; // 0..=11
+    let d = doy - (153 * mp + 2) / 5 + 1; // 1..=31
+    let m = if mp < 10 { mp + 3 } else { mp - 9 }; // 1..=12
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    // both are in range by construction; the fallbacks cannot be taken
+    (
+        y,
+        u32::try_from(m).unwrap_or(1),
+        u32::try_from(d).unwrap_or(1),
+    )
 }
 
 #[cfg(test)]
@@ -501,5 +580,52 @@ mod tests {
             951_868_801
         );
         assert!(parse_rfc3339("2000-13-01T00:00:00Z").is_none());
+        assert!(parse_rfc3339("2000-01-01T00:00:+1Z").is_none());
+        assert!(parse_rfc3339("99999999999999999999-01-01T00:00:00Z").is_none());
+    }
+
+    #[test]
+    fn timestamps_print_as_rfc3339_utc() {
+        let ts = |seconds, nanos| Timestamp { seconds, nanos }.to_string();
+        assert_eq!(ts(0, 0), "1970-01-01T00:00:00Z");
+        assert_eq!(ts(951_868_801, 500_000_000), "2000-03-01T00:00:01.5Z");
+        assert_eq!(ts(11_168_409_600, 0), "2323-12-01T00:00:00Z");
+        assert_eq!(ts(-1, 1), "1969-12-31T23:59:59.000000001Z");
+        assert_eq!(ts(-62_135_596_800, 0), "0001-01-01T00:00:00Z");
+        assert_eq!(ts(253_402_300_799, 0), "9999-12-31T23:59:59Z");
+        for seconds in [
+            i64::MIN,
+            i64::MIN + 1,
+            -62_135_596_801,
+            -86_401,
+            -1,
+            0,
+            1,
+            86_399,
+            86_400,
+            951_868_800,
+            253_402_300_800,
+            i64::MAX,
+        ] {
+            for nanos in [0, 1, 120_000_000, 999_999_999] {
+                let t = Timestamp { seconds, nanos };
+                assert_eq!(parse_rfc3339(&t.to_string()), Some(t), "{t}");
+            }
+        }
+    }
+
+    #[test]
+    fn context_floats_round_trip_in_the_text_form() {
+        // serde_json reads this back bit for bit only with its `float_roundtrip` feature
+        let text = r#"aaa:b#aaa@aaa:a[aaa:{"a":-2.4853452919763235e-142}]"#;
+        let r = parse_relationship(text).unwrap();
+        assert_eq!(parse_relationship(&r.to_string()).unwrap(), r);
+    }
+
+    #[test]
+    fn expiration_round_trips_in_the_text_form() {
+        let text = r#"document:d#viewer@user:tom[c:{"x":0.1}][expiration:2030-01-01T00:00:00.25Z]"#;
+        let r = parse_relationship(text).unwrap();
+        assert_eq!(r.to_string(), text);
     }
 }
