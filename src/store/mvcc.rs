@@ -290,6 +290,7 @@ impl<K: Kv> Mvcc<K> {
     /// Loads every stored relationship version into the in-memory graph, and the newest
     /// schema; with `upgrade`, also writes the `gc-due` entries a version-1 store lacks.
     fn load_graph(self, upgrade: bool) -> StoreResult<Mvcc<K>> {
+        let started = std::time::Instant::now();
         let newest = self.scan_schema(self.head())?;
         *self
             .latest_schema
@@ -327,6 +328,11 @@ impl<K: Kv> Mvcc<K> {
                     Ok(true)
                 })
         })?;
+        tracing::info!(
+            versions_live = live,
+            elapsed_ms = started.elapsed().as_millis(),
+            "loaded the relationship graph"
+        );
         for chunk in repairs.chunks(GC_BATCH) {
             let mut batch = Batch::default();
             for (key, value) in chunk {
@@ -350,6 +356,10 @@ impl<K: Kv> Mvcc<K> {
             self.clear_range(&start, Some(&encoding::due_deleted_from(LIVE)), true)?;
         }
         self.clear_staged(&[STAGED], Some(&[STAGED + 1]))?;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis(),
+            "store open: repairs done"
+        );
         if upgrade {
             // One batch: the entries of the garbage and of expiring versions only, written
             // once, when a store made by an older build is first opened.
@@ -929,17 +939,20 @@ impl<K: Kv> Mvcc<K> {
     /// Opens again the versions a failed [`Mvcc::delete_relationships`] closed at `rev` (not
     /// published), found through their `gc-due` entries, which it removes.
     fn undo_delete(&self, rev: u64) -> StoreResult<()> {
-        let start = encoding::due_deleted_from(rev);
+        let mut from = encoding::due_deleted_from(rev);
         let end = encoding::due_deleted_from(rev.saturating_add(1));
         loop {
             let mut entries: Vec<Vec<u8>> = Vec::new();
-            self.kv.scan(&start, Some(&end), &mut |k, _| {
+            self.kv.scan(&from, Some(&end), &mut |k, _| {
                 entries.push(k.to_vec());
                 Ok(entries.len() < DELETE_CHUNK)
             })?;
-            if entries.is_empty() {
+            // The next chunk starts after this one, not over its tombstones (see clear_range).
+            let Some(last) = entries.last() else {
                 break;
-            }
+            };
+            from = last.clone();
+            from.push(0);
             let mut batch = Batch::default();
             let mut changes = Vec::with_capacity(entries.len());
             for entry in entries {
@@ -1015,21 +1028,30 @@ impl<K: Kv> Mvcc<K> {
     }
 
     /// Deletes the keys in `[start, end)`, a bounded batch at a time; with `sync`, durably.
+    ///
+    /// Each batch's scan starts after the last key the previous one deleted: starting
+    /// again from `start` would step over every tombstone written so far, which makes a
+    /// large range quadratic (RocksDB keeps the tombstones until compaction).
     fn clear_range(&self, start: &[u8], end: Option<&[u8]>, sync: bool) -> StoreResult<()> {
+        let mut from = start.to_vec();
         loop {
             let mut batch = Batch::default();
-            self.kv.scan(start, end, &mut |k, _| {
+            let mut last: Option<Vec<u8>> = None;
+            self.kv.scan(&from, end, &mut |k, _| {
                 batch.delete(k.to_vec());
+                last = Some(k.to_vec());
                 Ok(batch.len() < GC_BATCH)
             })?;
-            if batch.is_empty() {
+            let Some(mut next) = last else {
                 return if sync {
                     self.kv.commit(Batch::default())
                 } else {
                     Ok(())
                 };
-            }
+            };
             self.kv.commit_unsynced(batch)?;
+            next.push(0);
+            from = next;
         }
     }
 
