@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 
 use crate::engine::caveats::{self, CaveatOutcome, Cond};
-use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, MemoEntry, Pager, parallel_chunks};
+use crate::engine::dispatch::{Dispatcher, Pager, parallel_chunks, resource_filter};
 use crate::engine::error::{EngineError, EngineResult};
+use crate::engine::memo::{CheckMemo, EvalMode, MemoEntry};
+use crate::engine::outcome::{Outcome, Unresolved, min_time};
 use crate::engine::{CheckRequest, CheckResult, Engine, Permissionship, Snapshot};
 use crate::engine::{fast, validate};
 use crate::model::{
-    ObjectRef, Relationship, RelationshipFilter, SubjectFilter, SubjectRef, SubjectRelationFilter,
-    Timestamp,
+    ObjectRef, Relationship, SubjectFilter, SubjectRef, SubjectRelationFilter, Timestamp,
 };
 use crate::schema::{AllowedKind, ArrowKind, CompiledSchema, Definition, Expr, Member, Relation};
 
@@ -58,81 +59,6 @@ pub struct CheckTrace {
     pub duration: Duration,
     /// the sub-problems it dispatched, in order
     pub children: Vec<CheckTrace>,
-}
-
-/// Why an outcome is unresolved, and what it depends on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Unresolved {
-    /// the depth budget ran out somewhere below
-    pub(crate) depth_limited: bool,
-    /// the lowest dispatch-stack index of an in-progress sub-problem it reached (a cycle)
-    pub(crate) min_ref: Option<usize>,
-}
-
-impl Unresolved {
-    fn merge(a: Option<Unresolved>, b: Unresolved) -> Unresolved {
-        match a {
-            None => b,
-            Some(a) => Unresolved {
-                depth_limited: a.depth_limited || b.depth_limited,
-                min_ref: match (a.min_ref, b.min_ref) {
-                    (Some(x), Some(y)) => Some(x.min(y)),
-                    (x, None) => x,
-                    (None, y) => y,
-                },
-            },
-        }
-    }
-}
-
-/// The answer to one check sub-problem, before caveats are evaluated.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Outcome {
-    /// not a member
-    No,
-    /// a member when `cond` holds (`Cond::True`: unconditionally; never `Cond::False`)
-    Member {
-        /// the caveat condition
-        cond: Cond,
-        /// the earliest expiry among the relationships used
-        expires_at: Option<Timestamp>,
-    },
-    /// cannot be decided within the depth budget / without going around a data cycle
-    Unresolved(Unresolved),
-}
-
-impl Outcome {
-    pub(crate) fn yes(expires_at: Option<Timestamp>) -> Outcome {
-        Outcome::Member {
-            cond: Cond::True,
-            expires_at,
-        }
-    }
-
-    fn member(cond: Cond, expires_at: Option<Timestamp>) -> Outcome {
-        if cond.is_false() {
-            Outcome::No
-        } else {
-            Outcome::Member { cond, expires_at }
-        }
-    }
-
-    /// The permissionship a trace shows for this outcome.
-    fn permissionship(&self) -> Permissionship {
-        match self {
-            Outcome::Member { cond, .. } if cond.is_true() => Permissionship::HasPermission,
-            Outcome::Member { .. } => Permissionship::ConditionalPermission,
-            Outcome::No | Outcome::Unresolved(_) => Permissionship::NoPermission,
-        }
-    }
-}
-
-pub(crate) fn min_time(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, None) => x,
-        (None, y) => y,
-    }
 }
 
 /// `sub`, reached through relationship `rel`: `rel`'s caveat and expiry apply to it.
@@ -868,22 +794,6 @@ fn alias_target<'d>(def: &'d Definition, name: &'d str) -> &'d str {
         current = target.as_str();
     }
     current
-}
-
-/// A filter on one resource's relation, optionally narrowed by subject.
-pub(crate) fn resource_filter(
-    resource_type: &str,
-    resource_id: &str,
-    relation: &str,
-    subject: Option<SubjectFilter>,
-) -> RelationshipFilter {
-    RelationshipFilter {
-        resource_type: Some(resource_type.to_string()),
-        resource_id: Some(resource_id.to_string()),
-        resource_id_prefix: None,
-        relation: Some(relation.to_string()),
-        subject,
-    }
 }
 
 /// Solves `resource#permission` for `subject` to an outcome (caveats not evaluated), with a

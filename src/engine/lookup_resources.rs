@@ -26,9 +26,11 @@ use std::collections::{BTreeMap, VecDeque};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::engine::caveats::{self, CaveatExpr, CaveatOutcome, Cond};
-use crate::engine::check::{self, Outcome};
-use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, Pager, parallel_chunks};
+use crate::engine::check;
+use crate::engine::dispatch::{Dispatcher, Pager, parallel_chunks};
 use crate::engine::error::{EngineError, EngineResult};
+use crate::engine::memo::{CheckMemo, EvalMode};
+use crate::engine::outcome::Outcome;
 use crate::engine::{Engine, LookupResult, Permissionship, Snapshot};
 use crate::engine::{fast, validate};
 use crate::model::{
