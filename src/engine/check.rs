@@ -302,7 +302,13 @@ impl<'c, 's> Checker<'c, 's> {
         self.trace_enter(resource_type, resource_id, relation);
         let solved = self.solve(resource_type, resource_id, relation, depth);
         self.stack.pop();
-        let height = self.heights.pop().unwrap_or(0).saturating_add(1);
+        // INVARIANT: pushed above with the stack entry; nested dispatches pop what they push.
+        #[allow(clippy::expect_used, reason = "pushed above, see INVARIANT")]
+        let height = self
+            .heights
+            .pop()
+            .expect("the height of this sub-problem was pushed above")
+            .saturating_add(1);
         self.bump_height(height);
         let outcome = match solved {
             Ok(o) => o,
@@ -915,6 +921,7 @@ fn fast_answers(
     }
     let answers = fast::try_check(snap, engine.config.max_depth, requests, require_all);
     if let Some(m) = crate::engine::metrics::get() {
+        // a usize always fits a u64 on the platforms built for; saturating is only a fallback
         let n = u64::try_from(requests.len()).unwrap_or(u64::MAX);
         match answers {
             Some(_) => m.fast_answered.inc_by(n),
@@ -992,13 +999,30 @@ pub(crate) fn run_check_bulk(
         }
     }
 
-    for (i, result) in solve_bulk_groups_in_parallel(engine, snap, reqs, &groups) {
-        if let Some(slot) = out.get_mut(i) {
-            *slot = Some(result);
+    match solve_bulk_groups_in_parallel(engine, snap, reqs, &groups) {
+        Ok(answers) => {
+            for (i, result) in answers {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(result);
+                }
+            }
+        }
+        // a worker thread died: every item it would have answered fails with that error
+        Err(e) => {
+            for slot in out.iter_mut().filter(|s| s.is_none()) {
+                *slot = Some(Err(e.clone()));
+            }
         }
     }
     out.into_iter()
-        .map(|r| r.unwrap_or(Err(EngineError::Cancelled)))
+        .enumerate()
+        .map(|(i, r)| {
+            r.unwrap_or_else(|| {
+                Err(EngineError::internal(format!(
+                    "CheckBulk item {i} was neither refused nor answered"
+                )))
+            })
+        })
         .collect()
 }
 
@@ -1013,18 +1037,14 @@ fn solve_bulk_groups_in_parallel(
     snap: &Snapshot<'_>,
     reqs: &[CheckRequest],
     groups: &[(BulkKey<'_>, BulkGroup<'_>)],
-) -> Vec<(usize, EngineResult<CheckResult>)> {
-    parallel_chunks(
+) -> EngineResult<Vec<(usize, EngineResult<CheckResult>)>> {
+    let shards = parallel_chunks(
         groups,
         |(_, g)| g.len(),
         BULK_PARALLEL_MIN,
         |shard| solve_bulk_groups(engine, snap, reqs, shard),
-    )
-    // A shard whose thread died leaves its items unanswered: they fail as cancelled.
-    .unwrap_or_default()
-    .into_iter()
-    .flatten()
-    .collect()
+    )?;
+    Ok(shards.into_iter().flatten().collect())
 }
 
 /// Solves CheckBulk groups one after the other, sharing memos between them.
@@ -1091,7 +1111,7 @@ fn solve_bulk_groups(
             if let Some(err) = failure {
                 for (_, items) in chunk {
                     for i in items {
-                        out.push((*i, Err(copy_error(&err, &d))));
+                        out.push((*i, Err(err.clone())));
                     }
                 }
                 continue;
@@ -1132,7 +1152,7 @@ fn solve_bulk_groups(
                 Some(err) => {
                     for (_, items) in chunk {
                         for i in items {
-                            out.push((*i, Err(copy_error(&err, &d))));
+                            out.push((*i, Err(err.clone())));
                         }
                     }
                 }
@@ -1152,29 +1172,6 @@ type BulkGroup<'r> = Vec<(&'r str, Vec<usize>)>;
 
 /// How many resource ids SpiceDB dispatches together (`--dispatch-chunk-size`).
 const BULK_CHUNK: usize = 100;
-
-/// The same error again, for another item of a failed chunk.
-fn copy_error(err: &EngineError, d: &Dispatcher<'_>) -> EngineError {
-    match err {
-        EngineError::UnknownDefinition(t) => EngineError::UnknownDefinition(t.clone()),
-        EngineError::UnknownRelationOrPermission {
-            definition,
-            relation,
-        } => EngineError::UnknownRelationOrPermission {
-            definition: definition.clone(),
-            relation: relation.clone(),
-        },
-        EngineError::WildcardSubjectNotAllowed => EngineError::WildcardSubjectNotAllowed,
-        EngineError::MaxDepthExceeded { .. } => d.depth_error(),
-        EngineError::Cancelled => EngineError::Cancelled,
-        EngineError::DeadlineExceeded => EngineError::DeadlineExceeded,
-        EngineError::CaveatEvaluation(m) => EngineError::CaveatEvaluation(m.clone()),
-        EngineError::CaveatParameterType(m) => EngineError::CaveatParameterType(m.clone()),
-        EngineError::Store(e) => {
-            EngineError::Store(Box::new(crate::store::StoreError::Engine(e.to_string())))
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

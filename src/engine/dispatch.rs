@@ -175,34 +175,42 @@ const MAX_THREADS: usize = 8;
 /// the chunks' results in order. Chunks get about equal total `weight`; with less than
 /// `min_weight` in all (or one core) everything runs on the calling thread, in one chunk.
 /// Each chunk builds its own dispatcher and memo inside `work`: answers do not depend on the
-/// split. A chunk whose thread cannot be started runs on the calling thread; if a chunk's
-/// thread dies, the result is `None`.
+/// split. A chunk whose thread cannot be started runs on the calling thread; a chunk whose
+/// thread dies (a panic: a bug) is an [`EngineError::Internal`].
 pub(crate) fn parallel_chunks<T: Sync, R: Send>(
     items: &[T],
     weight: impl Fn(&T) -> usize,
     min_weight: usize,
     work: impl Fn(&[T]) -> R + Sync,
-) -> Option<Vec<R>> {
+) -> EngineResult<Vec<R>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZero::get)
         .min(MAX_THREADS);
     let total: usize = items.iter().map(&weight).sum();
     if threads <= 1 || total < min_weight || items.len() < 2 {
-        return Some(vec![work(items)]);
+        return Ok(vec![work(items)]);
     }
     let per_chunk = total.div_ceil(threads);
     let mut chunks: Vec<&[T]> = Vec::with_capacity(threads);
-    let (mut start, mut acc) = (0usize, 0usize);
-    for (i, item) in items.iter().enumerate() {
+    let mut rest = items;
+    let (mut len, mut acc) = (0usize, 0usize);
+    for item in items {
         acc += weight(item);
+        len += 1;
         if acc >= per_chunk {
-            chunks.push(items.get(start..=i).unwrap_or_default());
-            start = i + 1;
-            acc = 0;
+            // INVARIANT: `len` counts the items of `rest` seen so far, so it is at most
+            // `rest.len()`.
+            #[allow(clippy::expect_used, reason = "len <= rest.len(), see INVARIANT")]
+            let (chunk, tail) = rest
+                .split_at_checked(len)
+                .expect("a chunk ends within the items not yet chunked");
+            chunks.push(chunk);
+            rest = tail;
+            (len, acc) = (0, 0);
         }
     }
-    if start < items.len() {
-        chunks.push(items.get(start..).unwrap_or_default());
+    if !rest.is_empty() {
+        chunks.push(rest);
     }
     let work = &work;
     std::thread::scope(|scope| {
@@ -219,9 +227,51 @@ pub(crate) fn parallel_chunks<T: Sync, R: Send>(
         pending
             .into_iter()
             .map(|p| match p {
-                Ok(done) => Some(done),
-                Err(handle) => handle.join().ok(),
+                Ok(done) => Ok(done),
+                Err(handle) => handle
+                    .join()
+                    .map_err(|_| EngineError::internal("a worker thread of the request panicked")),
             })
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_chunks_cover_the_items_in_order() {
+        let items: Vec<usize> = (1..=1000).collect();
+        for min_weight in [0, 10, 1_000_000] {
+            let chunks = parallel_chunks(&items, |x| x % 7, min_weight, <[usize]>::to_vec).unwrap();
+            assert!(chunks.iter().all(|c| !c.is_empty()));
+            assert_eq!(chunks.concat(), items, "min_weight {min_weight}");
+        }
+        // below the minimum weight: one chunk, on the calling thread
+        let one = parallel_chunks(&items, |_| 1, 1001, |c| c.len()).unwrap();
+        assert_eq!(one, [1000]);
+    }
+
+    #[test]
+    fn a_dead_worker_is_an_internal_error() {
+        if std::thread::available_parallelism().map_or(1, std::num::NonZero::get) < 2 {
+            // one core: every chunk runs on the calling thread, where a panic is not caught
+            return;
+        }
+        let items: Vec<u32> = (0..100).collect();
+        let result = parallel_chunks(
+            &items,
+            |_| 1,
+            0,
+            |chunk| {
+                assert!(!chunk.contains(&99), "the last chunk's worker dies");
+                chunk.len()
+            },
+        );
+        assert!(
+            matches!(result, Err(EngineError::Internal(_))),
+            "{result:?}"
+        );
+    }
 }

@@ -422,6 +422,8 @@ pub(crate) fn try_check(
     if subject.relation.is_some() {
         return None;
     }
+    // A store error or no graph: the fast path gives up, and the general checker reads the
+    // store itself (and reports its error).
     let view = snap.store.graph_view(snap.revision, snap.now).ok()??;
     let mut memo = FastMemo::default();
     let mut checker = FastChecker::new(
@@ -446,6 +448,7 @@ pub(crate) fn try_check(
             )
         })
         .collect::<Result<Vec<bool>, Bail>>()
+        // `Bail`: the fast path gives up (see the module docs), not an error
         .ok();
     checker.count_dispatches();
     answers
@@ -478,6 +481,7 @@ pub(crate) fn check_ids<'i>(
     let mut ids = ids.peekable();
     let mut out = Vec::new();
     loop {
+        // a store error: give up, the general checker reports it
         let view = snap.store.graph_view(snap.revision, snap.now).ok()??;
         let mut checker = FastChecker::new(
             &view,
@@ -493,6 +497,7 @@ pub(crate) fn check_ids<'i>(
         // behind it.
         for _ in 0..IDS_PER_VIEW {
             let Some(id) = ids.next() else { break };
+            // `Bail` is `None`: this id goes to the general checker
             out.push(checker.check(resource_type, id, permission).ok());
             if view.writer_waiting() {
                 break;

@@ -28,7 +28,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use crate::engine::caveats::{self, CaveatExpr, CaveatOutcome, Cond};
 use crate::engine::check;
 use crate::engine::dispatch::{Dispatcher, Pager, parallel_chunks};
-use crate::engine::error::{EngineError, EngineResult};
+use crate::engine::error::EngineResult;
 use crate::engine::memo::{CheckMemo, EvalMode};
 use crate::engine::outcome::Outcome;
 use crate::engine::{Engine, LookupResult, Permissionship, Snapshot};
@@ -607,6 +607,7 @@ pub(crate) fn lookup_resources(
             .wildcard
             .get(subject.object.object_type.as_str())
             .cloned()
+            // no relation allows the wildcard of this type: nothing to walk
             .unwrap_or_default(),
         Some(_) => Vec::new(),
     };
@@ -649,6 +650,8 @@ pub(crate) fn lookup_resources(
             .direct
             .get(&(x.as_str(), rel.as_deref()))
             .cloned()
+            // (this and the index lookups below are legitimate defaults: the reverse index
+            // has no entry where no relation, permission or arrow uses the node)
             .unwrap_or_default();
         for (t, r) in direct {
             if !walk.is_relevant(t, Some(r)) {
@@ -780,9 +783,7 @@ pub(crate) fn lookup_resources(
             subject,
             context,
         )
-    })
-    // A chunk's thread died: its answers are missing.
-    .ok_or(EngineError::Cancelled)?;
+    })?;
     let mut out = Vec::with_capacity(candidates.len());
     for chunk in chunks {
         out.extend(chunk?);
@@ -816,6 +817,8 @@ fn resolve_candidates(
             permission,
             to_check.map(|(id, _)| id.as_str()),
         )
+        // `None`: the fast path cannot run at all (a subject set, no graph), and every
+        // candidate goes to the general checker, as when it is off
         .unwrap_or_default()
     } else {
         Vec::new()
