@@ -79,7 +79,7 @@ fn member_by(rel: &Relationship) -> Outcome {
 
 /// Accumulates a union: stops at the first unconditional member, unless every branch must be
 /// evaluated (`require_all`).
-struct UnionAcc {
+struct UnionOfOutcomes {
     yes: Option<Option<Timestamp>>,
     cond: Cond,
     cond_expiry: Option<Timestamp>,
@@ -87,9 +87,9 @@ struct UnionAcc {
     require_all: bool,
 }
 
-impl UnionAcc {
-    fn new(require_all: bool) -> UnionAcc {
-        UnionAcc {
+impl UnionOfOutcomes {
+    fn new(require_all: bool) -> UnionOfOutcomes {
+        UnionOfOutcomes {
             yes: None,
             cond: Cond::False,
             cond_expiry: None,
@@ -136,7 +136,7 @@ impl UnionAcc {
 }
 
 /// Accumulates an intersection: stops at the first non-member.
-struct IntersectionAcc {
+struct IntersectionOfOutcomes {
     no: bool,
     any: bool,
     cond: Cond,
@@ -144,9 +144,9 @@ struct IntersectionAcc {
     unresolved: Option<Unresolved>,
 }
 
-impl IntersectionAcc {
-    fn new() -> IntersectionAcc {
-        IntersectionAcc {
+impl IntersectionOfOutcomes {
+    fn new() -> IntersectionOfOutcomes {
+        IntersectionOfOutcomes {
             no: false,
             any: false,
             cond: Cond::True,
@@ -408,7 +408,7 @@ impl<'c, 's> Checker<'c, 's> {
     ) -> EngineResult<Outcome> {
         let subject = self.subject;
         let subject_type = subject.object.object_type.as_str();
-        let mut acc = UnionAcc::new(self.memo.mode.require_all);
+        let mut acc = UnionOfOutcomes::new(self.memo.mode.require_all);
 
         let direct_allowed = relation.allowed.iter().any(|a| {
             a.type_name == subject_type
@@ -583,7 +583,7 @@ impl<'c, 's> Checker<'c, 's> {
         depth: u32,
     ) -> EngineResult<Outcome> {
         let schema = self.schema();
-        let mut acc = UnionAcc::new(self.memo.mode.require_all);
+        let mut acc = UnionOfOutcomes::new(self.memo.mode.require_all);
         let mut pager = Pager::new(resource_filter(resource_type, resource_id, tupleset, None));
         while let Some(page) = pager.next_page(self.d)? {
             for rel in page {
@@ -619,7 +619,7 @@ impl<'c, 's> Checker<'c, 's> {
         let rels = self
             .d
             .all(&resource_filter(resource_type, resource_id, tupleset, None))?;
-        let mut acc = IntersectionAcc::new();
+        let mut acc = IntersectionOfOutcomes::new();
         for rel in &rels {
             let target_type = &rel.subject.object.object_type;
             if !schema.has_member(target_type, computed) {
@@ -646,7 +646,7 @@ impl<'c, 's> Checker<'c, 's> {
         items: &'s [Expr],
         depth: u32,
     ) -> EngineResult<Outcome> {
-        let mut acc = UnionAcc::new(self.memo.mode.require_all);
+        let mut acc = UnionOfOutcomes::new(self.memo.mode.require_all);
         for e in items {
             let o = self.check_rewrite(resource_type, resource_id, e, depth)?;
             if acc.add(o) {
@@ -664,7 +664,7 @@ impl<'c, 's> Checker<'c, 's> {
         items: &'s [Expr],
         depth: u32,
     ) -> EngineResult<Outcome> {
-        let mut acc = IntersectionAcc::new();
+        let mut acc = IntersectionOfOutcomes::new();
         for e in items {
             let o = self.check_rewrite(resource_type, resource_id, e, depth)?;
             if acc.add(o) {
@@ -1179,7 +1179,7 @@ mod tests {
 
     #[test]
     fn union_prefers_unconditional_and_intersection_stops_at_no() {
-        let mut u = UnionAcc::new(false);
+        let mut u = UnionOfOutcomes::new(false);
         assert!(!u.add(Outcome::No));
         assert!(!u.add(Outcome::Unresolved(Unresolved {
             depth_limited: false,
@@ -1188,7 +1188,7 @@ mod tests {
         assert!(u.add(Outcome::yes(None)));
         assert_eq!(u.finish(), Outcome::yes(None));
 
-        let mut i = IntersectionAcc::new();
+        let mut i = IntersectionOfOutcomes::new();
         assert!(!i.add(Outcome::yes(None)));
         assert!(!i.add(Outcome::Unresolved(Unresolved {
             depth_limited: true,
@@ -1196,12 +1196,12 @@ mod tests {
         })));
         assert!(i.add(Outcome::No));
         assert_eq!(i.finish(), Outcome::No);
-        assert_eq!(IntersectionAcc::new().finish(), Outcome::No);
+        assert_eq!(IntersectionOfOutcomes::new().finish(), Outcome::No);
     }
 
     #[test]
     fn unresolved_union_stays_unresolved() {
-        let mut u = UnionAcc::new(false);
+        let mut u = UnionOfOutcomes::new(false);
         u.add(Outcome::Unresolved(Unresolved {
             depth_limited: false,
             min_ref: Some(3),

@@ -251,27 +251,27 @@ impl<'s> ReverseIndex<'s> {
 /// that plain object).
 type Atom = (String, String, Option<String>);
 
-/// How an atom is entered.
+/// How the walk reached an atom.
 #[derive(Debug, Clone, Copy)]
-enum Entry {
+enum ReachedBy {
     /// through unions only; `exact` if also through uncaveated relationships from an exact atom
     Direct { exact: bool },
     /// through an intersection, an exclusion or an `.all()` arrow: keep it only if a check passes
     Checked,
 }
 
-impl Entry {
-    fn new(unions_only: bool, exact: bool) -> Entry {
+impl ReachedBy {
+    fn new(unions_only: bool, exact: bool) -> ReachedBy {
         if unions_only {
-            Entry::Direct { exact }
+            ReachedBy::Direct { exact }
         } else {
-            Entry::Checked
+            ReachedBy::Checked
         }
     }
 }
 
 /// Checks atoms for the subject, sharing one memo over the whole lookup.
-struct EntryChecker<'c, 's> {
+struct AtomChecker<'c, 's> {
     d: &'c mut Dispatcher<'s>,
     memo: CheckMemo,
     /// the fast path's memo, when it is on
@@ -279,7 +279,7 @@ struct EntryChecker<'c, 's> {
     subject: &'c SubjectRef,
 }
 
-impl EntryChecker<'_, '_> {
+impl AtomChecker<'_, '_> {
     /// Is the subject in the atom's `type:id#permission`, with `depth` budget?
     fn check(&mut self, atom: &Atom, depth: u32) -> EngineResult<Outcome> {
         let Some(permission) = &atom.2 else {
@@ -346,10 +346,10 @@ impl<'s> Walk<'s> {
     /// way). An atom already known is re-queued when it becomes exact.
     fn offer(
         &mut self,
-        checker: &mut EntryChecker<'_, '_>,
+        checker: &mut AtomChecker<'_, '_>,
         from: usize,
         atom: Atom,
-        entry: Entry,
+        entry: ReachedBy,
         via: Option<&Caveat>,
         level: u32,
     ) -> EngineResult<()> {
@@ -363,7 +363,7 @@ impl<'s> Walk<'s> {
             self.pending
                 .push((atom.0.clone(), atom.2.clone(), c.clone()));
         }
-        let exact_entry = matches!(entry, Entry::Direct { exact: true });
+        let exact_entry = matches!(entry, ReachedBy::Direct { exact: true });
         let (i, requeue, exact) = match self.index.get(&atom) {
             Some(i) => {
                 let i = *i;
@@ -377,8 +377,8 @@ impl<'s> Walk<'s> {
             }
             None => {
                 let exact = match entry {
-                    Entry::Direct { exact } => exact,
-                    Entry::Checked => {
+                    ReachedBy::Direct { exact } => exact,
+                    ReachedBy::Checked => {
                         match checker.check(&atom, self.max_depth.saturating_sub(level))? {
                             Outcome::No => return Ok(()),
                             Outcome::Member {
@@ -563,7 +563,7 @@ pub(crate) fn lookup_resources(
         pending: Vec::new(),
         max_depth: d.max_depth(),
     };
-    let mut checker = EntryChecker {
+    let mut checker = AtomChecker {
         d: &mut d,
         memo: CheckMemo::new(EvalMode::CHECK),
         fast: engine.config.fast_path.then(fast::FastMemo::default),
@@ -630,7 +630,7 @@ pub(crate) fn lookup_resources(
                 if caveat_is_false(via) {
                     continue;
                 }
-                walk.offer(&mut checker, 0, atom, Entry::Direct { exact }, via, 1)?;
+                walk.offer(&mut checker, 0, atom, ReachedBy::Direct { exact }, via, 1)?;
             }
         }
     }
@@ -664,7 +664,7 @@ pub(crate) fn lookup_resources(
             let mut pager = Pager::new(by_subject(t, r, &x, &id, subject_relation));
             while let Some(page) = pager.next_page(checker.d)? {
                 for found in page {
-                    let entry = Entry::Direct {
+                    let entry = ReachedBy::Direct {
                         exact: exact && found.caveat.is_none(),
                     };
                     let atom = (t.to_string(), found.resource.object_id, Some(r.to_string()));
@@ -687,7 +687,7 @@ pub(crate) fn lookup_resources(
                     .unwrap_or_default();
                 for (p, unions_only) in computed {
                     let atom = (x.clone(), id.clone(), Some(p.to_string()));
-                    let entry = Entry::new(unions_only, exact);
+                    let entry = ReachedBy::new(unions_only, exact);
                     walk.offer(&mut checker, i, atom, entry, None, level + 1)?;
                 }
                 // Arrows whose tupleset points at this object.
@@ -705,7 +705,8 @@ pub(crate) fn lookup_resources(
                         Pager::new(by_subject(t, tupleset, &x, &id, SubjectRelationFilter::Any));
                     while let Some(page) = pager.next_page(checker.d)? {
                         for found in page {
-                            let entry = Entry::new(unions_only, exact && found.caveat.is_none());
+                            let entry =
+                                ReachedBy::new(unions_only, exact && found.caveat.is_none());
                             let atom =
                                 (t.to_string(), found.resource.object_id, Some(p.to_string()));
                             let via = found.caveat.as_ref().filter(|_| {
@@ -725,7 +726,7 @@ pub(crate) fn lookup_resources(
                 let selfs = walk.ix.selfs.get(x.as_str()).cloned().unwrap_or_default();
                 for (p, unions_only) in selfs {
                     let atom = (x.clone(), id.clone(), Some(p.to_string()));
-                    let entry = Entry::new(unions_only, exact);
+                    let entry = ReachedBy::new(unions_only, exact);
                     walk.offer(&mut checker, i, atom, entry, None, level + 1)?;
                 }
             }
