@@ -268,7 +268,12 @@ pub fn check_bulk(
                 Err(e) => Err(e),
                 Ok(_) => answers
                     .next()
-                    .unwrap_or(Err(crate::engine::EngineError::Cancelled))
+                    // the engine answers every request it is given: a missing answer is a bug
+                    .unwrap_or_else(|| {
+                        Err(crate::engine::EngineError::internal(
+                            "CheckBulk returned fewer answers than requests",
+                        ))
+                    })
                     .map_err(ApiError::from),
             };
             let response = match outcome {

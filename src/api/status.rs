@@ -62,7 +62,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Aborted(m) => plain(Code::Aborted, m),
             ApiError::Internal(m) => internal("request failed", &m),
             ApiError::Schema(e) => schema_status(e),
-            ApiError::Store(e) => store_status(e),
+            ApiError::Store(e) => store_status(&e),
             ApiError::Engine(e) => engine_status(e),
             ApiError::Consistency(e) => consistency_status(e),
         }
@@ -97,7 +97,7 @@ fn schema_status(err: SchemaError) -> tonic::Status {
     }
 }
 
-fn store_status(err: StoreError) -> tonic::Status {
+fn store_status(err: &StoreError) -> tonic::Status {
     let message = err.to_string();
     match err {
         StoreError::AlreadyExists(key) => {
@@ -162,13 +162,13 @@ fn store_status(err: StoreError) -> tonic::Status {
                 ]),
             )
         }
-        StoreError::TooManyToDelete { limit } => with_reason(
+        &StoreError::TooManyToDelete { limit } => with_reason(
             Code::InvalidArgument,
             message,
             "ERROR_REASON_TOO_MANY_RELATIONSHIPS_FOR_TRANSACTIONAL_DELETE",
             meta([("limit", &limit.to_string())]),
         ),
-        StoreError::ScanBudgetExceeded(budget) => with_reason(
+        &StoreError::ScanBudgetExceeded(budget) => with_reason(
             Code::InvalidArgument,
             message,
             "ERROR_REASON_INVALID_FILTER",
@@ -302,7 +302,12 @@ fn engine_status(err: EngineError) -> tonic::Status {
             "ERROR_REASON_CAVEAT_PARAMETER_TYPE_ERROR",
             Metadata::new(),
         ),
-        EngineError::Store(e) => store_status(*e),
+        EngineError::Store(e) => store_status(&e),
+        // already logged where it was found
+        EngineError::Internal(_) => plain(
+            Code::Internal,
+            "internal error: engine invariant broken; see the server log".into(),
+        ),
     }
 }
 
@@ -319,6 +324,27 @@ fn consistency_status(err: ConsistencyError) -> tonic::Status {
             Reason::InvalidCursor.as_str(),
             Metadata::new(),
         ),
-        ConsistencyError::Store(e) => store_status(e),
+        ConsistencyError::Store(e) => store_status(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_keep_their_codes_and_an_internal_one_is_internal() {
+        let internal = tonic::Status::from(ApiError::Engine(EngineError::Internal(
+            "secret detail".into(),
+        )));
+        assert_eq!(internal.code(), Code::Internal);
+        assert!(!internal.message().contains("secret detail"));
+        let store = tonic::Status::from(ApiError::Engine(EngineError::from(
+            StoreError::TooManyToDelete { limit: 3 },
+        )));
+        assert_eq!(store.code(), Code::InvalidArgument);
+        let depth =
+            tonic::Status::from(ApiError::Engine(EngineError::MaxDepthExceeded { depth: 5 }));
+        assert_eq!(depth.code(), Code::FailedPrecondition);
     }
 }

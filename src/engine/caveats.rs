@@ -229,7 +229,7 @@ impl CaveatEvaluator for DefaultCaveatEvaluator {
 }
 
 /// Three-valued result while evaluating a condition.
-enum Tri {
+enum ConditionTruth {
     True,
     False,
     Missing(BTreeSet<String>),
@@ -245,9 +245,9 @@ pub(crate) fn evaluate(
 ) -> EngineResult<CaveatOutcome> {
     Ok(
         match eval(expr, request_context, schema, evaluator, false)? {
-            Tri::True => CaveatOutcome::True,
-            Tri::False => CaveatOutcome::False,
-            Tri::Missing(m) => CaveatOutcome::Missing(m.into_iter().collect()),
+            ConditionTruth::True => CaveatOutcome::True,
+            ConditionTruth::False => CaveatOutcome::False,
+            ConditionTruth::Missing(m) => CaveatOutcome::Missing(m.into_iter().collect()),
         },
     )
 }
@@ -264,9 +264,9 @@ pub(crate) fn evaluate_every_path(
 ) -> EngineResult<CaveatOutcome> {
     Ok(
         match eval(expr, request_context, schema, evaluator, true)? {
-            Tri::True => CaveatOutcome::True,
-            Tri::False => CaveatOutcome::False,
-            Tri::Missing(m) => CaveatOutcome::Missing(m.into_iter().collect()),
+            ConditionTruth::True => CaveatOutcome::True,
+            ConditionTruth::False => CaveatOutcome::False,
+            ConditionTruth::Missing(m) => CaveatOutcome::Missing(m.into_iter().collect()),
         },
     )
 }
@@ -279,7 +279,7 @@ fn eval(
     schema: &CompiledSchema,
     evaluator: &dyn CaveatEvaluator,
     every_path: bool,
-) -> EngineResult<Tri> {
+) -> EngineResult<ConditionTruth> {
     match expr {
         CaveatExpr::Leaf(c) => {
             let def = schema.caveat(&c.name).ok_or_else(|| {
@@ -295,24 +295,24 @@ fn eval(
                 evaluator.evaluate_typed(def, &merged)
             };
             Ok(match outcome.map_err(EngineError::from)? {
-                CaveatOutcome::True => Tri::True,
-                CaveatOutcome::False => Tri::False,
-                CaveatOutcome::Missing(m) => Tri::Missing(m.into_iter().collect()),
+                CaveatOutcome::True => ConditionTruth::True,
+                CaveatOutcome::False => ConditionTruth::False,
+                CaveatOutcome::Missing(m) => ConditionTruth::Missing(m.into_iter().collect()),
             })
         }
         CaveatExpr::And(items) => {
             let mut missing = BTreeSet::new();
             for e in items {
                 match eval(e, ctx, schema, evaluator, every_path)? {
-                    Tri::False => return Ok(Tri::False),
-                    Tri::True => {}
-                    Tri::Missing(m) => missing.extend(m),
+                    ConditionTruth::False => return Ok(ConditionTruth::False),
+                    ConditionTruth::True => {}
+                    ConditionTruth::Missing(m) => missing.extend(m),
                 }
             }
             Ok(if missing.is_empty() {
-                Tri::True
+                ConditionTruth::True
             } else {
-                Tri::Missing(missing)
+                ConditionTruth::Missing(missing)
             })
         }
         CaveatExpr::Or(items) => {
@@ -320,24 +320,24 @@ fn eval(
             let mut holds = false;
             for e in items {
                 match eval(e, ctx, schema, evaluator, every_path)? {
-                    Tri::True if every_path => holds = true,
-                    Tri::True => return Ok(Tri::True),
-                    Tri::False => {}
-                    Tri::Missing(m) => missing.extend(m),
+                    ConditionTruth::True if every_path => holds = true,
+                    ConditionTruth::True => return Ok(ConditionTruth::True),
+                    ConditionTruth::False => {}
+                    ConditionTruth::Missing(m) => missing.extend(m),
                 }
             }
             Ok(if holds {
-                Tri::True
+                ConditionTruth::True
             } else if missing.is_empty() {
-                Tri::False
+                ConditionTruth::False
             } else {
-                Tri::Missing(missing)
+                ConditionTruth::Missing(missing)
             })
         }
         CaveatExpr::Not(e) => Ok(match eval(e, ctx, schema, evaluator, every_path)? {
-            Tri::True => Tri::False,
-            Tri::False => Tri::True,
-            m @ Tri::Missing(_) => m,
+            ConditionTruth::True => ConditionTruth::False,
+            ConditionTruth::False => ConditionTruth::True,
+            m @ ConditionTruth::Missing(_) => m,
         }),
     }
 }

@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 
 use crate::engine::caveats::{self, CaveatOutcome, Cond};
-use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, MemoEntry, Pager, parallel_chunks};
+use crate::engine::dispatch::{Dispatcher, Pager, parallel_chunks, resource_filter};
 use crate::engine::error::{EngineError, EngineResult};
+use crate::engine::memo::{CheckMemo, EvalMode, MemoEntry};
+use crate::engine::outcome::{Outcome, Unresolved, min_time};
 use crate::engine::{CheckRequest, CheckResult, Engine, Permissionship, Snapshot};
 use crate::engine::{fast, validate};
 use crate::model::{
-    ObjectRef, Relationship, RelationshipFilter, SubjectFilter, SubjectRef, SubjectRelationFilter,
-    Timestamp,
+    ObjectRef, Relationship, SubjectFilter, SubjectRef, SubjectRelationFilter, Timestamp,
 };
 use crate::schema::{AllowedKind, ArrowKind, CompiledSchema, Definition, Expr, Member, Relation};
 
@@ -60,81 +61,6 @@ pub struct CheckTrace {
     pub children: Vec<CheckTrace>,
 }
 
-/// Why an outcome is unresolved, and what it depends on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Unresolved {
-    /// the depth budget ran out somewhere below
-    pub(crate) depth_limited: bool,
-    /// the lowest dispatch-stack index of an in-progress sub-problem it reached (a cycle)
-    pub(crate) min_ref: Option<usize>,
-}
-
-impl Unresolved {
-    fn merge(a: Option<Unresolved>, b: Unresolved) -> Unresolved {
-        match a {
-            None => b,
-            Some(a) => Unresolved {
-                depth_limited: a.depth_limited || b.depth_limited,
-                min_ref: match (a.min_ref, b.min_ref) {
-                    (Some(x), Some(y)) => Some(x.min(y)),
-                    (x, None) => x,
-                    (None, y) => y,
-                },
-            },
-        }
-    }
-}
-
-/// The answer to one check sub-problem, before caveats are evaluated.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Outcome {
-    /// not a member
-    No,
-    /// a member when `cond` holds (`Cond::True`: unconditionally; never `Cond::False`)
-    Member {
-        /// the caveat condition
-        cond: Cond,
-        /// the earliest expiry among the relationships used
-        expires_at: Option<Timestamp>,
-    },
-    /// cannot be decided within the depth budget / without going around a data cycle
-    Unresolved(Unresolved),
-}
-
-impl Outcome {
-    pub(crate) fn yes(expires_at: Option<Timestamp>) -> Outcome {
-        Outcome::Member {
-            cond: Cond::True,
-            expires_at,
-        }
-    }
-
-    fn member(cond: Cond, expires_at: Option<Timestamp>) -> Outcome {
-        if cond.is_false() {
-            Outcome::No
-        } else {
-            Outcome::Member { cond, expires_at }
-        }
-    }
-
-    /// The permissionship a trace shows for this outcome.
-    fn permissionship(&self) -> Permissionship {
-        match self {
-            Outcome::Member { cond, .. } if cond.is_true() => Permissionship::HasPermission,
-            Outcome::Member { .. } => Permissionship::ConditionalPermission,
-            Outcome::No | Outcome::Unresolved(_) => Permissionship::NoPermission,
-        }
-    }
-}
-
-pub(crate) fn min_time(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, None) => x,
-        (None, y) => y,
-    }
-}
-
 /// `sub`, reached through relationship `rel`: `rel`'s caveat and expiry apply to it.
 fn through(rel: &Relationship, sub: Outcome) -> Outcome {
     match sub {
@@ -153,7 +79,7 @@ fn member_by(rel: &Relationship) -> Outcome {
 
 /// Accumulates a union: stops at the first unconditional member, unless every branch must be
 /// evaluated (`require_all`).
-struct UnionAcc {
+struct UnionOfOutcomes {
     yes: Option<Option<Timestamp>>,
     cond: Cond,
     cond_expiry: Option<Timestamp>,
@@ -161,9 +87,9 @@ struct UnionAcc {
     require_all: bool,
 }
 
-impl UnionAcc {
-    fn new(require_all: bool) -> UnionAcc {
-        UnionAcc {
+impl UnionOfOutcomes {
+    fn new(require_all: bool) -> UnionOfOutcomes {
+        UnionOfOutcomes {
             yes: None,
             cond: Cond::False,
             cond_expiry: None,
@@ -210,7 +136,7 @@ impl UnionAcc {
 }
 
 /// Accumulates an intersection: stops at the first non-member.
-struct IntersectionAcc {
+struct IntersectionOfOutcomes {
     no: bool,
     any: bool,
     cond: Cond,
@@ -218,9 +144,9 @@ struct IntersectionAcc {
     unresolved: Option<Unresolved>,
 }
 
-impl IntersectionAcc {
-    fn new() -> IntersectionAcc {
-        IntersectionAcc {
+impl IntersectionOfOutcomes {
+    fn new() -> IntersectionOfOutcomes {
+        IntersectionOfOutcomes {
             no: false,
             any: false,
             cond: Cond::True,
@@ -376,7 +302,13 @@ impl<'c, 's> Checker<'c, 's> {
         self.trace_enter(resource_type, resource_id, relation);
         let solved = self.solve(resource_type, resource_id, relation, depth);
         self.stack.pop();
-        let height = self.heights.pop().unwrap_or(0).saturating_add(1);
+        // INVARIANT: pushed above with the stack entry; nested dispatches pop what they push.
+        #[allow(clippy::expect_used, reason = "pushed above, see INVARIANT")]
+        let height = self
+            .heights
+            .pop()
+            .expect("the height of this sub-problem was pushed above")
+            .saturating_add(1);
         self.bump_height(height);
         let outcome = match solved {
             Ok(o) => o,
@@ -476,7 +408,7 @@ impl<'c, 's> Checker<'c, 's> {
     ) -> EngineResult<Outcome> {
         let subject = self.subject;
         let subject_type = subject.object.object_type.as_str();
-        let mut acc = UnionAcc::new(self.memo.mode.require_all);
+        let mut acc = UnionOfOutcomes::new(self.memo.mode.require_all);
 
         let direct_allowed = relation.allowed.iter().any(|a| {
             a.type_name == subject_type
@@ -651,7 +583,7 @@ impl<'c, 's> Checker<'c, 's> {
         depth: u32,
     ) -> EngineResult<Outcome> {
         let schema = self.schema();
-        let mut acc = UnionAcc::new(self.memo.mode.require_all);
+        let mut acc = UnionOfOutcomes::new(self.memo.mode.require_all);
         let mut pager = Pager::new(resource_filter(resource_type, resource_id, tupleset, None));
         while let Some(page) = pager.next_page(self.d)? {
             for rel in page {
@@ -687,7 +619,7 @@ impl<'c, 's> Checker<'c, 's> {
         let rels = self
             .d
             .all(&resource_filter(resource_type, resource_id, tupleset, None))?;
-        let mut acc = IntersectionAcc::new();
+        let mut acc = IntersectionOfOutcomes::new();
         for rel in &rels {
             let target_type = &rel.subject.object.object_type;
             if !schema.has_member(target_type, computed) {
@@ -714,7 +646,7 @@ impl<'c, 's> Checker<'c, 's> {
         items: &'s [Expr],
         depth: u32,
     ) -> EngineResult<Outcome> {
-        let mut acc = UnionAcc::new(self.memo.mode.require_all);
+        let mut acc = UnionOfOutcomes::new(self.memo.mode.require_all);
         for e in items {
             let o = self.check_rewrite(resource_type, resource_id, e, depth)?;
             if acc.add(o) {
@@ -732,7 +664,7 @@ impl<'c, 's> Checker<'c, 's> {
         items: &'s [Expr],
         depth: u32,
     ) -> EngineResult<Outcome> {
-        let mut acc = IntersectionAcc::new();
+        let mut acc = IntersectionOfOutcomes::new();
         for e in items {
             let o = self.check_rewrite(resource_type, resource_id, e, depth)?;
             if acc.add(o) {
@@ -870,22 +802,6 @@ fn alias_target<'d>(def: &'d Definition, name: &'d str) -> &'d str {
     current
 }
 
-/// A filter on one resource's relation, optionally narrowed by subject.
-pub(crate) fn resource_filter(
-    resource_type: &str,
-    resource_id: &str,
-    relation: &str,
-    subject: Option<SubjectFilter>,
-) -> RelationshipFilter {
-    RelationshipFilter {
-        resource_type: Some(resource_type.to_string()),
-        resource_id: Some(resource_id.to_string()),
-        resource_id_prefix: None,
-        relation: Some(relation.to_string()),
-        subject,
-    }
-}
-
 /// Solves `resource#permission` for `subject` to an outcome (caveats not evaluated), with a
 /// depth budget of `depth` and no trace.
 pub(crate) fn check_outcome_at(
@@ -1005,6 +921,7 @@ fn fast_answers(
     }
     let answers = fast::try_check(snap, engine.config.max_depth, requests, require_all);
     if let Some(m) = crate::engine::metrics::get() {
+        // a usize always fits a u64 on the platforms built for; saturating is only a fallback
         let n = u64::try_from(requests.len()).unwrap_or(u64::MAX);
         match answers {
             Some(_) => m.fast_answered.inc_by(n),
@@ -1082,13 +999,30 @@ pub(crate) fn run_check_bulk(
         }
     }
 
-    for (i, result) in solve_bulk_groups_in_parallel(engine, snap, reqs, &groups) {
-        if let Some(slot) = out.get_mut(i) {
-            *slot = Some(result);
+    match solve_bulk_groups_in_parallel(engine, snap, reqs, &groups) {
+        Ok(answers) => {
+            for (i, result) in answers {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(result);
+                }
+            }
+        }
+        // a worker thread died: every item it would have answered fails with that error
+        Err(e) => {
+            for slot in out.iter_mut().filter(|s| s.is_none()) {
+                *slot = Some(Err(e.clone()));
+            }
         }
     }
     out.into_iter()
-        .map(|r| r.unwrap_or(Err(EngineError::Cancelled)))
+        .enumerate()
+        .map(|(i, r)| {
+            r.unwrap_or_else(|| {
+                Err(EngineError::internal(format!(
+                    "CheckBulk item {i} was neither refused nor answered"
+                )))
+            })
+        })
         .collect()
 }
 
@@ -1103,18 +1037,14 @@ fn solve_bulk_groups_in_parallel(
     snap: &Snapshot<'_>,
     reqs: &[CheckRequest],
     groups: &[(BulkKey<'_>, BulkGroup<'_>)],
-) -> Vec<(usize, EngineResult<CheckResult>)> {
-    parallel_chunks(
+) -> EngineResult<Vec<(usize, EngineResult<CheckResult>)>> {
+    let shards = parallel_chunks(
         groups,
         |(_, g)| g.len(),
         BULK_PARALLEL_MIN,
         |shard| solve_bulk_groups(engine, snap, reqs, shard),
-    )
-    // A shard whose thread died leaves its items unanswered: they fail as cancelled.
-    .unwrap_or_default()
-    .into_iter()
-    .flatten()
-    .collect()
+    )?;
+    Ok(shards.into_iter().flatten().collect())
 }
 
 /// Solves CheckBulk groups one after the other, sharing memos between them.
@@ -1181,7 +1111,7 @@ fn solve_bulk_groups(
             if let Some(err) = failure {
                 for (_, items) in chunk {
                     for i in items {
-                        out.push((*i, Err(copy_error(&err, &d))));
+                        out.push((*i, Err(err.clone())));
                     }
                 }
                 continue;
@@ -1222,7 +1152,7 @@ fn solve_bulk_groups(
                 Some(err) => {
                     for (_, items) in chunk {
                         for i in items {
-                            out.push((*i, Err(copy_error(&err, &d))));
+                            out.push((*i, Err(err.clone())));
                         }
                     }
                 }
@@ -1243,36 +1173,13 @@ type BulkGroup<'r> = Vec<(&'r str, Vec<usize>)>;
 /// How many resource ids SpiceDB dispatches together (`--dispatch-chunk-size`).
 const BULK_CHUNK: usize = 100;
 
-/// The same error again, for another item of a failed chunk.
-fn copy_error(err: &EngineError, d: &Dispatcher<'_>) -> EngineError {
-    match err {
-        EngineError::UnknownDefinition(t) => EngineError::UnknownDefinition(t.clone()),
-        EngineError::UnknownRelationOrPermission {
-            definition,
-            relation,
-        } => EngineError::UnknownRelationOrPermission {
-            definition: definition.clone(),
-            relation: relation.clone(),
-        },
-        EngineError::WildcardSubjectNotAllowed => EngineError::WildcardSubjectNotAllowed,
-        EngineError::MaxDepthExceeded { .. } => d.depth_error(),
-        EngineError::Cancelled => EngineError::Cancelled,
-        EngineError::DeadlineExceeded => EngineError::DeadlineExceeded,
-        EngineError::CaveatEvaluation(m) => EngineError::CaveatEvaluation(m.clone()),
-        EngineError::CaveatParameterType(m) => EngineError::CaveatParameterType(m.clone()),
-        EngineError::Store(e) => {
-            EngineError::Store(Box::new(crate::store::StoreError::Engine(e.to_string())))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn union_prefers_unconditional_and_intersection_stops_at_no() {
-        let mut u = UnionAcc::new(false);
+        let mut u = UnionOfOutcomes::new(false);
         assert!(!u.add(Outcome::No));
         assert!(!u.add(Outcome::Unresolved(Unresolved {
             depth_limited: false,
@@ -1281,7 +1188,7 @@ mod tests {
         assert!(u.add(Outcome::yes(None)));
         assert_eq!(u.finish(), Outcome::yes(None));
 
-        let mut i = IntersectionAcc::new();
+        let mut i = IntersectionOfOutcomes::new();
         assert!(!i.add(Outcome::yes(None)));
         assert!(!i.add(Outcome::Unresolved(Unresolved {
             depth_limited: true,
@@ -1289,12 +1196,12 @@ mod tests {
         })));
         assert!(i.add(Outcome::No));
         assert_eq!(i.finish(), Outcome::No);
-        assert_eq!(IntersectionAcc::new().finish(), Outcome::No);
+        assert_eq!(IntersectionOfOutcomes::new().finish(), Outcome::No);
     }
 
     #[test]
     fn unresolved_union_stays_unresolved() {
-        let mut u = UnionAcc::new(false);
+        let mut u = UnionOfOutcomes::new(false);
         u.add(Outcome::Unresolved(Unresolved {
             depth_limited: false,
             min_ref: Some(3),

@@ -1,23 +1,15 @@
-//! Step three, graph evaluation — the dispatcher: the one place every sub-problem goes through.
-//! It owns the depth budget, cancellation and deadline polling, paging through the datastore,
-//! and (for checks) the per-request memo of solved sub-problems keyed by
-//! (resource, relation, subject), shared by every item of a bulk check.
+//! The dispatcher every sub-problem goes through: the depth budget (and the stack budget
+//! behind it), cancellation and deadline polling, reading and paging through the datastore,
+//! and spreading independent work over the cores. It knows nothing of the rewrite rules or of
+//! what an answer is: it uses only the engine's error type, its metrics and the request-wide
+//! `Engine` and `Snapshot` (see the import order in `engine/mod.rs`).
 
-use std::borrow::Borrow;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use rustc_hash::FxHasher;
-
-use crate::engine::check::Outcome;
 use crate::engine::error::{EngineError, EngineResult};
 use crate::engine::{Engine, Snapshot};
-use crate::model::{Relationship, RelationshipFilter, SubjectRef};
-
-/// A hash map with the fast, non-cryptographic hasher (keys are not attacker-chosen in a way
-/// that matters: a memo lives for one request).
-type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
+use crate::model::{Relationship, RelationshipFilter, SubjectFilter};
 
 /// How many polls between two reads of the clock for the deadline.
 const DEADLINE_POLL_INTERVAL: u32 = 16;
@@ -127,6 +119,23 @@ impl<'s> Dispatcher<'s> {
     }
 }
 
+/// The filter for the relationships of `resource_type:resource_id#relation`, optionally
+/// restricted to `subject`.
+pub(crate) fn resource_filter(
+    resource_type: &str,
+    resource_id: &str,
+    relation: &str,
+    subject: Option<SubjectFilter>,
+) -> RelationshipFilter {
+    RelationshipFilter {
+        resource_type: Some(resource_type.to_string()),
+        resource_id: Some(resource_id.to_string()),
+        resource_id_prefix: None,
+        relation: Some(relation.to_string()),
+        subject,
+    }
+}
+
 /// The relationships matching a filter, handed out as pages so a caller can stop early (a
 /// check stops at the first unconditional member). The store answers the engine's filters
 /// from memory in one go, so today there is a single page.
@@ -166,34 +175,42 @@ const MAX_THREADS: usize = 8;
 /// the chunks' results in order. Chunks get about equal total `weight`; with less than
 /// `min_weight` in all (or one core) everything runs on the calling thread, in one chunk.
 /// Each chunk builds its own dispatcher and memo inside `work`: answers do not depend on the
-/// split. A chunk whose thread cannot be started runs on the calling thread; if a chunk's
-/// thread dies, the result is `None`.
+/// split. A chunk whose thread cannot be started runs on the calling thread; a chunk whose
+/// thread dies (a panic: a bug) is an [`EngineError::Internal`].
 pub(crate) fn parallel_chunks<T: Sync, R: Send>(
     items: &[T],
     weight: impl Fn(&T) -> usize,
     min_weight: usize,
     work: impl Fn(&[T]) -> R + Sync,
-) -> Option<Vec<R>> {
+) -> EngineResult<Vec<R>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZero::get)
         .min(MAX_THREADS);
     let total: usize = items.iter().map(&weight).sum();
     if threads <= 1 || total < min_weight || items.len() < 2 {
-        return Some(vec![work(items)]);
+        return Ok(vec![work(items)]);
     }
     let per_chunk = total.div_ceil(threads);
     let mut chunks: Vec<&[T]> = Vec::with_capacity(threads);
-    let (mut start, mut acc) = (0usize, 0usize);
-    for (i, item) in items.iter().enumerate() {
+    let mut rest = items;
+    let (mut len, mut acc) = (0usize, 0usize);
+    for item in items {
         acc += weight(item);
+        len += 1;
         if acc >= per_chunk {
-            chunks.push(items.get(start..=i).unwrap_or_default());
-            start = i + 1;
-            acc = 0;
+            // INVARIANT: `len` counts the items of `rest` seen so far, so it is at most
+            // `rest.len()`.
+            #[allow(clippy::expect_used, reason = "len <= rest.len(), see INVARIANT")]
+            let (chunk, tail) = rest
+                .split_at_checked(len)
+                .expect("a chunk ends within the items not yet chunked");
+            chunks.push(chunk);
+            rest = tail;
+            (len, acc) = (0, 0);
         }
     }
-    if start < items.len() {
-        chunks.push(items.get(start..).unwrap_or_default());
+    if !rest.is_empty() {
+        chunks.push(rest);
     }
     let work = &work;
     std::thread::scope(|scope| {
@@ -210,184 +227,51 @@ pub(crate) fn parallel_chunks<T: Sync, R: Send>(
         pending
             .into_iter()
             .map(|p| match p {
-                Ok(done) => Some(done),
-                Err(handle) => handle.join().ok(),
+                Ok(done) => Ok(done),
+                Err(handle) => handle
+                    .join()
+                    .map_err(|_| EngineError::internal("a worker thread of the request panicked")),
             })
             .collect()
     })
 }
 
-// ---- the check memo ----
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The parts of a memo key: resource type, resource id, relation, interned subject.
-pub(crate) trait KeyParts {
-    fn parts(&self) -> (&str, &str, &str, u32);
-}
-
-/// An owned memo key.
-#[derive(Debug, Clone)]
-pub(crate) struct MemoKey {
-    resource_type: String,
-    resource_id: String,
-    relation: String,
-    subject: u32,
-}
-
-impl KeyParts for MemoKey {
-    fn parts(&self) -> (&str, &str, &str, u32) {
-        (
-            &self.resource_type,
-            &self.resource_id,
-            &self.relation,
-            self.subject,
-        )
-    }
-}
-
-impl KeyParts for (&str, &str, &str, u32) {
-    fn parts(&self) -> (&str, &str, &str, u32) {
-        *self
-    }
-}
-
-impl Hash for dyn KeyParts + '_ {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.parts().hash(state);
-    }
-}
-
-impl PartialEq for dyn KeyParts + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn KeyParts + '_ {}
-
-impl Hash for MemoKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.parts().hash(state);
-    }
-}
-
-impl PartialEq for MemoKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for MemoKey {}
-
-impl<'a> Borrow<dyn KeyParts + 'a> for MemoKey {
-    fn borrow(&self) -> &(dyn KeyParts + 'a) {
-        self
-    }
-}
-
-/// What the memo knows about one sub-problem.
-#[derive(Debug, Clone)]
-pub(crate) enum MemoEntry {
-    /// being solved right now, at this index of the dispatch stack: reaching it again is a
-    /// cycle in the data
-    InProgress { index: usize },
-    /// solved for good, needing `height` nested dispatches (reused only where that much
-    /// depth budget remains, so memoized answers never hide a depth error)
-    Final { outcome: Outcome, height: u32 },
-    /// unresolved, and only valid while the stack entry that was its parent is still active
-    /// (it assumed the sub-problems on the stack above it were unresolved) and, if it ran out
-    /// of depth, only where no more depth remains than it had
-    Tentative {
-        outcome: Outcome,
-        height: u32,
-        /// (stack index, activation id) of the parent when it was solved
-        parent: Option<(usize, u64)>,
-        /// the depth budget it had, if running out of depth made it unresolved
-        depth: Option<u32>,
-    },
-}
-
-/// How checks are evaluated; answers differ between modes, so each memo has one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct EvalMode {
-    /// Evaluate every branch of a union, as SpiceDB does when one dispatch carries several
-    /// resource ids (CheckBulk): a branch that cannot be decided then makes the whole answer
-    /// undecided even where another branch found a member.
-    pub(crate) require_all: bool,
-}
-
-impl EvalMode {
-    /// Check, CheckBulk items answered one by one, and LookupResources' checks.
-    pub(crate) const CHECK: EvalMode = EvalMode { require_all: false };
-    /// CheckBulk items dispatched together with other resource ids.
-    pub(crate) const BATCH: EvalMode = EvalMode { require_all: true };
-}
-
-/// Solved check sub-problems of one request (or one bulk request), in one evaluation mode.
-#[derive(Debug)]
-pub(crate) struct CheckMemo {
-    /// how the sub-problems were solved
-    pub(crate) mode: EvalMode,
-    entries: HashMap<MemoKey, MemoEntry>,
-    subjects: HashMap<SubjectRef, u32>,
-    next_activation: u64,
-}
-
-impl CheckMemo {
-    /// An empty memo for `mode`.
-    pub(crate) fn new(mode: EvalMode) -> CheckMemo {
-        CheckMemo {
-            mode,
-            entries: HashMap::default(),
-            subjects: HashMap::default(),
-            next_activation: 0,
+    #[test]
+    fn parallel_chunks_cover_the_items_in_order() {
+        let items: Vec<usize> = (1..=1000).collect();
+        for min_weight in [0, 10, 1_000_000] {
+            let chunks = parallel_chunks(&items, |x| x % 7, min_weight, <[usize]>::to_vec).unwrap();
+            assert!(chunks.iter().all(|c| !c.is_empty()));
+            assert_eq!(chunks.concat(), items, "min_weight {min_weight}");
         }
+        // below the minimum weight: one chunk, on the calling thread
+        let one = parallel_chunks(&items, |_| 1, 1001, |c| c.len()).unwrap();
+        assert_eq!(one, [1000]);
     }
 
-    /// The interned id of `subject`.
-    pub(crate) fn subject_id(&mut self, subject: &SubjectRef) -> u32 {
-        if let Some(id) = self.subjects.get(subject) {
-            return *id;
-        }
-        let id = u32::try_from(self.subjects.len()).unwrap_or(u32::MAX);
-        self.subjects.insert(subject.clone(), id);
-        id
-    }
-
-    /// A fresh activation id for a stack entry.
-    pub(crate) fn activation(&mut self) -> u64 {
-        self.next_activation = self.next_activation.wrapping_add(1);
-        self.next_activation
-    }
-
-    pub(crate) fn get(&self, key: (&str, &str, &str, u32)) -> Option<&MemoEntry> {
-        self.entries.get(&key as &dyn KeyParts)
-    }
-
-    pub(crate) fn insert(&mut self, key: (&str, &str, &str, u32), entry: MemoEntry) {
-        if let Some(slot) = self.entries.get_mut(&key as &dyn KeyParts) {
-            *slot = entry;
+    #[test]
+    fn a_dead_worker_is_an_internal_error() {
+        if std::thread::available_parallelism().map_or(1, std::num::NonZero::get) < 2 {
+            // one core: every chunk runs on the calling thread, where a panic is not caught
             return;
         }
-        let (t, i, r, s) = key;
-        self.entries.insert(
-            MemoKey {
-                resource_type: t.to_string(),
-                resource_id: i.to_string(),
-                relation: r.to_string(),
-                subject: s,
+        let items: Vec<u32> = (0..100).collect();
+        let result = parallel_chunks(
+            &items,
+            |_| 1,
+            0,
+            |chunk| {
+                assert!(!chunk.contains(&99), "the last chunk's worker dies");
+                chunk.len()
             },
-            entry,
         );
-    }
-
-    /// Forgets every sub-problem, keeping the allocated capacity (for a run of checks of
-    /// another subject, whose sub-problems never meet the previous ones).
-    pub(crate) fn clear(&mut self) {
-        self.entries.clear();
-        self.subjects.clear();
-    }
-
-    pub(crate) fn remove(&mut self, key: (&str, &str, &str, u32)) {
-        self.entries.remove(&key as &dyn KeyParts);
+        assert!(
+            matches!(result, Err(EngineError::Internal(_))),
+            "{result:?}"
+        );
     }
 }

@@ -1,7 +1,10 @@
-//! Step three, graph evaluation — its errors: what a check, expand or lookup can refuse or fail
-//! with. The API layer maps each variant to a gRPC status (FAILED_PRECONDITION with the
-//! `UNKNOWN_*` / `MAXIMUM_DEPTH_EXCEEDED` reasons, INVALID_ARGUMENT for wildcard subjects and
-//! caveat errors, CANCELLED / DEADLINE_EXCEEDED).
+//! The engine's errors: what a check, expand or lookup can refuse or fail with. The API layer
+//! maps each variant to a gRPC status (FAILED_PRECONDITION with the `UNKNOWN_*` /
+//! `MAXIMUM_DEPTH_EXCEEDED` reasons, INVALID_ARGUMENT for wildcard subjects and caveat errors,
+//! CANCELLED / DEADLINE_EXCEEDED, INTERNAL for a broken invariant). `Clone`, so that one
+//! failure can be reported for every item of a CheckBulk chunk.
+
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -11,7 +14,7 @@ use crate::store::StoreError;
 pub type EngineResult<T> = Result<T, EngineError>;
 
 /// Everything the engine can refuse or fail with.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum EngineError {
     /// The request names an object type the schema does not define
     /// (FAILED_PRECONDITION, `ERROR_REASON_UNKNOWN_DEFINITION`).
@@ -52,14 +55,27 @@ pub enum EngineError {
     /// `ERROR_REASON_CAVEAT_PARAMETER_TYPE_ERROR`).
     #[error("caveat parameter type error: {0}")]
     CaveatParameterType(String),
-    /// The datastore failed (boxed: the error is large, and results travel up every level of
-    /// the traversal).
+    /// The datastore failed (behind an `Arc`: the error is large, results travel up every
+    /// level of the traversal, and a bulk request reports one failure for several items).
     #[error(transparent)]
-    Store(Box<StoreError>),
+    Store(Arc<StoreError>),
+    /// A state the engine's own invariants rule out (a bug, never an answer): logged where it
+    /// is found (INTERNAL).
+    #[error("internal engine error: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// An [`EngineError::Internal`] for the broken invariant `what`, logged at error level.
+    pub(crate) fn internal(what: impl Into<String>) -> EngineError {
+        let what = what.into();
+        tracing::error!(invariant = %what, "engine invariant broken");
+        EngineError::Internal(what)
+    }
 }
 
 impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
-        EngineError::Store(Box::new(e))
+        EngineError::Store(Arc::new(e))
     }
 }

@@ -7,8 +7,7 @@
 //! without the relation.
 
 use crate::engine::caveats::{CaveatExpr, Cond};
-use crate::engine::check::resource_filter;
-use crate::engine::dispatch::Dispatcher;
+use crate::engine::dispatch::{Dispatcher, resource_filter};
 use crate::engine::error::EngineResult;
 use crate::model::{Caveat, ObjectRef, SubjectRef};
 use crate::schema::{ArrowKind, Expr, Member};

@@ -42,7 +42,7 @@ const POLL_EVERY: u32 = 256;
 /// A solved sub-problem: the answer, and how many nested levels solving it took (so it is
 /// reused only where at least that much depth remains).
 #[derive(Debug, Clone, Copy)]
-enum Entry {
+enum FastMemoEntry {
     InProgress,
     Done { yes: bool, height: u32 },
 }
@@ -55,7 +55,7 @@ type Answer = Result<(bool, u32), Bail>;
 #[derive(Debug, Default)]
 pub(crate) struct FastMemo {
     /// (member's address, resource id) -> entry; the member fixes the resource type
-    entries: FxHashMap<(usize, Sym), Entry>,
+    entries: FxHashMap<(usize, Sym), FastMemoEntry>,
 }
 
 /// Solves checks of one plain subject over one graph view.
@@ -160,11 +160,13 @@ impl<'a, 'm> FastChecker<'a, 'm> {
         };
         let key = (addr, id);
         match self.memo.entries.get(&key) {
-            Some(Entry::InProgress) => return Err(Bail),
-            Some(Entry::Done { yes, height }) if *height <= depth => return Ok((*yes, *height)),
+            Some(FastMemoEntry::InProgress) => return Err(Bail),
+            Some(FastMemoEntry::Done { yes, height }) if *height <= depth => {
+                return Ok((*yes, *height));
+            }
             _ => {}
         }
-        self.memo.entries.insert(key, Entry::InProgress);
+        self.memo.entries.insert(key, FastMemoEntry::InProgress);
         let solved = match member {
             Member::Relation(r) => self.direct(tsym, id, r, depth),
             Member::Permission(p) => self.rewrite(def, tsym, id, &p.expr, depth),
@@ -172,7 +174,9 @@ impl<'a, 'm> FastChecker<'a, 'm> {
         match solved {
             Ok((yes, below)) => {
                 let height = below.saturating_add(1);
-                self.memo.entries.insert(key, Entry::Done { yes, height });
+                self.memo
+                    .entries
+                    .insert(key, FastMemoEntry::Done { yes, height });
                 Ok((yes, height))
             }
             Err(Bail) => {
@@ -205,7 +209,7 @@ impl<'a, 'm> FastChecker<'a, 'm> {
                 return if plain { Ok((true, 0)) } else { Err(Bail) };
             }
         }
-        let mut acc = Union::new(self.require_all);
+        let mut acc = UnionOfAnswers::new(self.require_all);
         for (set_type_name, subject_relation) in relation.subject_sets() {
             let (Some(set_type), Some(set_rel)) =
                 (view.sym(set_type_name), view.sym(subject_relation))
@@ -264,7 +268,7 @@ impl<'a, 'm> FastChecker<'a, 'm> {
                 kind: ArrowKind::All,
             } => self.arrow_all(tsym, id, tupleset, computed, depth),
             Expr::Union(items) => {
-                let mut acc = Union::new(self.require_all);
+                let mut acc = UnionOfAnswers::new(self.require_all);
                 for e in items {
                     let o = self.rewrite(def, tsym, id, e, depth)?;
                     if acc.add(o) {
@@ -324,7 +328,7 @@ impl<'a, 'm> FastChecker<'a, 'm> {
         computed: &str,
         depth: u32,
     ) -> Answer {
-        let mut acc = Union::new(self.require_all);
+        let mut acc = UnionOfAnswers::new(self.require_all);
         for e in self.tupleset_edges(tsym, id, tupleset) {
             if !e.plain {
                 return Err(Bail);
@@ -383,15 +387,15 @@ impl<'a, 'm> FastChecker<'a, 'm> {
 
 /// A union's answer so far: decided at the first member unless every branch must be
 /// evaluated.
-struct Union {
+struct UnionOfAnswers {
     yes: bool,
     height: u32,
     require_all: bool,
 }
 
-impl Union {
-    fn new(require_all: bool) -> Union {
-        Union {
+impl UnionOfAnswers {
+    fn new(require_all: bool) -> UnionOfAnswers {
+        UnionOfAnswers {
             yes: false,
             height: 0,
             require_all,
@@ -422,6 +426,8 @@ pub(crate) fn try_check(
     if subject.relation.is_some() {
         return None;
     }
+    // A store error or no graph: the fast path gives up, and the general checker reads the
+    // store itself (and reports its error).
     let view = snap.store.graph_view(snap.revision, snap.now).ok()??;
     let mut memo = FastMemo::default();
     let mut checker = FastChecker::new(
@@ -446,6 +452,7 @@ pub(crate) fn try_check(
             )
         })
         .collect::<Result<Vec<bool>, Bail>>()
+        // `Bail`: the fast path gives up (see the module docs), not an error
         .ok();
     checker.count_dispatches();
     answers
@@ -478,6 +485,7 @@ pub(crate) fn check_ids<'i>(
     let mut ids = ids.peekable();
     let mut out = Vec::new();
     loop {
+        // a store error: give up, the general checker reports it
         let view = snap.store.graph_view(snap.revision, snap.now).ok()??;
         let mut checker = FastChecker::new(
             &view,
@@ -493,6 +501,7 @@ pub(crate) fn check_ids<'i>(
         // behind it.
         for _ in 0..IDS_PER_VIEW {
             let Some(id) = ids.next() else { break };
+            // `Bail` is `None`: this id goes to the general checker
             out.push(checker.check(resource_type, id, permission).ok());
             if view.writer_waiting() {
                 break;

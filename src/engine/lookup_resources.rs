@@ -26,9 +26,11 @@ use std::collections::{BTreeMap, VecDeque};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::engine::caveats::{self, CaveatExpr, CaveatOutcome, Cond};
-use crate::engine::check::{self, Outcome};
-use crate::engine::dispatch::{CheckMemo, Dispatcher, EvalMode, Pager, parallel_chunks};
-use crate::engine::error::{EngineError, EngineResult};
+use crate::engine::check;
+use crate::engine::dispatch::{Dispatcher, Pager, parallel_chunks};
+use crate::engine::error::EngineResult;
+use crate::engine::memo::{CheckMemo, EvalMode};
+use crate::engine::outcome::Outcome;
 use crate::engine::{Engine, LookupResult, Permissionship, Snapshot};
 use crate::engine::{fast, validate};
 use crate::model::{
@@ -249,27 +251,27 @@ impl<'s> ReverseIndex<'s> {
 /// that plain object).
 type Atom = (String, String, Option<String>);
 
-/// How an atom is entered.
+/// How the walk reached an atom.
 #[derive(Debug, Clone, Copy)]
-enum Entry {
+enum ReachedBy {
     /// through unions only; `exact` if also through uncaveated relationships from an exact atom
     Direct { exact: bool },
     /// through an intersection, an exclusion or an `.all()` arrow: keep it only if a check passes
     Checked,
 }
 
-impl Entry {
-    fn new(unions_only: bool, exact: bool) -> Entry {
+impl ReachedBy {
+    fn new(unions_only: bool, exact: bool) -> ReachedBy {
         if unions_only {
-            Entry::Direct { exact }
+            ReachedBy::Direct { exact }
         } else {
-            Entry::Checked
+            ReachedBy::Checked
         }
     }
 }
 
 /// Checks atoms for the subject, sharing one memo over the whole lookup.
-struct EntryChecker<'c, 's> {
+struct AtomChecker<'c, 's> {
     d: &'c mut Dispatcher<'s>,
     memo: CheckMemo,
     /// the fast path's memo, when it is on
@@ -277,7 +279,7 @@ struct EntryChecker<'c, 's> {
     subject: &'c SubjectRef,
 }
 
-impl EntryChecker<'_, '_> {
+impl AtomChecker<'_, '_> {
     /// Is the subject in the atom's `type:id#permission`, with `depth` budget?
     fn check(&mut self, atom: &Atom, depth: u32) -> EngineResult<Outcome> {
         let Some(permission) = &atom.2 else {
@@ -344,10 +346,10 @@ impl<'s> Walk<'s> {
     /// way). An atom already known is re-queued when it becomes exact.
     fn offer(
         &mut self,
-        checker: &mut EntryChecker<'_, '_>,
+        checker: &mut AtomChecker<'_, '_>,
         from: usize,
         atom: Atom,
-        entry: Entry,
+        entry: ReachedBy,
         via: Option<&Caveat>,
         level: u32,
     ) -> EngineResult<()> {
@@ -361,7 +363,7 @@ impl<'s> Walk<'s> {
             self.pending
                 .push((atom.0.clone(), atom.2.clone(), c.clone()));
         }
-        let exact_entry = matches!(entry, Entry::Direct { exact: true });
+        let exact_entry = matches!(entry, ReachedBy::Direct { exact: true });
         let (i, requeue, exact) = match self.index.get(&atom) {
             Some(i) => {
                 let i = *i;
@@ -375,8 +377,8 @@ impl<'s> Walk<'s> {
             }
             None => {
                 let exact = match entry {
-                    Entry::Direct { exact } => exact,
-                    Entry::Checked => {
+                    ReachedBy::Direct { exact } => exact,
+                    ReachedBy::Checked => {
                         match checker.check(&atom, self.max_depth.saturating_sub(level))? {
                             Outcome::No => return Ok(()),
                             Outcome::Member {
@@ -561,7 +563,7 @@ pub(crate) fn lookup_resources(
         pending: Vec::new(),
         max_depth: d.max_depth(),
     };
-    let mut checker = EntryChecker {
+    let mut checker = AtomChecker {
         d: &mut d,
         memo: CheckMemo::new(EvalMode::CHECK),
         fast: engine.config.fast_path.then(fast::FastMemo::default),
@@ -605,6 +607,7 @@ pub(crate) fn lookup_resources(
             .wildcard
             .get(subject.object.object_type.as_str())
             .cloned()
+            // no relation allows the wildcard of this type: nothing to walk
             .unwrap_or_default(),
         Some(_) => Vec::new(),
     };
@@ -627,7 +630,7 @@ pub(crate) fn lookup_resources(
                 if caveat_is_false(via) {
                     continue;
                 }
-                walk.offer(&mut checker, 0, atom, Entry::Direct { exact }, via, 1)?;
+                walk.offer(&mut checker, 0, atom, ReachedBy::Direct { exact }, via, 1)?;
             }
         }
     }
@@ -647,6 +650,8 @@ pub(crate) fn lookup_resources(
             .direct
             .get(&(x.as_str(), rel.as_deref()))
             .cloned()
+            // (this and the index lookups below are legitimate defaults: the reverse index
+            // has no entry where no relation, permission or arrow uses the node)
             .unwrap_or_default();
         for (t, r) in direct {
             if !walk.is_relevant(t, Some(r)) {
@@ -659,7 +664,7 @@ pub(crate) fn lookup_resources(
             let mut pager = Pager::new(by_subject(t, r, &x, &id, subject_relation));
             while let Some(page) = pager.next_page(checker.d)? {
                 for found in page {
-                    let entry = Entry::Direct {
+                    let entry = ReachedBy::Direct {
                         exact: exact && found.caveat.is_none(),
                     };
                     let atom = (t.to_string(), found.resource.object_id, Some(r.to_string()));
@@ -682,7 +687,7 @@ pub(crate) fn lookup_resources(
                     .unwrap_or_default();
                 for (p, unions_only) in computed {
                     let atom = (x.clone(), id.clone(), Some(p.to_string()));
-                    let entry = Entry::new(unions_only, exact);
+                    let entry = ReachedBy::new(unions_only, exact);
                     walk.offer(&mut checker, i, atom, entry, None, level + 1)?;
                 }
                 // Arrows whose tupleset points at this object.
@@ -700,7 +705,8 @@ pub(crate) fn lookup_resources(
                         Pager::new(by_subject(t, tupleset, &x, &id, SubjectRelationFilter::Any));
                     while let Some(page) = pager.next_page(checker.d)? {
                         for found in page {
-                            let entry = Entry::new(unions_only, exact && found.caveat.is_none());
+                            let entry =
+                                ReachedBy::new(unions_only, exact && found.caveat.is_none());
                             let atom =
                                 (t.to_string(), found.resource.object_id, Some(p.to_string()));
                             let via = found.caveat.as_ref().filter(|_| {
@@ -720,7 +726,7 @@ pub(crate) fn lookup_resources(
                 let selfs = walk.ix.selfs.get(x.as_str()).cloned().unwrap_or_default();
                 for (p, unions_only) in selfs {
                     let atom = (x.clone(), id.clone(), Some(p.to_string()));
-                    let entry = Entry::new(unions_only, exact);
+                    let entry = ReachedBy::new(unions_only, exact);
                     walk.offer(&mut checker, i, atom, entry, None, level + 1)?;
                 }
             }
@@ -778,9 +784,7 @@ pub(crate) fn lookup_resources(
             subject,
             context,
         )
-    })
-    // A chunk's thread died: its answers are missing.
-    .ok_or(EngineError::Cancelled)?;
+    })?;
     let mut out = Vec::with_capacity(candidates.len());
     for chunk in chunks {
         out.extend(chunk?);
@@ -814,6 +818,8 @@ fn resolve_candidates(
             permission,
             to_check.map(|(id, _)| id.as_str()),
         )
+        // `None`: the fast path cannot run at all (a subject set, no graph), and every
+        // candidate goes to the general checker, as when it is off
         .unwrap_or_default()
     } else {
         Vec::new()

@@ -10,8 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use crate::engine::caveats::{self, CaveatOutcome};
-use crate::engine::check::resource_filter;
-use crate::engine::dispatch::{Dispatcher, Pager};
+use crate::engine::dispatch::{Dispatcher, Pager, resource_filter};
 use crate::engine::error::EngineResult;
 use crate::engine::subject_set::{Cav, SubjectSet, caveat_of};
 use crate::engine::validate;

@@ -1,18 +1,29 @@
-//! Step three, graph evaluation: answers Check, CheckBulk, Expand, LookupResources and
+//! Graph evaluation: answers Check, CheckBulk, Expand, LookupResources and
 //! LookupSubjects over one snapshot (a store read at one revision, and the schema there), with
 //! SpiceDB's semantics. Transport-free: the API layer converts protos to these types and back.
 //!
-//! Layout, after SpiceDB's `internal/graph` + `internal/dispatch` split:
-//! - [`dispatch`](self) — the dispatcher every sub-problem goes through: depth budget,
-//!   cancellation and deadline, store paging, the per-request memo;
-//! - `check` — the rewrite rules (`check_direct`, `check_computed_userset`,
-//!   `check_tuple_to_userset`, `check_intersection_tuple_to_userset`, union / intersection /
-//!   exclusion);
-//! - `expand`, `lookup_resources` (reverse walk from the subject, then checks where
-//!   intersections, exclusions or caveats require them), `lookup_subjects` (forward walk),
-//!   `subject_set` (its subject-set algebra, wildcards with exclusions, caveats);
-//! - `caveats` — caveat conditions and the pluggable evaluator; `cel` — the CEL evaluator;
-//!   `validate` — request checks against the schema; `error`.
+//! Layout, after SpiceDB's `internal/graph` + `internal/dispatch` split, in import order (a
+//! module uses only modules above it, as listed; every module may use this root's request and
+//! result types; `import_order.rs` checks it):
+//! - `error`, `metrics` — the engine's error type and its Prometheus metrics;
+//! - `caveats` (error) — caveat conditions (`Cond`, `CaveatExpr`) and the pluggable evaluator;
+//!   `cel` (caveats, error) — the CEL evaluator; `validate` (error) — request checks against
+//!   the schema;
+//! - `dispatch` (error, metrics) — what every sub-problem goes through: depth and stack
+//!   budget, cancellation and deadline, store reads and paging, work spread over the cores;
+//!   it knows nothing of rewrite rules or answers;
+//! - `outcome` (caveats) — a check sub-problem's three-valued answer; `memo` (outcome) — the
+//!   checker's memo of solved sub-problems; `subject_set` (caveats) — the subject-set algebra
+//!   of LookupSubjects (wildcards with exclusions, caveats);
+//! - `fast` (metrics) — checks over the store's in-memory graph, when that gives the same
+//!   answer;
+//! - `check` (caveats, dispatch, error, fast, memo, metrics, outcome, validate) — the rewrite
+//!   rules (`check_direct`, `check_computed_userset`, `check_tuple_to_userset`,
+//!   `check_intersection_tuple_to_userset`, union / intersection / exclusion);
+//! - `expand` (caveats, dispatch, error); `lookup_resources` (check and what it uses) — reverse
+//!   walk from the subject, then checks where intersections, exclusions or caveats require
+//!   them; `lookup_subjects` (caveats, dispatch, error, subject_set, validate) — forward walk;
+//! - this root: the public types and the `Engine` methods, which may use everything.
 //!
 //! Semantics where SpiceDB's behaviour is timing-dependent or unspecified (checked against the
 //! reference SpiceDB through `tests/cases/*.yaml` and the differential test):
@@ -47,7 +58,9 @@ mod expand;
 mod fast;
 mod lookup_resources;
 mod lookup_subjects;
+mod memo;
 mod metrics;
+mod outcome;
 mod subject_set;
 mod validate;
 
@@ -240,7 +253,7 @@ impl Engine {
 
     /// Does `req.subject` have `req.permission` on `req.resource`?
     pub fn check(&self, snap: &Snapshot<'_>, req: &CheckRequest) -> EngineResult<CheckResult> {
-        let mut memo = dispatch::CheckMemo::new(dispatch::EvalMode::CHECK);
+        let mut memo = memo::CheckMemo::new(memo::EvalMode::CHECK);
         let result = check::run_check(self, snap, &mut memo, req);
         if let (Ok(r), Some(m)) = (&result, metrics::get()) {
             m.check.count(r.permissionship);
@@ -321,5 +334,7 @@ impl Engine {
     }
 }
 
+#[cfg(test)]
+mod import_order;
 #[cfg(test)]
 mod tests;

@@ -67,7 +67,7 @@ fn got(v: &Json) -> String {
 /// Converts `v` to a CEL value of type `t`; the error says what was found instead.
 pub(super) fn convert(t: &CaveatType, v: &Json) -> Result<Value, String> {
     Ok(match t {
-        CaveatType::Any => any_value(v),
+        CaveatType::Any => any_value(v)?,
         CaveatType::Bool => match v {
             Json::Bool(b) => Value::Bool(*b),
             _ => return Err(got(v)),
@@ -141,20 +141,24 @@ pub(super) fn convert(t: &CaveatType, v: &Json) -> Result<Value, String> {
 }
 
 /// An `any` parameter: JSON as is, numbers as doubles (Go's `structpb` has only doubles).
-fn any_value(v: &Json) -> Value {
-    match v {
+/// A number without a double value (possible only under serde_json's `arbitrary_precision`)
+/// is refused as of the wrong type, never read as some other number.
+fn any_value(v: &Json) -> Result<Value, String> {
+    Ok(match v {
         Json::Null => Value::Null,
         Json::Bool(b) => Value::Bool(*b),
-        Json::Number(n) => Value::Float(n.as_f64().unwrap_or(0.0)),
+        Json::Number(n) => Value::Float(n.as_f64().ok_or_else(|| got(v))?),
         Json::String(s) => Value::String(Arc::new(s.clone())),
-        Json::Array(items) => Value::List(Arc::new(items.iter().map(any_value).collect())),
+        Json::Array(items) => Value::List(Arc::new(
+            items.iter().map(any_value).collect::<Result<_, _>>()?,
+        )),
         Json::Object(entries) => Value::from(
             entries
                 .iter()
-                .map(|(k, x)| (k.clone(), any_value(x)))
-                .collect::<HashMap<String, Value>>(),
+                .map(|(k, x)| Ok((k.clone(), any_value(x)?)))
+                .collect::<Result<HashMap<String, Value>, String>>()?,
         ),
-    }
+    })
 }
 
 /// A JSON number or numeric string, as SpiceDB reads numbers (`big.ParseFloat` in base 10).
@@ -171,7 +175,9 @@ fn number(v: &Json) -> Result<Num, String> {
         } else if let Some(u) = n.as_u64() {
             Num::U(u)
         } else {
-            Num::F(n.as_f64().unwrap_or(f64::NAN))
+            // no double value (only under serde_json's `arbitrary_precision`): refused, never
+            // read as some other number
+            Num::F(n.as_f64().ok_or_else(|| got(v))?)
         }),
         Json::String(s) => {
             if let Ok(i) = s.parse::<i64>() {

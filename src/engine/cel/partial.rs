@@ -321,6 +321,8 @@ fn comprehension(
             .enumerate()
             .map(|(i, v)| match c.iter_var2 {
                 Some(_) => (
+                    // a list index fits an i64 on every 64-bit platform; saturating is only a
+                    // fallback that no list in memory reaches
                     Value::Int(i64::try_from(i).unwrap_or(i64::MAX)),
                     Some(v.clone()),
                 ),
