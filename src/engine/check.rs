@@ -1,10 +1,8 @@
-//! Step three, graph evaluation — check: is the subject a member of `resource#relation`?
-//! Named after the Zanzibar userset rewrites, as SpiceDB's `internal/graph/check.go` is:
-//! [`Checker::check_direct`] (stored relationships, wildcards, subject sets),
-//! [`Checker::check_computed_userset`], [`Checker::check_tuple_to_userset`] (`->` / `.any`),
-//! [`Checker::check_intersection_tuple_to_userset`] (`.all`), and the set operations union,
-//! intersection and exclusion. Every nested sub-problem goes through
-//! [`Checker::dispatch_check`], which spends the depth budget and consults the memo.
+//! Check: is the subject a member of `resource#relation`? The general checker, which runs the
+//! rewrite rules of `rules.rs` over filtered store reads. Every nested sub-problem goes
+//! through [`Checker::dispatch_check`], which spends the depth budget, consults the memo and
+//! records the trace. Also the entry points of Check and CheckBulk, which try the fast path
+//! (`fast.rs`) first.
 //!
 //! Results are three-valued plus caveats: `No`, `Member` (unconditional or under a caveat
 //! condition), or `Unresolved` when the answer hinges on a cycle in the data or on a path
@@ -14,6 +12,7 @@
 //! cycle (a member found on another branch, a non-member by an intersection) is returned as
 //! SpiceDB would.
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
@@ -23,12 +22,14 @@ use crate::engine::dispatch::{Dispatcher, Pager, parallel_chunks, resource_filte
 use crate::engine::error::{EngineError, EngineResult};
 use crate::engine::memo::{CheckMemo, EvalMode, MemoEntry};
 use crate::engine::outcome::{Outcome, Unresolved, min_time};
+use crate::engine::rules::{self, TupleOf, Walk};
 use crate::engine::{CheckRequest, CheckResult, Engine, Permissionship, Snapshot};
 use crate::engine::{fast, validate};
 use crate::model::{
-    ObjectRef, Relationship, SubjectFilter, SubjectRef, SubjectRelationFilter, Timestamp,
+    ObjectRef, Relationship, RelationshipFilter, SubjectFilter, SubjectRef, SubjectRelationFilter,
+    Timestamp,
 };
-use crate::schema::{AllowedKind, ArrowKind, CompiledSchema, Definition, Expr, Member, Relation};
+use crate::schema::{CompiledSchema, Definition, Member, Relation};
 
 /// Whether a traced sub-problem is a relation or a permission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,116 +78,6 @@ fn member_by(rel: &Relationship) -> Outcome {
     Outcome::member(Cond::of_caveat(rel.caveat.as_ref()), rel.expires_at)
 }
 
-/// Accumulates a union: stops at the first unconditional member, unless every branch must be
-/// evaluated (`require_all`).
-struct UnionOfOutcomes {
-    yes: Option<Option<Timestamp>>,
-    cond: Cond,
-    cond_expiry: Option<Timestamp>,
-    unresolved: Option<Unresolved>,
-    require_all: bool,
-}
-
-impl UnionOfOutcomes {
-    fn new(require_all: bool) -> UnionOfOutcomes {
-        UnionOfOutcomes {
-            yes: None,
-            cond: Cond::False,
-            cond_expiry: None,
-            unresolved: None,
-            require_all,
-        }
-    }
-
-    /// Adds one branch; true once the union is decided (an unconditional member).
-    fn add(&mut self, o: Outcome) -> bool {
-        match o {
-            Outcome::No => false,
-            Outcome::Member { cond, expires_at } if cond.is_true() => {
-                if self.yes.is_none() {
-                    self.yes = Some(expires_at);
-                }
-                !self.require_all
-            }
-            Outcome::Member { cond, expires_at } => {
-                let prev = std::mem::replace(&mut self.cond, Cond::False);
-                self.cond = prev.or(cond);
-                self.cond_expiry = min_time(self.cond_expiry, expires_at);
-                false
-            }
-            Outcome::Unresolved(u) => {
-                self.unresolved = Some(Unresolved::merge(self.unresolved, u));
-                false
-            }
-        }
-    }
-
-    fn finish(self) -> Outcome {
-        if let (Some(u), true) = (self.unresolved, self.require_all) {
-            return Outcome::Unresolved(u);
-        }
-        if let Some(expires_at) = self.yes {
-            return Outcome::yes(expires_at);
-        }
-        if let Some(u) = self.unresolved {
-            return Outcome::Unresolved(u);
-        }
-        Outcome::member(self.cond, self.cond_expiry)
-    }
-}
-
-/// Accumulates an intersection: stops at the first non-member.
-struct IntersectionOfOutcomes {
-    no: bool,
-    any: bool,
-    cond: Cond,
-    expiry: Option<Timestamp>,
-    unresolved: Option<Unresolved>,
-}
-
-impl IntersectionOfOutcomes {
-    fn new() -> IntersectionOfOutcomes {
-        IntersectionOfOutcomes {
-            no: false,
-            any: false,
-            cond: Cond::True,
-            expiry: None,
-            unresolved: None,
-        }
-    }
-
-    /// Adds one branch; true once the intersection is decided (a non-member).
-    fn add(&mut self, o: Outcome) -> bool {
-        self.any = true;
-        match o {
-            Outcome::No => {
-                self.no = true;
-                true
-            }
-            Outcome::Member { cond, expires_at } => {
-                let prev = std::mem::replace(&mut self.cond, Cond::True);
-                self.cond = prev.and(cond);
-                self.expiry = min_time(self.expiry, expires_at);
-                false
-            }
-            Outcome::Unresolved(u) => {
-                self.unresolved = Some(Unresolved::merge(self.unresolved, u));
-                false
-            }
-        }
-    }
-
-    fn finish(self) -> Outcome {
-        if self.no || !self.any {
-            return Outcome::No;
-        }
-        if let Some(u) = self.unresolved {
-            return Outcome::Unresolved(u);
-        }
-        Outcome::member(self.cond, self.expiry)
-    }
-}
-
 /// A trace node under construction.
 struct TraceFrame {
     node: CheckTrace,
@@ -230,8 +121,20 @@ impl<'c, 's> Checker<'c, 's> {
         }
     }
 
-    fn schema(&self) -> &'s CompiledSchema {
-        self.d.snap.schema
+    /// Calls `f` for each relationship matching `filter`, page by page, until it breaks.
+    fn each_page<F>(&mut self, filter: RelationshipFilter, mut f: F) -> EngineResult<()>
+    where
+        F: FnMut(&mut Self, &Relationship) -> EngineResult<ControlFlow<()>>,
+    {
+        let mut pager = Pager::new(filter);
+        while let Some(page) = pager.next_page(self.d)? {
+            for rel in &page {
+                if f(self, rel)?.is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The dispatcher: every nested check sub-problem goes through here. Spends one unit of
@@ -366,8 +269,7 @@ impl<'c, 's> Checker<'c, 's> {
         }
     }
 
-    /// Solves `resource#relation` by the relation's stored relationships or the permission's
-    /// rewrite.
+    /// Solves `resource#relation` by the rewrite rules (see `rules.rs`).
     fn solve(
         &mut self,
         resource_type: &str,
@@ -375,329 +277,10 @@ impl<'c, 's> Checker<'c, 's> {
         relation: &str,
         depth: u32,
     ) -> EngineResult<Outcome> {
-        let schema = self.schema();
-        let Some(def) = schema.definition(resource_type) else {
-            return Ok(Outcome::No);
-        };
-        // As SpiceDB's dispatcher: a permission that only names another relation or permission
-        // is solved as that one, without spending depth, unless the subject has the resource's
-        // type (then the permission itself may be the subject).
-        let relation = if self.subject.object.object_type == resource_type {
-            relation
-        } else {
-            alias_target(def, relation)
-        };
-        match def.member(relation) {
-            Some(Member::Relation(r)) => self.check_direct(resource_type, resource_id, r, depth),
-            Some(Member::Permission(p)) => {
-                self.check_rewrite(resource_type, resource_id, &p.expr, depth)
-            }
+        match self.schema().definition(resource_type) {
+            Some(def) => rules::solve(self, def, resource_id, relation, depth),
             None => Ok(Outcome::No),
         }
-    }
-
-    /// Stored relationships of a relation: first the exact tuple with the subject (if the
-    /// relation allows the subject's type), then the subject type's wildcard (if allowed),
-    /// then every subject set the relation holds, each dispatched as a sub-problem.
-    fn check_direct(
-        &mut self,
-        resource_type: &str,
-        resource_id: &str,
-        relation: &'s Relation,
-        depth: u32,
-    ) -> EngineResult<Outcome> {
-        let subject = self.subject;
-        let subject_type = subject.object.object_type.as_str();
-        let mut acc = UnionOfOutcomes::new(self.memo.mode.require_all);
-
-        let direct_allowed = relation.allowed.iter().any(|a| {
-            a.type_name == subject_type
-                && match (&a.kind, &subject.relation) {
-                    (AllowedKind::Direct, None) => true,
-                    (AllowedKind::SubjectRelation(r), Some(s)) => r == s,
-                    _ => false,
-                }
-        });
-        // A caveated exact tuple joins the union after a caveated wildcard: SpiceDB reads both
-        // in one query, sorted by subject id, and `*` sorts first (the order decides which
-        // caveat is evaluated first, so which error a context failing on both gives, or whether
-        // one failing on the wildcard's caveat fails a check the other caveat decides).
-        let mut exact_caveated = None;
-        if direct_allowed {
-            let filter = resource_filter(
-                resource_type,
-                resource_id,
-                &relation.name,
-                Some(SubjectFilter {
-                    subject_type: subject_type.to_string(),
-                    subject_id: Some(subject.object.object_id.clone()),
-                    relation: match &subject.relation {
-                        None => SubjectRelationFilter::Ellipsis,
-                        Some(r) => SubjectRelationFilter::Relation(r.clone()),
-                    },
-                }),
-            );
-            if let Some(rel) = self.d.first(&filter)? {
-                // Found for this resource: no further dispatch for it, in any mode.
-                if rel.caveat.is_none() {
-                    return Ok(member_by(&rel));
-                }
-                exact_caveated = Some(member_by(&rel));
-            }
-        }
-
-        // As in SpiceDB, a wildcard of the subject's type matches whatever the subject's
-        // relation is.
-        let wildcard_allowed = relation
-            .allowed
-            .iter()
-            .any(|a| a.type_name == subject_type && a.kind == AllowedKind::Wildcard);
-        if wildcard_allowed {
-            let filter = resource_filter(
-                resource_type,
-                resource_id,
-                &relation.name,
-                Some(SubjectFilter {
-                    subject_type: subject_type.to_string(),
-                    subject_id: Some("*".to_string()),
-                    relation: SubjectRelationFilter::Ellipsis,
-                }),
-            );
-            if let Some(rel) = self.d.first(&filter)? {
-                // Found for this resource: no further dispatch for it, in any mode.
-                if rel.caveat.is_none() {
-                    return Ok(member_by(&rel));
-                }
-                acc.add(member_by(&rel));
-            }
-        }
-        if let Some(o) = exact_caveated {
-            acc.add(o);
-        }
-
-        for (set_type, subject_relation) in relation.subject_sets() {
-            let mut pager = Pager::new(resource_filter(
-                resource_type,
-                resource_id,
-                &relation.name,
-                Some(SubjectFilter {
-                    subject_type: set_type.to_string(),
-                    subject_id: None,
-                    relation: SubjectRelationFilter::Relation(subject_relation.to_string()),
-                }),
-            ));
-            while let Some(page) = pager.next_page(self.d)? {
-                for rel in page {
-                    let sub = self.dispatch_check(
-                        &rel.subject.object.object_type,
-                        &rel.subject.object.object_id,
-                        subject_relation,
-                        depth.saturating_sub(1),
-                    )?;
-                    if acc.add(through(&rel, sub)) {
-                        return Ok(acc.finish());
-                    }
-                }
-            }
-        }
-        Ok(acc.finish())
-    }
-
-    /// A permission's expression.
-    fn check_rewrite(
-        &mut self,
-        resource_type: &str,
-        resource_id: &str,
-        expr: &'s Expr,
-        depth: u32,
-    ) -> EngineResult<Outcome> {
-        match expr {
-            Expr::Nil => Ok(Outcome::No),
-            Expr::Self_ => {
-                let s = self.subject;
-                Ok(
-                    if s.relation.is_none()
-                        && s.object.object_type == resource_type
-                        && s.object.object_id == resource_id
-                    {
-                        Outcome::yes(None)
-                    } else {
-                        Outcome::No
-                    },
-                )
-            }
-            Expr::Computed(name) => {
-                self.check_computed_userset(resource_type, resource_id, name, depth)
-            }
-            Expr::Arrow {
-                tupleset,
-                computed,
-                kind: ArrowKind::Any,
-            } => self.check_tuple_to_userset(resource_type, resource_id, tupleset, computed, depth),
-            Expr::Arrow {
-                tupleset,
-                computed,
-                kind: ArrowKind::All,
-            } => self.check_intersection_tuple_to_userset(
-                resource_type,
-                resource_id,
-                tupleset,
-                computed,
-                depth,
-            ),
-            Expr::Union(items) => self.union(resource_type, resource_id, items, depth),
-            Expr::Intersection(items) => {
-                self.intersection(resource_type, resource_id, items, depth)
-            }
-            Expr::Exclusion(base, subtracted) => {
-                self.exclusion(resource_type, resource_id, base, subtracted, depth)
-            }
-        }
-    }
-
-    /// Another relation or permission of the same object: a dispatched sub-problem.
-    fn check_computed_userset(
-        &mut self,
-        resource_type: &str,
-        resource_id: &str,
-        relation: &str,
-        depth: u32,
-    ) -> EngineResult<Outcome> {
-        self.dispatch_check(
-            resource_type,
-            resource_id,
-            relation,
-            depth.saturating_sub(1),
-        )
-    }
-
-    /// `tupleset->computed`: a member of `computed` on any object the tupleset relation points
-    /// to (the subject's relation, if any, is ignored, as SpiceDB does; objects whose type has
-    /// no `computed` contribute nothing).
-    fn check_tuple_to_userset(
-        &mut self,
-        resource_type: &str,
-        resource_id: &str,
-        tupleset: &str,
-        computed: &str,
-        depth: u32,
-    ) -> EngineResult<Outcome> {
-        let schema = self.schema();
-        let mut acc = UnionOfOutcomes::new(self.memo.mode.require_all);
-        let mut pager = Pager::new(resource_filter(resource_type, resource_id, tupleset, None));
-        while let Some(page) = pager.next_page(self.d)? {
-            for rel in page {
-                let target_type = &rel.subject.object.object_type;
-                if !schema.has_member(target_type, computed) {
-                    continue;
-                }
-                let sub = self.dispatch_check(
-                    target_type,
-                    &rel.subject.object.object_id,
-                    computed,
-                    depth.saturating_sub(1),
-                )?;
-                if acc.add(through(&rel, sub)) {
-                    return Ok(acc.finish());
-                }
-            }
-        }
-        Ok(acc.finish())
-    }
-
-    /// `tupleset.all(computed)`: a member of `computed` on every object the tupleset relation
-    /// points to; nothing if it points nowhere, or to an object whose type lacks `computed`.
-    fn check_intersection_tuple_to_userset(
-        &mut self,
-        resource_type: &str,
-        resource_id: &str,
-        tupleset: &str,
-        computed: &str,
-        depth: u32,
-    ) -> EngineResult<Outcome> {
-        let schema = self.schema();
-        let rels = self
-            .d
-            .all(&resource_filter(resource_type, resource_id, tupleset, None))?;
-        let mut acc = IntersectionOfOutcomes::new();
-        for rel in &rels {
-            let target_type = &rel.subject.object.object_type;
-            if !schema.has_member(target_type, computed) {
-                return Ok(Outcome::No);
-            }
-            let sub = self.dispatch_check(
-                target_type,
-                &rel.subject.object.object_id,
-                computed,
-                depth.saturating_sub(1),
-            )?;
-            if acc.add(through(rel, sub)) {
-                break;
-            }
-        }
-        Ok(acc.finish())
-    }
-
-    /// `a + b + ...`: stops at the first unconditional member.
-    fn union(
-        &mut self,
-        resource_type: &str,
-        resource_id: &str,
-        items: &'s [Expr],
-        depth: u32,
-    ) -> EngineResult<Outcome> {
-        let mut acc = UnionOfOutcomes::new(self.memo.mode.require_all);
-        for e in items {
-            let o = self.check_rewrite(resource_type, resource_id, e, depth)?;
-            if acc.add(o) {
-                break;
-            }
-        }
-        Ok(acc.finish())
-    }
-
-    /// `a & b & ...`: stops at the first non-member.
-    fn intersection(
-        &mut self,
-        resource_type: &str,
-        resource_id: &str,
-        items: &'s [Expr],
-        depth: u32,
-    ) -> EngineResult<Outcome> {
-        let mut acc = IntersectionOfOutcomes::new();
-        for e in items {
-            let o = self.check_rewrite(resource_type, resource_id, e, depth)?;
-            if acc.add(o) {
-                break;
-            }
-        }
-        Ok(acc.finish())
-    }
-
-    /// `base - subtracted`. Like SpiceDB, the base is decided first: an unresolved base makes
-    /// the exclusion unresolved.
-    fn exclusion(
-        &mut self,
-        resource_type: &str,
-        resource_id: &str,
-        base: &'s Expr,
-        subtracted: &'s Expr,
-        depth: u32,
-    ) -> EngineResult<Outcome> {
-        let (base_cond, base_expiry) =
-            match self.check_rewrite(resource_type, resource_id, base, depth)? {
-                Outcome::Member { cond, expires_at } => (cond, expires_at),
-                other => return Ok(other),
-            };
-        Ok(
-            match self.check_rewrite(resource_type, resource_id, subtracted, depth)? {
-                Outcome::No => Outcome::member(base_cond, base_expiry),
-                Outcome::Member { cond, .. } => {
-                    Outcome::member(base_cond.and(cond.not()), base_expiry)
-                }
-                u @ Outcome::Unresolved(_) => u,
-            },
-        )
     }
 
     // ---- tracing ----
@@ -778,28 +361,121 @@ impl<'c, 's> Checker<'c, 's> {
     }
 }
 
-/// What `name` aliases: for a permission whose whole expression is another relation or
-/// permission (`permission view = viewer`), that one, followed through further aliases;
-/// otherwise `name` itself.
-fn alias_target<'d>(def: &'d Definition, name: &'d str) -> &'d str {
-    let mut current = name;
-    // INVARIANT: the type checker refuses alias cycles; the bound only guards against a
-    // schema built some other way.
-    for _ in 0..=def.permissions.len() {
-        let Some(p) = def.permission(current) else {
-            return current;
-        };
-        let target = match &p.expr {
-            Expr::Computed(t) => t,
-            Expr::Union(items) | Expr::Intersection(items) => match items.as_slice() {
-                [Expr::Computed(t)] => t,
-                _ => return current,
-            },
-            _ => return current,
-        };
-        current = target.as_str();
+/// The general checker runs the rewrite rules over filtered store reads, to caveated,
+/// three-valued outcomes.
+impl<'s> Walk<'s> for Checker<'_, 's> {
+    type Id<'e> = &'e str;
+    type Edge = Relationship;
+    type Answer = Outcome;
+    type Error = EngineError;
+
+    fn schema(&self) -> &'s CompiledSchema {
+        self.d.snap.schema
     }
-    current
+
+    fn require_all(&self) -> bool {
+        self.memo.mode.require_all
+    }
+
+    fn subject_type(&self) -> &str {
+        &self.subject.object.object_type
+    }
+
+    fn subject_relation(&self) -> Option<&str> {
+        self.subject.relation.as_deref()
+    }
+
+    fn is_subject(&self, def: &Definition, id: &str) -> bool {
+        let s = self.subject;
+        s.relation.is_none() && s.object.object_type == def.name && s.object.object_id == id
+    }
+
+    fn dispatch(
+        &mut self,
+        def: &'s Definition,
+        id: &str,
+        name: &str,
+        depth: u32,
+    ) -> EngineResult<Outcome> {
+        self.dispatch_check(&def.name, id, name, depth)
+    }
+
+    fn find_tuple(
+        &mut self,
+        def: &'s Definition,
+        id: &str,
+        relation: &'s Relation,
+        which: TupleOf,
+    ) -> EngineResult<Option<Outcome>> {
+        let subject = self.subject;
+        let subject_filter = match which {
+            TupleOf::Subject => SubjectFilter {
+                subject_type: subject.object.object_type.clone(),
+                subject_id: Some(subject.object.object_id.clone()),
+                relation: match &subject.relation {
+                    None => SubjectRelationFilter::Ellipsis,
+                    Some(r) => SubjectRelationFilter::Relation(r.clone()),
+                },
+            },
+            TupleOf::Wildcard => SubjectFilter {
+                subject_type: subject.object.object_type.clone(),
+                subject_id: Some("*".to_string()),
+                relation: SubjectRelationFilter::Ellipsis,
+            },
+        };
+        let filter = resource_filter(&def.name, id, &relation.name, Some(subject_filter));
+        Ok(self.d.first(&filter)?.as_ref().map(member_by))
+    }
+
+    fn each_subject_set<F>(
+        &mut self,
+        def: &'s Definition,
+        id: &str,
+        relation: &'s Relation,
+        set_type: &'s Definition,
+        set_relation: &str,
+        f: F,
+    ) -> EngineResult<()>
+    where
+        F: FnMut(&mut Self, &Relationship) -> EngineResult<ControlFlow<()>>,
+    {
+        let filter = resource_filter(
+            &def.name,
+            id,
+            &relation.name,
+            Some(SubjectFilter {
+                subject_type: set_type.name.clone(),
+                subject_id: None,
+                relation: SubjectRelationFilter::Relation(set_relation.to_string()),
+            }),
+        );
+        self.each_page(filter, f)
+    }
+
+    fn each_tupleset<F>(
+        &mut self,
+        def: &'s Definition,
+        id: &str,
+        tupleset: &str,
+        f: F,
+    ) -> EngineResult<()>
+    where
+        F: FnMut(&mut Self, &Relationship) -> EngineResult<ControlFlow<()>>,
+    {
+        self.each_page(resource_filter(&def.name, id, tupleset, None), f)
+    }
+
+    fn edge_subject<'e>(&self, edge: &'e Relationship) -> &'e str {
+        &edge.subject.object.object_id
+    }
+
+    fn edge_subject_definition(&self, edge: &Relationship) -> Option<&'s Definition> {
+        self.d.snap.schema.definition(&edge.subject.object.object_type)
+    }
+
+    fn through(edge: &Relationship, sub: Outcome) -> Outcome {
+        through(edge, sub)
+    }
 }
 
 /// Solves `resource#permission` for `subject` to an outcome (caveats not evaluated), with a
@@ -1172,50 +848,3 @@ type BulkGroup<'r> = Vec<(&'r str, Vec<usize>)>;
 
 /// How many resource ids SpiceDB dispatches together (`--dispatch-chunk-size`).
 const BULK_CHUNK: usize = 100;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn union_prefers_unconditional_and_intersection_stops_at_no() {
-        let mut u = UnionOfOutcomes::new(false);
-        assert!(!u.add(Outcome::No));
-        assert!(!u.add(Outcome::Unresolved(Unresolved {
-            depth_limited: false,
-            min_ref: Some(0)
-        })));
-        assert!(u.add(Outcome::yes(None)));
-        assert_eq!(u.finish(), Outcome::yes(None));
-
-        let mut i = IntersectionOfOutcomes::new();
-        assert!(!i.add(Outcome::yes(None)));
-        assert!(!i.add(Outcome::Unresolved(Unresolved {
-            depth_limited: true,
-            min_ref: None
-        })));
-        assert!(i.add(Outcome::No));
-        assert_eq!(i.finish(), Outcome::No);
-        assert_eq!(IntersectionOfOutcomes::new().finish(), Outcome::No);
-    }
-
-    #[test]
-    fn unresolved_union_stays_unresolved() {
-        let mut u = UnionOfOutcomes::new(false);
-        u.add(Outcome::Unresolved(Unresolved {
-            depth_limited: false,
-            min_ref: Some(3),
-        }));
-        u.add(Outcome::Unresolved(Unresolved {
-            depth_limited: true,
-            min_ref: Some(1),
-        }));
-        assert_eq!(
-            u.finish(),
-            Outcome::Unresolved(Unresolved {
-                depth_limited: true,
-                min_ref: Some(1)
-            })
-        );
-    }
-}

@@ -1,7 +1,7 @@
-//! Step three, graph evaluation — the fast path of Check: the same rewrite rules as `check`,
-//! walked over the store's in-memory graph by interned names ([`GraphView`]), with no filters
-//! built and no relationships copied, for the common case: a plain subject, no tracing, and
-//! only plain relationships (no caveat, no expiration) on the way.
+//! The fast path of Check: the rewrite rules of `rules.rs` run over the store's in-memory
+//! graph by interned names ([`GraphView`]), with no filters built and no relationships copied,
+//! for the common case: a plain subject, no tracing, and only plain relationships (no caveat,
+//! no expiration) on the way.
 //!
 //! It answers only where the general checker would give the same answer, and gives up
 //! ([`Bail`]) everywhere else, for the general checker to answer:
@@ -19,14 +19,16 @@
 //! answer is the set-semantics answer the general checker reaches. The YAML cases and a
 //! randomised test run both and compare.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
+use crate::engine::rules::{self, Accumulator, Answer, TupleOf, Walk};
 use crate::engine::{CheckRequest, Snapshot};
-use crate::schema::{AllowedKind, ArrowKind, CompiledSchema, Definition, Expr, Member, Relation};
-use crate::store::{EMPTY, GraphView, Sym};
+use crate::schema::{CompiledSchema, Definition, Member, Relation};
+use crate::store::{EMPTY, Edge, GraphView, Sym};
 
 /// The fast path cannot answer: the general checker must.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,9 +48,6 @@ enum FastMemoEntry {
     InProgress,
     Done { yes: bool, height: u32 },
 }
-
-/// An answer and the height of the walk that found it.
-type Answer = Result<(bool, u32), Bail>;
 
 /// Solved sub-problems of one subject at one revision, kept across graph views (a
 /// LookupResources checks many candidates, one view at a time).
@@ -110,9 +109,12 @@ impl<'a, 'm> FastChecker<'a, 'm> {
         // An object no relationship names can still be reached through `self` or a
         // wildcard; the general checker answers those.
         let id = self.view.sym(resource_id).ok_or(Bail)?;
-        let tsym = self.view.sym(&def.name);
-        self.dispatch(def, tsym, id, permission, self.max_depth)
-            .map(|(yes, _)| yes)
+        let object = FastObject {
+            t: self.view.sym(&def.name),
+            id,
+        };
+        self.dispatch(def, object, permission, self.max_depth)
+            .map(|a| a.yes)
     }
 
     /// Adds the sub-problems dispatched so far (one poll each) to the metrics.
@@ -137,47 +139,84 @@ impl<'a, 'm> FastChecker<'a, 'm> {
         let late = self.snap.deadline.is_some_and(|d| Instant::now() >= d);
         if cancelled || late { Err(Bail) } else { Ok(()) }
     }
+}
 
-    /// One sub-problem, `def:id#name`, with `depth` levels of budget; memoized.
+/// An object as the fast path names it: its type's symbol (`None` if no relationship ever
+/// named the type) and its id's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FastObject {
+    t: Option<Sym>,
+    id: Sym,
+}
+
+/// The fast path runs the rewrite rules over the graph's interned symbols, to plain answers,
+/// and gives up ([`Bail`]) where they are not enough.
+impl<'a> Walk<'a> for FastChecker<'a, '_> {
+    type Id<'e> = FastObject;
+    type Edge = Edge;
+    type Answer = PlainAnswer;
+    type Error = Bail;
+
+    fn schema(&self) -> &'a CompiledSchema {
+        self.schema
+    }
+
+    fn require_all(&self) -> bool {
+        self.require_all
+    }
+
+    fn subject_type(&self) -> &str {
+        self.subject_type_name
+    }
+
+    fn subject_relation(&self) -> Option<&str> {
+        None
+    }
+
+    fn is_subject(&self, def: &Definition, id: FastObject) -> bool {
+        def.name == self.subject_type_name && self.subject_id == Some(id.id)
+    }
+
+    /// One sub-problem, memoized by the member it names; a cycle (a sub-problem met again while
+    /// being solved) or an exhausted depth budget gives up.
     fn dispatch(
         &mut self,
         def: &'a Definition,
-        tsym: Option<Sym>,
-        id: Sym,
+        id: FastObject,
         name: &str,
         depth: u32,
-    ) -> Answer {
+    ) -> Result<PlainAnswer, Bail> {
         self.poll()?;
         if depth == 0 {
             return Err(Bail);
         }
         let Some(member) = def.member(name) else {
-            return Ok((false, 0));
+            return Ok(PlainAnswer::no());
         };
         let addr = match member {
             Member::Relation(r) => std::ptr::from_ref(r) as usize,
             Member::Permission(p) => std::ptr::from_ref(p) as usize,
         };
-        let key = (addr, id);
+        let key = (addr, id.id);
         match self.memo.entries.get(&key) {
             Some(FastMemoEntry::InProgress) => return Err(Bail),
             Some(FastMemoEntry::Done { yes, height }) if *height <= depth => {
-                return Ok((*yes, *height));
+                return Ok(PlainAnswer {
+                    yes: *yes,
+                    height: *height,
+                });
             }
             _ => {}
         }
         self.memo.entries.insert(key, FastMemoEntry::InProgress);
-        let solved = match member {
-            Member::Relation(r) => self.direct(tsym, id, r, depth),
-            Member::Permission(p) => self.rewrite(def, tsym, id, &p.expr, depth),
-        };
-        match solved {
-            Ok((yes, below)) => {
-                let height = below.saturating_add(1);
+        match rules::solve(self, def, id, name, depth) {
+            Ok(below) => {
+                let height = below.height.saturating_add(1);
+                let yes = below.yes;
                 self.memo
                     .entries
                     .insert(key, FastMemoEntry::Done { yes, height });
-                Ok((yes, height))
+                Ok(PlainAnswer { yes, height })
             }
             Err(Bail) => {
                 self.memo.entries.remove(&key);
@@ -186,215 +225,148 @@ impl<'a, 'm> FastChecker<'a, 'm> {
         }
     }
 
-    /// A relation's stored relationships: the exact tuple, the wildcard, then the subject
-    /// sets, as `Checker::check_direct`.
-    fn direct(&mut self, tsym: Option<Sym>, id: Sym, relation: &'a Relation, depth: u32) -> Answer {
-        let view = self.view;
-        let (Some(t), Some(rel)) = (tsym, view.sym(&relation.name)) else {
-            return Ok((false, 0));
+    /// The subject's tuple or its type's wildcard; a caveated or expiring one gives up.
+    fn find_tuple(
+        &mut self,
+        _def: &'a Definition,
+        id: FastObject,
+        relation: &'a Relation,
+        which: TupleOf,
+    ) -> Result<Option<PlainAnswer>, Bail> {
+        let subject_id = match which {
+            TupleOf::Subject => self.subject_id,
+            TupleOf::Wildcard => self.wildcard,
         };
-        // The subject's own tuple, then its type's wildcard, where the relation allows them.
-        let st_name = self.subject_type_name;
-        for (kind, subject_id) in [
-            (AllowedKind::Direct, self.subject_id),
-            (AllowedKind::Wildcard, self.wildcard),
-        ] {
-            if let (Some(st), Some(sid)) = (self.subject_type, subject_id)
-                && relation
-                    .allowed
-                    .iter()
-                    .any(|a| a.type_name == st_name && a.kind == kind)
-                && let Some(plain) = view.tuple([t, id, rel, st, sid, EMPTY])
-            {
-                return if plain { Ok((true, 0)) } else { Err(Bail) };
-            }
+        let (Some(t), Some(rel), Some(st), Some(sid)) = (
+            id.t,
+            self.view.sym(&relation.name),
+            self.subject_type,
+            subject_id,
+        ) else {
+            return Ok(None);
+        };
+        match self.view.tuple([t, id.id, rel, st, sid, EMPTY]) {
+            None => Ok(None),
+            Some(true) => Ok(Some(PlainAnswer::yes())),
+            Some(false) => Err(Bail),
         }
-        let mut acc = UnionOfAnswers::new(self.require_all);
-        for (set_type_name, subject_relation) in relation.subject_sets() {
-            let (Some(set_type), Some(set_rel)) =
-                (view.sym(set_type_name), view.sym(subject_relation))
-            else {
-                continue;
-            };
-            let Some(set_def) = self.schema.definition(set_type_name) else {
-                continue;
-            };
-            for e in view.subject_sets(t, id, rel) {
-                if e.subject_type != set_type || e.subject_relation != set_rel {
-                    continue;
-                }
-                if !e.plain {
-                    return Err(Bail);
-                }
-                let sub = self.dispatch(
-                    set_def,
-                    Some(set_type),
-                    e.subject_id,
-                    subject_relation,
-                    depth.saturating_sub(1),
-                )?;
-                if acc.add(sub) {
-                    return Ok(acc.finish());
-                }
-            }
-        }
-        Ok(acc.finish())
     }
 
-    /// A permission's expression, as `Checker::check_rewrite`.
-    fn rewrite(
+    /// A caveated or expiring subject set gives up.
+    fn each_subject_set<F>(
         &mut self,
-        def: &'a Definition,
-        tsym: Option<Sym>,
-        id: Sym,
-        expr: &'a Expr,
-        depth: u32,
-    ) -> Answer {
-        match expr {
-            Expr::Nil => Ok((false, 0)),
-            Expr::Self_ => Ok((
-                def.name == self.subject_type_name && self.subject_id == Some(id),
-                0,
-            )),
-            Expr::Computed(name) => self.dispatch(def, tsym, id, name, depth.saturating_sub(1)),
-            Expr::Arrow {
-                tupleset,
-                computed,
-                kind: ArrowKind::Any,
-            } => self.arrow_any(tsym, id, tupleset, computed, depth),
-            Expr::Arrow {
-                tupleset,
-                computed,
-                kind: ArrowKind::All,
-            } => self.arrow_all(tsym, id, tupleset, computed, depth),
-            Expr::Union(items) => {
-                let mut acc = UnionOfAnswers::new(self.require_all);
-                for e in items {
-                    let o = self.rewrite(def, tsym, id, e, depth)?;
-                    if acc.add(o) {
-                        break;
-                    }
-                }
-                Ok(acc.finish())
-            }
-            Expr::Intersection(items) => {
-                let mut height = 0;
-                for e in items {
-                    let (yes, h) = self.rewrite(def, tsym, id, e, depth)?;
-                    height = height.max(h);
-                    if !yes {
-                        return Ok((false, height));
-                    }
-                }
-                Ok((!items.is_empty(), height))
-            }
-            Expr::Exclusion(base, subtracted) => {
-                let (yes, h) = self.rewrite(def, tsym, id, base, depth)?;
-                if !yes {
-                    return Ok((false, h));
-                }
-                let (sub, h2) = self.rewrite(def, tsym, id, subtracted, depth)?;
-                Ok((!sub, h.max(h2)))
-            }
-        }
-    }
-
-    /// The object a tupleset relationship points to, if its type has `computed`.
-    fn target(&self, e: &crate::store::Edge, computed: &str) -> Option<&'a Definition> {
-        let def = self.schema.definition(self.view.name(e.subject_type))?;
-        def.member(computed).is_some().then_some(def)
-    }
-
-    /// The visible relationships of the object's `tupleset` relation (none if the names were
-    /// never written).
-    fn tupleset_edges(
-        &self,
-        tsym: Option<Sym>,
-        id: Sym,
-        tupleset: &str,
-    ) -> impl Iterator<Item = crate::store::Edge> + use<'a, 'm> {
+        _def: &'a Definition,
+        id: FastObject,
+        relation: &'a Relation,
+        set_type: &'a Definition,
+        set_relation: &str,
+        mut f: F,
+    ) -> Result<(), Bail>
+    where
+        F: FnMut(&mut Self, &Edge) -> Result<ControlFlow<()>, Bail>,
+    {
         let view: &'a GraphView<'a> = self.view;
-        let key = tsym.zip(view.sym(tupleset));
-        key.into_iter()
-            .flat_map(move |(t, ts)| view.subjects(t, id, ts))
-    }
-
-    /// `tupleset->computed`, as `Checker::check_tuple_to_userset`.
-    fn arrow_any(
-        &mut self,
-        tsym: Option<Sym>,
-        id: Sym,
-        tupleset: &str,
-        computed: &str,
-        depth: u32,
-    ) -> Answer {
-        let mut acc = UnionOfAnswers::new(self.require_all);
-        for e in self.tupleset_edges(tsym, id, tupleset) {
+        let (Some(t), Some(rel), Some(st), Some(sr)) = (
+            id.t,
+            view.sym(&relation.name),
+            view.sym(&set_type.name),
+            view.sym(set_relation),
+        ) else {
+            return Ok(());
+        };
+        for e in view.subject_sets(t, id.id, rel) {
+            if e.subject_type != st || e.subject_relation != sr {
+                continue;
+            }
             if !e.plain {
                 return Err(Bail);
             }
-            let Some(target) = self.target(&e, computed) else {
-                continue;
-            };
-            let sub = self.dispatch(
-                target,
-                Some(e.subject_type),
-                e.subject_id,
-                computed,
-                depth.saturating_sub(1),
-            )?;
-            if acc.add(sub) {
+            if f(self, &e)?.is_break() {
                 break;
             }
         }
-        Ok(acc.finish())
+        Ok(())
     }
 
-    /// `tupleset.all(computed)`, as `Checker::check_intersection_tuple_to_userset`.
-    fn arrow_all(
+    /// A caveated or expiring tupleset relationship gives up.
+    fn each_tupleset<F>(
         &mut self,
-        tsym: Option<Sym>,
-        id: Sym,
+        _def: &'a Definition,
+        id: FastObject,
         tupleset: &str,
-        computed: &str,
-        depth: u32,
-    ) -> Answer {
-        let mut height = 0;
-        let mut any = false;
-        for e in self.tupleset_edges(tsym, id, tupleset) {
+        mut f: F,
+    ) -> Result<(), Bail>
+    where
+        F: FnMut(&mut Self, &Edge) -> Result<ControlFlow<()>, Bail>,
+    {
+        let view: &'a GraphView<'a> = self.view;
+        let (Some(t), Some(ts)) = (id.t, view.sym(tupleset)) else {
+            return Ok(());
+        };
+        for e in view.subjects(t, id.id, ts) {
             if !e.plain {
                 return Err(Bail);
             }
-            let Some(target) = self.target(&e, computed) else {
-                return Ok((false, height));
-            };
-            any = true;
-            let (yes, h) = self.dispatch(
-                target,
-                Some(e.subject_type),
-                e.subject_id,
-                computed,
-                depth.saturating_sub(1),
-            )?;
-            height = height.max(h);
-            if !yes {
-                return Ok((false, height));
+            if f(self, &e)?.is_break() {
+                break;
             }
         }
-        Ok((any, height))
+        Ok(())
+    }
+
+    fn edge_subject(&self, edge: &Edge) -> FastObject {
+        FastObject {
+            t: Some(edge.subject_type),
+            id: edge.subject_id,
+        }
+    }
+
+    fn edge_subject_definition(&self, edge: &Edge) -> Option<&'a Definition> {
+        self.schema.definition(self.view.name(edge.subject_type))
+    }
+
+    /// Only plain relationships are walked: nothing applies.
+    fn through(_edge: &Edge, sub: PlainAnswer) -> PlainAnswer {
+        sub
     }
 }
 
-/// A union's answer so far: decided at the first member unless every branch must be
-/// evaluated.
-struct UnionOfAnswers {
+/// A plain answer, and how many nested levels finding it took (a memo entry is reused only
+/// where at least that much depth remains, so the fast path never completes a walk the general
+/// checker would find too deep).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PlainAnswer {
     yes: bool,
     height: u32,
-    require_all: bool,
 }
 
-impl UnionOfAnswers {
-    fn new(require_all: bool) -> UnionOfAnswers {
+impl Answer for PlainAnswer {
+    type Union = UnionOfAnswers;
+    type Intersection = IntersectionOfAnswers;
+
+    fn no() -> PlainAnswer {
+        PlainAnswer {
+            yes: false,
+            height: 0,
+        }
+    }
+
+    fn yes() -> PlainAnswer {
+        PlainAnswer {
+            yes: true,
+            height: 0,
+        }
+    }
+
+    fn is_unconditional(&self) -> bool {
+        self.yes
+    }
+
+    fn may_be_member(&self) -> bool {
+        self.yes
+    }
+
+    fn union(require_all: bool) -> UnionOfAnswers {
         UnionOfAnswers {
             yes: false,
             height: 0,
@@ -402,15 +374,66 @@ impl UnionOfAnswers {
         }
     }
 
-    /// Adds a branch; true once the union is decided and no more branches are needed.
-    fn add(&mut self, (yes, height): (bool, u32)) -> bool {
-        self.height = self.height.max(height);
-        self.yes |= yes;
-        yes && !self.require_all
+    fn intersection() -> IntersectionOfAnswers {
+        IntersectionOfAnswers {
+            any: false,
+            no: false,
+            height: 0,
+        }
     }
 
-    fn finish(&self) -> (bool, u32) {
-        (self.yes, self.height)
+    fn exclude(base: PlainAnswer, subtracted: PlainAnswer) -> PlainAnswer {
+        PlainAnswer {
+            yes: base.yes && !subtracted.yes,
+            height: base.height.max(subtracted.height),
+        }
+    }
+}
+
+/// A union's plain answer so far: decided at the first member unless every branch must be
+/// evaluated.
+pub(crate) struct UnionOfAnswers {
+    yes: bool,
+    height: u32,
+    require_all: bool,
+}
+
+impl Accumulator<PlainAnswer> for UnionOfAnswers {
+    fn add(&mut self, branch: PlainAnswer) -> bool {
+        self.height = self.height.max(branch.height);
+        self.yes |= branch.yes;
+        branch.yes && !self.require_all
+    }
+
+    fn finish(self) -> PlainAnswer {
+        PlainAnswer {
+            yes: self.yes,
+            height: self.height,
+        }
+    }
+}
+
+/// An intersection's plain answer so far: decided at the first non-member; no branch at all
+/// is no member.
+pub(crate) struct IntersectionOfAnswers {
+    any: bool,
+    no: bool,
+    height: u32,
+}
+
+impl Accumulator<PlainAnswer> for IntersectionOfAnswers {
+    fn add(&mut self, branch: PlainAnswer) -> bool {
+        self.any = true;
+        self.height = self.height.max(branch.height);
+        self.no |= !branch.yes;
+        !branch.yes
+    }
+
+    fn finish(self) -> PlainAnswer {
+        PlainAnswer {
+            yes: self.any && !self.no,
+            height: self.height,
+        }
     }
 }
 

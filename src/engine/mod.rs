@@ -12,14 +12,17 @@
 //! - `dispatch` (error, metrics) — what every sub-problem goes through: depth and stack
 //!   budget, cancellation and deadline, store reads and paging, work spread over the cores;
 //!   it knows nothing of rewrite rules or answers;
-//! - `outcome` (caveats) — a check sub-problem's three-valued answer; `memo` (outcome) — the
-//!   checker's memo of solved sub-problems; `subject_set` (caveats) — the subject-set algebra
-//!   of LookupSubjects (wildcards with exclusions, caveats);
-//! - `fast` (metrics) — checks over the store's in-memory graph, when that gives the same
-//!   answer;
-//! - `check` (caveats, dispatch, error, fast, memo, metrics, outcome, validate) — the rewrite
-//!   rules (`check_direct`, `check_computed_userset`, `check_tuple_to_userset`,
-//!   `check_intersection_tuple_to_userset`, union / intersection / exclusion);
+//! - `rules` — Check's rewrite rules, written once (`check_direct`, `check_computed_userset`,
+//!   `check_tuple_to_userset`, `check_intersection_tuple_to_userset`, union / intersection /
+//!   exclusion), generic over a walker: where relationships come from and what an answer is;
+//! - `outcome` (caveats, rules) — a check sub-problem's three-valued answer and how the rules
+//!   combine it; `memo` (outcome) — the checker's memo of solved sub-problems; `subject_set`
+//!   (caveats) — the subject-set algebra of LookupSubjects (wildcards with exclusions,
+//!   caveats);
+//! - `fast` (metrics, rules) — the rules run over the store's in-memory graph to plain
+//!   answers, giving up where that could differ from the general checker;
+//! - `check` (caveats, dispatch, error, fast, memo, metrics, outcome, rules, validate) — the
+//!   rules run over store reads to outcomes, with the memo and the trace; Check and CheckBulk;
 //! - `expand` (caveats, dispatch, error); `lookup_resources` (check and what it uses) — reverse
 //!   walk from the subject, then checks where intersections, exclusions or caveats require
 //!   them; `lookup_subjects` (caveats, dispatch, error, subject_set, validate) — forward walk;
@@ -61,6 +64,7 @@ mod lookup_subjects;
 mod memo;
 mod metrics;
 mod outcome;
+mod rules;
 mod subject_set;
 mod validate;
 
