@@ -86,6 +86,11 @@ fn queries(c: &mut Criterion) {
     let ls_doc = workload::lookup_subjects_documents(1, SEED, 1).remove(0);
     let schema: CompiledSchema = pemba::schema::compile(workload::schema()).unwrap();
     let engine = Engine::new(EngineConfig::default());
+    // The general checker alone, for the checks the fast path would answer.
+    let general = Engine::new(EngineConfig {
+        fast_path: false,
+        ..EngineConfig::default()
+    });
 
     let dir = tempfile::tempdir().unwrap();
     let rocks = RocksStore::open(dir.path()).unwrap();
@@ -135,6 +140,16 @@ fn queries(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % random.len();
                 engine.check(&snap, black_box(&random[i])).unwrap()
+            });
+        });
+        g.bench_function(BenchmarkId::new("check_nested_general", loaded.name), |b| {
+            b.iter(|| general.check(&snap, black_box(&nested)).unwrap());
+        });
+        let mut i = 0usize;
+        g.bench_function(BenchmarkId::new("check_random_general", loaded.name), |b| {
+            b.iter(|| {
+                i = (i + 1) % random.len();
+                general.check(&snap, black_box(&random[i])).unwrap()
             });
         });
         g.bench_function(BenchmarkId::new("check_bulk_1000", loaded.name), |b| {
