@@ -11,11 +11,13 @@
     reason = "benchmark harness: a failed setup should abort loudly"
 )]
 
+#[path = "../src/bin/pemba-bench/workload.rs"]
+mod workload;
+
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use pemba::cli::workload;
 use pemba::engine::{CheckRequest, Engine, EngineConfig, Permissionship, Snapshot};
 use pemba::model::{Context, ObjectRef, SubjectRef, Timestamp};
 use pemba::schema::CompiledSchema;

@@ -14,6 +14,9 @@
     reason = "benchmark harness: a failed setup should abort loudly"
 )]
 
+#[path = "../src/bin/pemba-bench/workload.rs"]
+mod workload;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +25,6 @@ use futures::StreamExt as _;
 use pb::permissions_service_client::PermissionsServiceClient;
 use pemba::api::proto::authzed::api::v1 as pb;
 use pemba::api::{Api, Limits};
-use pemba::cli::workload;
 use pemba::engine::EngineConfig;
 use pemba::model::Timestamp;
 use pemba::server::{self, ServerOptions};

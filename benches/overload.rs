@@ -19,6 +19,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../src/bin/pemba-bench/workload.rs"]
+mod workload;
 
 use std::io::{Read as _, Write as _};
 use std::process::Child;
@@ -30,7 +32,6 @@ use common::{free_port, obj, rel, serve_command, subj, touch, wait_listening};
 use futures::StreamExt as _;
 use pb::permissions_service_client::PermissionsServiceClient;
 use pemba::api::proto::authzed::api::v1 as pb;
-use pemba::cli::workload;
 use tonic::transport::Channel;
 
 const SEED: u64 = 42;
