@@ -1,8 +1,9 @@
-//! Figures of a real `pemba serve` (RocksDB) under background work and misuse: Check latency
-//! while garbage collection sweeps, while a LookupResources walks a million candidates beside a
-//! writer, and while 1000 response streams are stalled, and the server's memory through an
-//! ImportBulk of two million relationships. `cargo bench --bench overload`; the workload's
-//! scale is `PEMBA_OVERLOAD_SCALE` (10 by default), the checkers in flight
+//! Figures of a real `pemba serve` (RocksDB) under background work and misuse.
+//!
+//! Check latency while garbage collection sweeps, while a LookupResources walks a million
+//! candidates beside a writer, and while 1000 response streams are stalled, and the server's
+//! memory through an ImportBulk of two million relationships. `cargo bench --bench overload`;
+//! the workload's scale is `PEMBA_OVERLOAD_SCALE` (10 by default), the checkers in flight
 //! `PEMBA_OVERLOAD_CONCURRENCY` (8 by default), the lookup's candidates
 //! `PEMBA_OVERLOAD_CANDIDATES` (1,000,000 by default).
 //!

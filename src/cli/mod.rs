@@ -1,5 +1,7 @@
-//! The `pemba` command line: `pemba serve` and its flags (with `PEMBA_*` environment
-//! equivalents), turned into a running server, and `pemba backup`.
+//! The `pemba` command line: `pemba serve` and `pemba backup`.
+//!
+//! `pemba serve` and its flags (with `PEMBA_*` environment equivalents), turned into a running
+//! server; `pemba backup` in [`backup`].
 
 pub mod backup;
 pub mod backup_file;

@@ -1,7 +1,8 @@
-//! The answer to one check sub-problem before caveats are evaluated: not a member, a member
-//! under a caveat condition, or unresolved (it hinges on a data cycle or on more depth than
-//! the budget). Shared by the checker, its memo and LookupResources; see `check` for how the
-//! rewrite rules combine outcomes.
+//! The answer to one check sub-problem before caveats are evaluated.
+//!
+//! Not a member, a member under a caveat condition, or unresolved (it hinges on a data cycle or
+//! on more depth than the budget). Shared by the checker, its memo and LookupResources; see
+//! `check` for how the rewrite rules combine outcomes.
 
 use crate::engine::Permissionship;
 use crate::engine::caveats::Cond;
