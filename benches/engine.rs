@@ -1,8 +1,9 @@
-//! Step three (engine) micro-benchmarks, in process and without gRPC: schema compile of the
-//! benchmark workload, then a direct check, a nested check, a run of random checks, a 1000-item
-//! bulk check, LookupResources for one user and LookupSubjects for one document, on the
-//! in-memory and the RocksDB store, each loaded with the workload at scale 1 (batches of 1000
-//! through `Datastore::write_relationships`). `cargo bench --bench engine`.
+//! Micro-benchmarks of the engine in process, without gRPC, on both stores.
+//!
+//! Schema compile of the benchmark workload, then a direct check, a nested check, a run of
+//! random checks, a 1000-item bulk check, LookupResources for one user and LookupSubjects for one
+//! document, on the in-memory and the RocksDB store, each loaded with the workload at scale 1
+//! (batches of 1000 through `Datastore::write_relationships`). `cargo bench --bench engine`.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,11 +12,13 @@
     reason = "benchmark harness: a failed setup should abort loudly"
 )]
 
+#[path = "../src/bin/pemba-bench/workload.rs"]
+mod workload;
+
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use pemba::cli::workload;
 use pemba::engine::{CheckRequest, Engine, EngineConfig, Permissionship, Snapshot};
 use pemba::model::{Context, ObjectRef, SubjectRef, Timestamp};
 use pemba::schema::CompiledSchema;

@@ -1,8 +1,9 @@
-//! Step six (server) round-trip benchmarks: the workload at scale 1 in a `MemoryStore`, served
-//! in process by `server::run` on 127.0.0.1, and a tonic client asking `grpc.health.v1` Check
-//! (the floor of a unary call), CheckPermission (a direct hit: the fixed cost of a Pemba call;
-//! a nested check) and LookupSubjects /
-//! LookupResources (streaming) — once on a plain listener, as `pemba serve`
+//! Round-trip benchmarks of the gRPC server in process, on a plain and a TCP_NODELAY listener.
+//!
+//! The workload at scale 1 in a `MemoryStore`, served in process by `server::run` on
+//! 127.0.0.1, and a tonic client asking `grpc.health.v1` Check (the floor of a unary call),
+//! CheckPermission (a direct hit: the fixed cost of a Pemba call; a nested check) and
+//! LookupSubjects / LookupResources (streaming) — once on a plain listener, as `pemba serve`
 //! binds today, and once on a listener with TCP_NODELAY set (Linux copies it to accepted
 //! sockets). The gap between the two is Nagle's algorithm meeting delayed ACKs on streamed
 //! responses. `cargo bench --bench grpc`.
@@ -14,6 +15,9 @@
     reason = "benchmark harness: a failed setup should abort loudly"
 )]
 
+#[path = "../src/bin/pemba-bench/workload.rs"]
+mod workload;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +26,6 @@ use futures::StreamExt as _;
 use pb::permissions_service_client::PermissionsServiceClient;
 use pemba::api::proto::authzed::api::v1 as pb;
 use pemba::api::{Api, Limits};
-use pemba::cli::workload;
 use pemba::engine::EngineConfig;
 use pemba::model::Timestamp;
 use pemba::server::{self, ServerOptions};

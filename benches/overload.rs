@@ -1,8 +1,9 @@
-//! Figures of a real `pemba serve` (RocksDB) under background work and misuse: Check latency
-//! while garbage collection sweeps, while a LookupResources walks a million candidates beside a
-//! writer, and while 1000 response streams are stalled, and the server's memory through an
-//! ImportBulk of two million relationships. `cargo bench --bench overload`; the workload's
-//! scale is `PEMBA_OVERLOAD_SCALE` (10 by default), the checkers in flight
+//! Figures of a real `pemba serve` (RocksDB) under background work and misuse.
+//!
+//! Check latency while garbage collection sweeps, while a LookupResources walks a million
+//! candidates beside a writer, and while 1000 response streams are stalled, and the server's
+//! memory through an ImportBulk of two million relationships. `cargo bench --bench overload`;
+//! the workload's scale is `PEMBA_OVERLOAD_SCALE` (10 by default), the checkers in flight
 //! `PEMBA_OVERLOAD_CONCURRENCY` (8 by default), the lookup's candidates
 //! `PEMBA_OVERLOAD_CANDIDATES` (1,000,000 by default).
 //!
@@ -19,6 +20,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../src/bin/pemba-bench/workload.rs"]
+mod workload;
 
 use std::io::{Read as _, Write as _};
 use std::process::Child;
@@ -30,7 +33,6 @@ use common::{free_port, obj, rel, serve_command, subj, touch, wait_listening};
 use futures::StreamExt as _;
 use pb::permissions_service_client::PermissionsServiceClient;
 use pemba::api::proto::authzed::api::v1 as pb;
-use pemba::cli::workload;
 use tonic::transport::Channel;
 
 const SEED: u64 = 42;

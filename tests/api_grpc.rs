@@ -1,5 +1,7 @@
-//! The gRPC API with a real tonic client against a real server on port 0: schema and
-//! relationship RPCs, validation, error codes and reasons, consistency tokens and paging.
+//! The gRPC API with a real tonic client against a real server on port 0.
+//!
+//! Schema and relationship RPCs, validation, error codes and reasons, consistency tokens and
+//! paging.
 
 #![allow(
     clippy::unwrap_used,

@@ -1,6 +1,8 @@
-//! Backups end to end: an online checkpoint of a RocksDB server taken while a writer keeps
-//! writing, restored with `pemba backup restore`, served again and compared with the source;
-//! `pemba backup export` / `import` of a schema-and-relationships file, plain and over TLS.
+//! Backups end to end: online checkpoints, restore, and export/import of a data file.
+//!
+//! An online checkpoint of a RocksDB server taken while a writer keeps writing, restored with
+//! `pemba backup restore`, served again and compared with the source; `pemba backup export` /
+//! `import` of a schema-and-relationships file, plain and over TLS.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 

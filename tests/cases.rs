@@ -1,9 +1,11 @@
-//! Step three's tests, the way SpiceDB tests itself: data-driven YAML cases
-//! (`tests/cases/*.yaml`: schema, relationships, assertions) each loaded into a `MemoryStore`
-//! (and once into a `RocksStore`), with every assertion checked AND a cross-check that Check,
-//! CheckBulk, LookupResources, LookupSubjects and Expand agree with each other over every
-//! resource × relation/permission × subject in the data; plus a property test that generates
-//! small schemas and relationships and checks the engine against a naive fixpoint evaluator.
+//! The engine's data-driven tests, the way SpiceDB tests itself: YAML cases, cross-checked.
+//!
+//! Data-driven YAML cases (`tests/cases/*.yaml`: schema, relationships, assertions) each loaded
+//! into a `MemoryStore` (and once into a `RocksStore`), with every assertion checked AND a
+//! cross-check that Check, CheckBulk, LookupResources, LookupSubjects and Expand agree with each
+//! other over every resource × relation/permission × subject in the data; plus a property test
+//! that generates small schemas and relationships and checks the engine against a naive
+//! fixpoint evaluator.
 
 #![allow(
     clippy::unwrap_used,

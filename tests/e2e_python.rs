@@ -1,8 +1,10 @@
-//! End to end with the official Python client (PyPI `authzed`): start the real `pemba` binary
-//! on a free port with a RocksDB data dir, drive it from Python, kill -9 it right after an
-//! acknowledged write, restart it, check nothing was lost, run queries, then stop it with
-//! SIGTERM and expect a clean exit. Also: the same client over TLS (a certificate the test
-//! generates) with two preshared keys from the environment, as during a key rotation.
+//! End to end with the official Python client (PyPI `authzed`) against the real binary.
+//!
+//! Start the real `pemba` binary on a free port with a RocksDB data dir, drive it from Python,
+//! kill -9 it right after an acknowledged write, restart it, check nothing was lost, run
+//! queries, then stop it with SIGTERM and expect a clean exit. Also: the same client over TLS
+//! (a certificate the test generates) with two preshared keys from the environment, as during a
+//! key rotation.
 
 #![allow(
     clippy::expect_used,

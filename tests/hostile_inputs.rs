@@ -1,5 +1,7 @@
-//! Long randomised runs of every decoder and parser on hostile input: schema text, relationship
-//! strings, caveat expressions and contexts, and every request message the API serves.
+//! Long randomised runs of every decoder and parser on hostile input.
+//!
+//! Schema text, relationship strings, caveat expressions and contexts, and every request
+//! message the API serves.
 //!
 //! Cases per property come from `PEMBA_FUZZ_CASES` (default 256). Each property runs on a thread
 //! with a 2 MiB stack, so unbounded recursion on input depth shows as a crash, not a pass.

@@ -1,6 +1,7 @@
-//! The Prometheus endpoint and the per-call instrumentation: a real server and metrics endpoint
-//! on port 0, calls that succeed and fail, a scrape over HTTP, and the request id echoed and
-//! carried by the logs.
+//! The Prometheus endpoint and the per-call instrumentation, against a real server.
+//!
+//! A real server and metrics endpoint on port 0, calls that succeed and fail, a scrape over
+//! HTTP, and the request id echoed and carried by the logs.
 
 #![allow(
     clippy::unwrap_used,

@@ -1,5 +1,6 @@
-//! OpenTelemetry export: the `pemba` binary started with `--otel-endpoint` pointing at an
-//! in-process OTLP trace collector sends one span per RPC, flushed at SIGTERM.
+//! OpenTelemetry export of the `pemba` binary: one span per RPC, flushed at SIGTERM.
+//!
+//! The binary is started with `--otel-endpoint` pointing at an in-process OTLP trace collector.
 
 #![allow(
     clippy::unwrap_used,

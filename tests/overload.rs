@@ -1,6 +1,8 @@
-//! Careless and hostile clients against a real server: readers that stop reading, and
-//! preconditions over filters that no index answers. Each test reproduces a way one client
-//! could stall every other client, and checks that it no longer does.
+//! Careless and hostile clients against a real server: none may stall the others.
+//!
+//! Readers that stop reading, and preconditions over filters that no index answers. Each test
+//! reproduces a way one client could stall every other client, and checks that it no longer
+//! does.
 
 #![allow(
     clippy::unwrap_used,

@@ -1,7 +1,9 @@
-//! Golden tests for the schema pipeline: every `tests/schema_golden/*.zed` is compiled and its
-//! result (a stable dump of the compiled schema, or the error as `kind line:column: message`)
-//! must equal the sibling `*.expected`. Run with `REGEN=1` to rewrite the expected files, then
-//! review the diff. Also compiles every example schema in `schema/`.
+//! Golden tests for the schema pipeline: each `*.zed` file against its `*.expected`.
+//!
+//! Every `tests/schema_golden/*.zed` is compiled and its result (a stable dump of the compiled
+//! schema, or the error as `kind line:column: message`) must equal the sibling `*.expected`. Run
+//! with `REGEN=1` to rewrite the expected files, then review the diff. Also compiles every
+//! example schema in `schema/`.
 
 #![allow(
     clippy::unwrap_used,

@@ -1,7 +1,9 @@
-//! The server's transport with real tonic clients on port 0: TLS with a certificate reloaded
-//! from disk, several preshared keys, TLS handshakes that cannot hold up the accept loop,
-//! health that turns NOT_SERVING on shutdown and on a store that cannot write, the shutdown
-//! grace period, the global concurrency limit and the message size limit.
+//! The server's transport with real tonic clients on port 0: TLS, keys, health, limits.
+//!
+//! TLS with a certificate reloaded from disk, several preshared keys, TLS handshakes that
+//! cannot hold up the accept loop, health that turns NOT_SERVING on shutdown and on a store
+//! that cannot write, the shutdown grace period, the global concurrency limit and the message
+//! size limit.
 
 #![allow(
     clippy::unwrap_used,

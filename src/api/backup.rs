@@ -1,5 +1,4 @@
-//! `pemba.admin.v1.BackupService`: online checkpoints of the datastore under the operator's
-//! backup directory.
+//! `pemba.admin.v1.BackupService`: online datastore checkpoints in the operator's backup dir.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,6 +1,8 @@
-//! Wire ↔ model: every proto message a request carries is validated here (the regexes, lengths
-//! and required fields of `authzed.api.v1`) as it becomes a `model` value, and model values
-//! become proto messages on the way out.
+//! Wire ↔ model: proto messages validated into `model` values, and model values back to protos.
+//!
+//! Every proto message a request carries is validated here (the regexes, lengths and required
+//! fields of `authzed.api.v1`) as it becomes a `model` value, and model values become proto
+//! messages on the way out.
 
 use prost::Message as _;
 use serde_json::{Map, Number, Value};

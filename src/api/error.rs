@@ -1,5 +1,7 @@
-//! Errors of the API layer: request validation failures, and every lower layer's error carried
-//! up unchanged so that `status.rs` can map each one to exactly one gRPC status.
+//! Errors of the API layer: request validation failures, and lower layers' errors carried up.
+//!
+//! Every lower layer's error is carried up unchanged so that `status.rs` can map each one to
+//! exactly one gRPC status.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,7 @@
-//! Step five, the wire: thin tonic services for `authzed.api.v1` that validate a request,
-//! convert it to model values (`convert`), call the store or engine, and convert back; errors
-//! become gRPC statuses in exactly one place (`status`).
+//! The wire: thin tonic services for `authzed.api.v1`.
+//!
+//! Each service validates a request, converts it to model values (`convert`), calls the store
+//! or engine, and converts back; errors become gRPC statuses in exactly one place (`status`).
 
 mod backup;
 mod convert;

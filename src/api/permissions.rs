@@ -1,6 +1,7 @@
-//! `PermissionsService`: relationship writes, deletes, reads, bulk import/export, and the
-//! queries (check, bulk check, expand, lookups), each validated and converted here and
-//! answered by the store or the engine.
+//! `PermissionsService`: relationship writes, deletes, reads, bulk import/export, and queries.
+//!
+//! The queries are check, bulk check, expand and the lookups; each call is validated and
+//! converted here and answered by the store or the engine.
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -1,5 +1,7 @@
-//! The query RPCs: Check, CheckBulk, Expand, LookupResources and LookupSubjects, each
-//! validated, run by the engine at the chosen revision, and turned back into proto messages.
+//! The query RPCs: Check, CheckBulk, Expand, LookupResources and LookupSubjects.
+//!
+//! Each is validated, run by the engine at the chosen revision, and turned back into proto
+//! messages.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,8 @@
-//! The one place where errors become `tonic::Status`: every error of every layer maps to the
-//! gRPC code and `ErrorInfo` reason SpiceDB uses, with no catch-all arm. Internal failures are
-//! logged here and sent as a generic message, so engine internals never reach a client.
+//! The one place where errors become `tonic::Status`.
+//!
+//! Every error of every layer maps to the gRPC code and `ErrorInfo` reason SpiceDB uses, with no
+//! catch-all arm. Internal failures are logged here and sent as a generic message, so engine
+//! internals never reach a client.
 
 use std::collections::HashMap;
 

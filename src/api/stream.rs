@@ -1,5 +1,6 @@
-//! Server-streaming responses fed by a producer task, which give up on a reader that stops
-//! reading instead of holding memory or a thread for it.
+//! Server-streaming responses fed by a producer task that gives up on a stalled reader.
+//!
+//! The task gives up on a reader that stops reading instead of holding memory or a thread for it.
 //!
 //! A producer (an async task: it holds no blocking thread while it waits) sends items through
 //! an [`Outlet`]; tonic reads them from the paired [`Feed`]. HTTP/2 flow control

@@ -1,6 +1,8 @@
-//! Request checks against the schema: a relationship may only be written if its resource type
-//! and relation exist, the relation is not a permission, and the schema allows its subject
-//! type, subject relation, wildcard, caveat and expiration.
+//! Request checks against the schema: may this relationship be written?
+//!
+//! A relationship may only be written if its resource type and relation exist, the relation is
+//! not a permission, and the schema allows its subject type, subject relation, wildcard, caveat
+//! and expiration.
 
 use std::collections::HashSet;
 

@@ -1,3 +1,5 @@
+//! `pemba backup`: create, restore, export and import.
+//!
 //! `pemba backup create` (an online checkpoint taken by a running server),
 //! `pemba backup restore` (copies a checkpoint into a data dir while no server runs), and
 //! `pemba backup export|import` (a schema and relationships file, see [`super::backup_file`]).

@@ -1,5 +1,7 @@
-//! `pemba backup export` and `pemba backup import`: a running server's schema and relationships
-//! as a SpiceDB validation-file-shaped YAML file, written and read in bounded memory.
+//! `pemba backup export` and `pemba backup import`: a server's data as a YAML file.
+//!
+//! A running server's schema and relationships as a SpiceDB validation-file-shaped YAML file,
+//! written and read in bounded memory.
 
 use std::borrow::Cow;
 use std::fs::File;

@@ -1,5 +1,6 @@
-//! The connection flags the client commands (`pemba backup create|export|import`) share: the
-//! endpoint, the preshared key and, for TLS, the CA certificate to trust.
+//! The connection flags the client commands (`pemba backup create|export|import`) share.
+//!
+//! The endpoint, the preshared key and, for TLS, the CA certificate to trust.
 
 use std::path::PathBuf;
 

@@ -1,14 +1,13 @@
-//! Step seven, the command line: `pemba serve` and its flags (with `PEMBA_*` environment
-//! equivalents), turned into a running server; `pemba bench`, a load generator for any
-//! `authzed.api.v1` endpoint, over the reusable benchmark [`workload`].
+//! The `pemba` command line: `pemba serve` and `pemba backup`.
+//!
+//! `pemba serve` and its flags (with `PEMBA_*` environment equivalents), turned into a running
+//! server; `pemba backup` in [`backup`].
 
 pub mod backup;
 pub mod backup_file;
-pub mod bench;
 pub mod client;
 #[cfg(feature = "otel")]
 pub mod otel;
-pub mod workload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,11 +33,13 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start and consumed; boxing would save nothing"
+)]
 pub enum Command {
     /// Run the gRPC server.
     Serve(ServeArgs),
-    /// Load the benchmark workload into a server and measure it.
-    Bench(bench::BenchArgs),
     /// Back up a running server, or restore a backup into a data dir.
     Backup(backup::BackupArgs),
 }
@@ -177,7 +178,7 @@ impl Cli {
                     service_name: args.otel_service_name.clone(),
                     sample_ratio: args.otel_sample_ratio,
                 }),
-            Command::Bench(_) | Command::Backup(_) => None,
+            Command::Backup(_) => None,
         }
     }
 }
@@ -186,7 +187,6 @@ impl Cli {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Bench(args) => bench::run(args),
         Command::Backup(args) => backup::run(args),
     }
 }

@@ -1,5 +1,7 @@
-//! OpenTelemetry trace export over OTLP/gRPC: a `tracing` layer that sends every span (one per
-//! RPC, see `server::metrics`) to `--otel-endpoint`, flushed when the guard is dropped.
+//! OpenTelemetry trace export over OTLP/gRPC to `--otel-endpoint`.
+//!
+//! A `tracing` layer that sends every span (one per RPC, see `server::metrics`) to
+//! `--otel-endpoint`, flushed when the guard is dropped.
 
 use std::sync::Arc;
 use std::time::Duration;

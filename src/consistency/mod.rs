@@ -1,6 +1,8 @@
-//! Step four, consistency: zookie-style tokens (opaque, versioned, tied to one store) and the
-//! choice of the revision a request reads at (`minimize_latency`, `at_least_as_fresh`,
-//! `at_exact_snapshot`, `fully_consistent`), plus the cursors that pin paged reads to a revision.
+//! Consistency: zookie-style tokens, the revision a request reads at, and paging cursors.
+//!
+//! Tokens are opaque, versioned and tied to one store; the revision a request reads at is chosen
+//! from its consistency (`minimize_latency`, `at_least_as_fresh`, `at_exact_snapshot`,
+//! `fully_consistent`); cursors pin paged reads to a revision.
 
 mod error;
 mod token;

@@ -1,6 +1,8 @@
-//! Consistency tokens and cursors: base64url of a version byte, the revision and the store id
-//! (cursors add a hash of the request and a position), so a token is opaque to clients,
-//! versioned from v1 and tied to the store that issued it.
+//! Consistency tokens and cursors: opaque to clients, versioned, tied to the issuing store.
+//!
+//! A token is base64url of a version byte, the revision and the store id (cursors add a hash of
+//! the request and a position), so it is opaque to clients, versioned from v1 and tied to the
+//! store that issued it.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

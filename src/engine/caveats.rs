@@ -1,7 +1,9 @@
-//! Step three, graph evaluation — caveats: the and/or/not condition a result carries when it
-//! went through caveated relationships, and its evaluation at the end of a request by a
-//! pluggable [`CaveatEvaluator`] (CEL comes in a later step; the default evaluator only reports
-//! missing context).
+//! Caveat conditions: what a result carries through caveated relationships, and its evaluation.
+//!
+//! The and/or/not condition a result carries when it went through caveated relationships, and
+//! its evaluation at the end of a request by a pluggable [`CaveatEvaluator`] (the engine's is
+//! [`CelCaveatEvaluator`](crate::engine::CelCaveatEvaluator); [`DefaultCaveatEvaluator`] only
+//! reports missing context).
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -1,8 +1,9 @@
-//! Check: is the subject a member of `resource#relation`? The general checker, which runs the
-//! rewrite rules of `rules.rs` over filtered store reads. Every nested sub-problem goes
-//! through [`Checker::dispatch_check`], which spends the depth budget, consults the memo and
-//! records the trace. Also the entry points of Check and CheckBulk, which try the fast path
-//! (`fast.rs`) first.
+//! Check and CheckBulk: the general checker, the rewrite rules run over filtered store reads.
+//!
+//! Is the subject a member of `resource#relation`? The general checker runs the rewrite rules of
+//! `rules.rs` over filtered store reads. Every nested sub-problem goes through
+//! [`Checker::dispatch_check`], which spends the depth budget, consults the memo and records the
+//! trace. Also the entry points of Check and CheckBulk, which try the fast path (`fast.rs`) first.
 //!
 //! Results are three-valued plus caveats: `No`, `Member` (unconditional or under a caveat
 //! condition), or `Unresolved` when the answer hinges on a cycle in the data or on a path

@@ -1,8 +1,10 @@
-//! The dispatcher every sub-problem goes through: the depth budget (and the stack budget
-//! behind it), cancellation and deadline polling, reading and paging through the datastore,
-//! and spreading independent work over the cores. It knows nothing of the rewrite rules or of
-//! what an answer is: it uses only the engine's error type, its metrics and the request-wide
-//! `Engine` and `Snapshot` (see the import order in `engine/mod.rs`).
+//! The dispatcher every sub-problem goes through: budgets, cancellation, reads, parallelism.
+//!
+//! It holds the depth budget (and the stack budget behind it), cancellation and deadline
+//! polling, reading and paging through the datastore, and spreading independent work over the
+//! cores. It knows nothing of the rewrite rules or of what an answer is: it uses only the
+//! engine's error type, its metrics and the request-wide `Engine` and `Snapshot` (see the import
+//! order in `engine/mod.rs`).
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;

@@ -1,5 +1,6 @@
-//! The engine's errors: what a check, expand or lookup can refuse or fail with. The API layer
-//! maps each variant to a gRPC status (FAILED_PRECONDITION with the `UNKNOWN_*` /
+//! The engine's errors: what a check, expand or lookup can refuse or fail with.
+//!
+//! The API layer maps each variant to a gRPC status (FAILED_PRECONDITION with the `UNKNOWN_*` /
 //! `MAXIMUM_DEPTH_EXCEEDED` reasons, INVALID_ARGUMENT for wildcard subjects and caveat errors,
 //! CANCELLED / DEADLINE_EXCEEDED, INTERNAL for a broken invariant). `Clone`, so that one
 //! failure can be reported for every item of a CheckBulk chunk.

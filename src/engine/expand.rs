@@ -1,10 +1,11 @@
-//! Step three, graph evaluation — expand: the tree of `resource#permission` one level deep,
-//! shaped as SpiceDB's `ExpandPermissionTree` (`internal/graph/expand.go`, shallow mode):
-//! a relation is a leaf listing its stored subjects (subject sets such as `group:eng#member`
-//! are listed, not expanded); a permission is a set-operation node whose children are the
-//! expansions of the relations and permissions it names (computed usersets are followed),
-//! one child per object an arrow reaches, and empty leaves for `nil` and for arrow targets
-//! without the relation.
+//! Expand: the tree of `resource#permission` one level deep, as SpiceDB's shallow expand.
+//!
+//! Shaped as SpiceDB's `ExpandPermissionTree` (`internal/graph/expand.go`, shallow mode): a
+//! relation is a leaf listing its stored subjects (subject sets such as `group:eng#member` are
+//! listed, not expanded); a permission is a set-operation node whose children are the
+//! expansions of the relations and permissions it names (computed usersets are followed), one
+//! child per object an arrow reaches, and empty leaves for `nil` and for arrow targets without
+//! the relation.
 
 use crate::engine::caveats::{CaveatExpr, Cond};
 use crate::engine::dispatch::{Dispatcher, resource_filter};

@@ -1,7 +1,8 @@
-//! The fast path of Check: the rewrite rules of `rules.rs` run over the store's in-memory
-//! graph by interned names ([`GraphView`]), with no filters built and no relationships copied,
-//! for the common case: a plain subject, no tracing, and only plain relationships (no caveat,
-//! no expiration) on the way.
+//! The fast path of Check: the rewrite rules run over the in-memory graph, to plain answers.
+//!
+//! The rules of `rules.rs` run over the store's in-memory graph by interned names ([`GraphView`]),
+//! with no filters built and no relationships copied, for the common case: a plain subject, no
+//! tracing, and only plain relationships (no caveat, no expiration) on the way.
 //!
 //! It answers only where the general checker would give the same answer, and gives up
 //! ([`Bail`]) everywhere else, for the general checker to answer:

@@ -1,6 +1,8 @@
-//! Checks the engine's one-way import order (documented in `engine/mod.rs`): each module may
-//! use only the engine modules listed for it here, and the list itself has no cycle. Reads
-//! the sources as compiled (`include_str!`), code above the first `#[cfg(test)]` only.
+//! Checks the engine's one-way import order (documented in `engine/mod.rs`).
+//!
+//! Each module may use only the engine modules listed for it here, and the list itself has no
+//! cycle. Reads the sources as compiled (`include_str!`), code above the first `#[cfg(test)]`
+//! only.
 
 /// Every engine module, in import order, with the engine modules it may use. The engine
 /// root's request and result types (`Engine`, `Snapshot`, `Permissionship`, ...) may be used

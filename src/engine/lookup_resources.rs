@@ -1,6 +1,7 @@
-//! Step three, graph evaluation — LookupResources: every resource of a type on which a subject
-//! has a permission. As SpiceDB does it: first reachability, walking REVERSE from the subject
-//! with subject-anchored queries (served by the store's by-subject index) through the schema's
+//! LookupResources: every resource of a type on which a subject has a permission.
+//!
+//! As SpiceDB does it: first reachability, walking REVERSE from the subject with
+//! subject-anchored queries (served by the store's by-subject index) through the schema's
 //! relations, permissions and arrows, restricted to what can lead to the wanted permission;
 //! then a check of the candidates whose path went through an intersection, an exclusion, a
 //! `.all()` arrow or a caveated relationship. Candidates reached through unions and uncaveated

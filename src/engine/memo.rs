@@ -1,7 +1,8 @@
-//! The checker's memo: the check sub-problems one request (or one group of a bulk request)
-//! has solved, keyed by (resource type, resource id, relation, interned subject), with the
-//! entries that make cycles safe to memoize (in progress, final, tentative). Also the
-//! evaluation mode a memo belongs to.
+//! The checker's memo: the check sub-problems one request has solved, and its evaluation mode.
+//!
+//! The sub-problems one request (or one group of a bulk request) has solved, keyed by (resource
+//! type, resource id, relation, interned subject), with the entries that make cycles safe to
+//! memoize (in progress, final, tentative). Also the evaluation mode a memo belongs to.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasherDefault, Hash, Hasher};

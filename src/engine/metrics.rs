@@ -1,5 +1,6 @@
-//! The engine's Prometheus metrics: sub-problems dispatched, the fast path's hit rate and the
-//! answers of Check and CheckBulk, as handles resolved once in the default registry.
+//! The engine's Prometheus metrics, as handles resolved once in the default registry.
+//!
+//! Sub-problems dispatched, the fast path's hit rate and the answers of Check and CheckBulk.
 
 use std::sync::LazyLock;
 

@@ -1,5 +1,6 @@
-//! Graph evaluation: answers Check, CheckBulk, Expand, LookupResources and
-//! LookupSubjects over one snapshot (a store read at one revision, and the schema there), with
+//! Graph evaluation: Check, CheckBulk, Expand, LookupResources and LookupSubjects.
+//!
+//! Answered over one snapshot (a store read at one revision, and the schema there), with
 //! SpiceDB's semantics. Transport-free: the API layer converts protos to these types and back.
 //!
 //! Layout, after SpiceDB's `internal/graph` + `internal/dispatch` split, in import order (a

@@ -1,7 +1,8 @@
-//! The answer to one check sub-problem before caveats are evaluated: not a member, a member
-//! under a caveat condition, or unresolved (it hinges on a data cycle or on more depth than
-//! the budget), and how the rewrite rules (`rules.rs`) combine outcomes. Shared by the checker,
-//! its memo and LookupResources.
+//! A check sub-problem's answer before caveats are evaluated, and how the rules combine it.
+//!
+//! Not a member, a member under a caveat condition, or unresolved (it hinges on a data cycle or
+//! on more depth than the budget). Shared by the checker, its memo and LookupResources; the
+//! rewrite rules (`rules.rs`) combine outcomes through the accumulators here.
 
 use crate::engine::Permissionship;
 use crate::engine::caveats::Cond;

@@ -1,8 +1,10 @@
-//! Check's rewrite rules, each written once and named as in SpiceDB's `internal/graph/check.go`:
-//! [`check_direct`] (a relation's stored relationships: the subject's own tuple, its type's
-//! wildcard, subject sets), [`check_computed_userset`], [`check_tuple_to_userset`]
-//! (`tupleset->computed`, `.any`), [`check_intersection_tuple_to_userset`] (`.all`), and the
-//! set operations [`union`], [`intersection`] and [`exclusion`].
+//! Check's rewrite rules, each written once, generic over where relationships come from.
+//!
+//! Named as in SpiceDB's `internal/graph/check.go`: [`check_direct`] (a relation's stored
+//! relationships: the subject's own tuple, its type's wildcard, subject sets),
+//! [`check_computed_userset`], [`check_tuple_to_userset`] (`tupleset->computed`, `.any`),
+//! [`check_intersection_tuple_to_userset`] (`.all`), and the set operations [`union`],
+//! [`intersection`] and [`exclusion`].
 //!
 //! The rules are generic over a [`Walk`]: where a relation's relationships come from, and what
 //! an answer is. Two walkers run them:

@@ -1,6 +1,8 @@
-//! Step three, graph evaluation — unit tests of what the YAML cases cannot express: the shape
-//! of Expand trees, expiry reporting, traces, cancellation and deadlines, validation errors,
-//! bulk checks, pluggable caveat evaluation. (Data-driven cross-API cases: `tests/cases.rs`.)
+//! Engine unit tests of what the YAML cases cannot express.
+//!
+//! The shape of Expand trees, expiry reporting, traces, cancellation and deadlines, validation
+//! errors, bulk checks, pluggable caveat evaluation. (Data-driven cross-API cases:
+//! `tests/cases.rs`.)
 
 use std::sync::Arc;
 use std::sync::Mutex;

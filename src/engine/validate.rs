@@ -1,6 +1,7 @@
-//! Step three, graph evaluation — request validation against the schema, as SpiceDB does it
-//! before dispatching: the resource type and its relation or permission must exist, and so must
-//! the subject's type and subject relation; a check's subject may not be a wildcard.
+//! Request validation against the schema, as SpiceDB does it before dispatching.
+//!
+//! The resource type and its relation or permission must exist, and so must the subject's type
+//! and subject relation; a check's subject may not be a wildcard.
 
 use crate::engine::error::{EngineError, EngineResult};
 use crate::model::SubjectRef;

@@ -1,5 +1,7 @@
-//! Identifier rules: the regexes and lengths that `authzed.api.v1` puts on type names,
-//! relation names and object ids, checked by hand (no regex engine on the hot path).
+//! Identifier rules: the regexes and lengths `authzed.api.v1` puts on names and object ids.
+//!
+//! Type names, relation names and object ids are checked by hand (no regex engine on the hot
+//! path).
 
 use thiserror::Error;
 

@@ -1,5 +1,6 @@
-//! Step 0, the vocabulary: object references, subjects, relationships, filters and revisions
-//! that every later layer (schema, store, engine, consistency, api) speaks.
+//! The vocabulary: object references, subjects, relationships, filters and revisions.
+//!
+//! Every later layer (schema, store, engine, consistency, api) speaks it.
 
 pub mod ids;
 pub mod revision;

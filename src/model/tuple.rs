@@ -1,5 +1,7 @@
-//! Relationship tuples `resource#relation@subject`, their identity key, the filters that select
-//! them, and the canonical text form `type:id#rel@type:id[#rel][caveat:{json}][expiration:RFC3339]`.
+//! Relationship tuples `resource#relation@subject`: identity key, filters, canonical text form.
+//!
+//! The identity key of a tuple, the filters that select tuples, and the canonical text form
+//! `type:id#rel@type:id[#rel][caveat:{json}][expiration:RFC3339]`.
 
 use std::fmt;
 

@@ -1,5 +1,6 @@
-//! Step two's output: the parse tree of a schema, close to the text and with positions, before
-//! any name is resolved. The type checker turns it into the compiled form.
+//! The parse tree of a schema: close to the text, with positions, no name resolved yet.
+//!
+//! The parser's output; the type checker turns it into the compiled form.
 
 use super::error::Position;
 

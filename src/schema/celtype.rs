@@ -1,7 +1,8 @@
-//! Step one, the schema language — a light type check of caveat expressions, as SpiceDB's
-//! WriteSchema does with cel-go's checker: the expression must parse, name only its parameters
-//! and CEL's standard functions, apply operators to operands of matching types (no implicit
-//! numeric conversion: `int > 1.0` is refused), and result in a `bool`.
+//! A light type check of caveat expressions, as SpiceDB's WriteSchema does with cel-go's.
+//!
+//! The expression must parse, name only its parameters and CEL's standard functions, apply
+//! operators to operands of matching types (no implicit numeric conversion: `int > 1.0` is
+//! refused), and result in a `bool`.
 //!
 //! The checker is deliberately partial: where it cannot tell a type (a struct literal, an
 //! optional, a function outside the table below, an operation on `any`), the type is unknown

@@ -1,5 +1,6 @@
-//! Step four of the schema pipeline: the compiled schema, the form the engine and the API layer
-//! consume. Everything here has been type checked; names resolve.
+//! The compiled schema: the form the engine and the API layer consume.
+//!
+//! Everything here has been type checked; names resolve.
 //!
 //! Also here: [`orphan_checks`] and [`incompatible_caveat_changes`], what WriteSchema must verify
 //! against stored relationships (or refuse outright) before replacing one schema with another.

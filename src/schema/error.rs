@@ -1,5 +1,4 @@
-//! Errors of every step of the schema pipeline: one type, saying what went wrong and where in
-//! the schema text.
+//! Errors of the schema pipeline: one type, saying what went wrong and where in the text.
 //!
 //! Parse errors are what SpiceDB's compiler refuses (bad tokens and grammar, duplicate top-level
 //! names, malformed caveat declarations, invalid names); the API answers them with

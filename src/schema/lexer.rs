@@ -1,4 +1,4 @@
-//! Step one of the schema pipeline: text to tokens.
+//! The schema lexer: schema text to tokens.
 //!
 //! The token set is SpiceDB's (`pkg/schemadsl/lexer`): the schema punctuation, plus the CEL
 //! punctuation and string literals that caveat bodies use. Two things happen here that the

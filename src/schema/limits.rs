@@ -1,6 +1,7 @@
-//! Size and depth bounds on schemas, checked before anything recursive sees the input: caveat
-//! expressions (scanned here, iteratively, before the `cel` crate's recursive parser gets them)
-//! and chains of permission references (checked by the type checker).
+//! Size and depth bounds on schemas, checked before anything recursive sees the input.
+//!
+//! Caveat expressions are scanned here, iteratively, before the `cel` crate's recursive parser
+//! gets them; chains of permission references are checked by the type checker.
 //!
 //! Caveat expressions: cel-go, which SpiceDB uses, refuses an expression of more than 100,000
 //! code points and one whose parse recurses more than 250 levels (each nested parenthesis,

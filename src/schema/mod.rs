@@ -1,5 +1,4 @@
-//! Step 1, the schema language: SpiceDB's schema text compiled into the form the engine and
-//! the API layer consume.
+//! The schema language: SpiceDB's schema text compiled for the engine and the API layer.
 //!
 //! The pipeline, one module per step:
 //! 1. [`lexer`]: text to tokens (synthetic semicolons at line ends, comments kept for docs);

@@ -1,4 +1,4 @@
-//! Step two of the schema pipeline: tokens to the parse tree ([`super::ast`]).
+//! The schema parser: tokens to the parse tree ([`super::ast`]).
 //!
 //! A hand-written recursive-descent parser for SpiceDB's schema language. It stops at the first
 //! error. Choices worth knowing:

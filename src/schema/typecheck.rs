@@ -1,5 +1,4 @@
-//! Step three of the schema pipeline: the parse tree, checked and resolved, to the compiled
-//! schema ([`super::compiled`]).
+//! The type checker: the parse tree checked and resolved into the [`super::compiled`] schema.
 //!
 //! The checks are those WriteSchema runs (SpiceDB's compiler and `pkg/schema` type system), each
 //! reported at the offending item. What SpiceDB's compiler refuses is a [`SchemaError::Parse`]

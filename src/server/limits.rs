@@ -1,6 +1,8 @@
-//! Transport-level admission in front of the gRPC services: refuse new calls while shutting
-//! down, shed calls over the global in-flight limit with RESOURCE_EXHAUSTED at once instead of
-//! queueing them, and refuse request messages over the size limit. Health checks are never shed.
+//! Transport-level admission in front of the gRPC services: shutdown, load shedding, sizes.
+//!
+//! Refuse new calls while shutting down, shed calls over the global in-flight limit with
+//! RESOURCE_EXHAUSTED at once instead of queueing them, and refuse request messages over the
+//! size limit. Health checks are never shed.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,7 +1,9 @@
-//! Observability of the server: a tower layer around the gRPC router that counts and times
-//! every call (`grpc_server_*`) and gives it a request id (a tracing span, and the
-//! `x-request-id` response header), and a small HTTP/1.1 server answering `GET /metrics` with
-//! every metric of the default Prometheus registry in the text format.
+//! Observability of the server: per-call metrics and request ids, and the `/metrics` endpoint.
+//!
+//! A tower layer around the gRPC router counts and times every call (`grpc_server_*`) and gives
+//! it a request id (a tracing span, and the `x-request-id` response header); a small HTTP/1.1
+//! server answers `GET /metrics` with every metric of the default Prometheus registry in the
+//! text format.
 
 use std::collections::HashMap;
 use std::convert::Infallible;

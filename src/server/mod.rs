@@ -1,5 +1,6 @@
-//! The process: serve the gRPC services on a listener (plain or TLS) until a shutdown signal,
-//! with preshared-key authentication, overload limits, a `grpc.health.v1` service that reports
+//! The process: serve the gRPC services on a listener (plain or TLS) until a shutdown signal.
+//!
+//! With preshared-key authentication, overload limits, a `grpc.health.v1` service that reports
 //! what is true (NOT_SERVING while shutting down or while the store cannot write), a bounded
 //! graceful shutdown, and background garbage collection. The listener and the shutdown future
 //! come from outside, so tests can bind port 0.

@@ -1,5 +1,7 @@
-//! TLS for the server's listeners: PEM certificate and key files reloaded when they change, and
-//! a stream of accepted connections (plain or TLS) whose handshakes each run in their own task.
+//! TLS for the server's listeners: certificates reloaded from disk, handshakes in their own tasks.
+//!
+//! PEM certificate and key files reloaded when they change, and a stream of accepted
+//! connections (plain or TLS) whose handshakes each run in their own task.
 //!
 //! Reusable by any HTTP listener: [`server_config`] builds a rustls configuration from the files
 //! (ring provider, TLS 1.2 and 1.3, the given ALPN protocols), and [`incoming`] turns a

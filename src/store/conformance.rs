@@ -1,6 +1,7 @@
-//! Step two, durable state — the conformance suite: one set of named tests every `Datastore`
-//! must pass, instantiated for `MemoryStore` and for `RocksStore` in a temporary directory
-//! (SpiceDB `pkg/datastore/test/datastore.go`), plus a model-based property test.
+//! The conformance suite: one set of named tests every `Datastore` must pass.
+//!
+//! Instantiated for `MemoryStore` and for `RocksStore` in a temporary directory (SpiceDB
+//! `pkg/datastore/test/datastore.go`), plus a model-based property test.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,6 +1,8 @@
-//! Step two, durable state — the on-disk layout: keys (one prefix byte per keyspace, components
-//! joined by `0x00`, revisions big-endian and inverted so the newest version sorts first), the
-//! value of a relationship version, and the scan range a filter maps to in each index.
+//! The on-disk layout: keys, the value of a relationship version, and each filter's scan range.
+//!
+//! Keys (one prefix byte per keyspace, components joined by `0x00`, revisions big-endian and
+//! inverted so the newest version sorts first), the value of a relationship version, and the
+//! scan range a filter maps to in each index.
 //!
 //! | keyspace      | key                                                                  | value |
 //! |---------------|----------------------------------------------------------------------|-------|

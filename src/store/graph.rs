@@ -1,9 +1,11 @@
-//! Step two, durable state — the in-memory relationship graph: every relationship version the
-//! key-value store holds, with interned names and hash adjacency by resource and by subject, so
-//! the engine's queries (one object's relation, one subject's incoming edges, one exact tuple)
-//! are hash lookups instead of ordered scans. The MVCC layer loads it when the store opens and
-//! applies every committed write to it before publishing the new head; the key-value store
-//! stays the durable copy and serves ordered, paged reads.
+//! The in-memory relationship graph that answers the engine's queries.
+//!
+//! Every relationship version the key-value store holds, with interned names and hash
+//! adjacency by resource and by subject, so the engine's queries (one object's relation, one
+//! subject's incoming edges, one exact tuple) are hash lookups instead of ordered scans. The
+//! MVCC layer loads it when the store opens and applies every committed write to it before
+//! publishing the new head; the key-value store stays the durable copy and serves ordered,
+//! paged reads.
 //!
 //! Versions carry `[created, deleted)` exactly as stored, so a read at any readable revision
 //! sees the same relationships here as in the key-value store. Garbage collection removes the

@@ -1,6 +1,7 @@
-//! Step two, durable state — the bottom: a tiny ordered key-value contract (point get, ordered
-//! range scan, atomic batch commit) that the MVCC layer is written against once, and that
-//! `rocks.rs` and `memory.rs` implement.
+//! The bottom of the store: a tiny ordered key-value contract.
+//!
+//! Point get, ordered range scan and atomic batch commit: the MVCC layer is written against it
+//! once, and `rocks.rs` and `memory.rs` implement it.
 
 use std::path::Path;
 

@@ -1,5 +1,6 @@
-//! Step two, durable state — the in-memory backend: a `BTreeMap` behind an `RwLock`, the
-//! reference implementation that tests and embedded uses run the shared MVCC layer on.
+//! The in-memory backend of the key-value contract: a `BTreeMap` behind an `RwLock`.
+//!
+//! The reference implementation that tests and embedded uses run the shared MVCC layer on.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;

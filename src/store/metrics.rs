@@ -1,5 +1,6 @@
-//! The datastore's Prometheus metrics: relationships stored, the head revision, write commit
-//! latency, and garbage collection, as handles resolved once in the default registry.
+//! The datastore's Prometheus metrics, as handles resolved once in the default registry.
+//!
+//! Relationships stored, the head revision, write commit latency, and garbage collection.
 
 use std::sync::LazyLock;
 

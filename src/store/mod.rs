@@ -1,6 +1,7 @@
-//! Step two, durable state: the `Datastore` contract (versioned relationships and schema, read at
-//! a revision, written in atomic transactions), with RocksDB and in-memory implementations that
-//! share one MVCC layer and one conformance suite.
+//! Durable state: the `Datastore` contract, with RocksDB and in-memory implementations.
+//!
+//! Versioned relationships and schema, read at a revision, written in atomic transactions; the
+//! two implementations share one MVCC layer and one conformance suite.
 
 #[cfg(test)]
 mod conformance;

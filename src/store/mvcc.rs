@@ -1,6 +1,7 @@
-//! Step two, durable state — the shared MVCC layer: revision allocation, version visibility,
-//! preconditions, the write path, query planning and garbage collection, written once over any
-//! [`Kv`] and used by both the RocksDB and the in-memory store.
+//! The shared MVCC layer, written once over any [`Kv`] and used by both stores.
+//!
+//! Revision allocation, version visibility, preconditions, the write path, query planning and
+//! garbage collection, for both the RocksDB and the in-memory store.
 //!
 //! Every relationship version carries `[created, deleted)`; it is visible at revision `R` iff
 //! `created <= R < deleted` and it has not expired at the reader's `now`. A write never changes

@@ -1,6 +1,8 @@
-//! Step two, durable state — the RocksDB backend: one keyspace (prefix bytes from
-//! `encoding.rs`), every commit a synced `WriteBatch` so an acknowledged write survives kill -9
-//! and power loss, scans through iterators (each reads from an implicit snapshot).
+//! The RocksDB backend of the key-value contract.
+//!
+//! One keyspace (prefix bytes from `encoding.rs`), every commit a synced `WriteBatch` so an
+//! acknowledged write survives kill -9 and power loss, scans through iterators (each reads from
+//! an implicit snapshot).
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,8 @@
-//! Step seven (command line), the benchmark workload: a seeded document-sharing data set at any
-//! scale S (users, nested groups, a folder tree, documents) and the query ids that `pemba bench`
-//! and the criterion benches ask about. Model types only, no proto.
+//! The benchmark workload: a seeded document-sharing data set and the queries asked of it.
+//!
+//! A data set at any scale S (users, nested groups, a folder tree, documents) and the query ids
+//! that `pemba-bench` and the criterion benches ask about. Model types only, no proto. This file
+//! is part of the `pemba-bench` binary; the benches include it with `#[path]`.
 //!
 //! At scale S: 1000·S users; 100·S groups of 10–30 random users, 30% of them (from the second
 //! on) also holding one lower-numbered group's members; 200·S folders, 90% (from the second on)
@@ -10,11 +12,16 @@
 //! relationships, every one distinct. The same `(scale, seed)` always gives the same data and
 //! the same queries.
 
+#![allow(
+    dead_code,
+    reason = "pemba-bench and each criterion bench use a different subset"
+)]
+
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
 use rand::{Rng as _, SeedableRng as _};
 
-use crate::model::{ObjectRef, Relationship, SubjectRef};
+use pemba::model::{ObjectRef, Relationship, SubjectRef};
 
 /// The workload's schema (document sharing).
 pub fn schema() -> &'static str {
@@ -308,13 +315,15 @@ pub fn nested_viewer_pair(rels: &[Relationship]) -> Option<(ObjectRef, SubjectRe
     None
 }
 
+// The imports are inside the tests: the criterion benches include this file with `cfg(test)`
+// set but without a test harness, which drops the `#[test]` functions.
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use std::collections::HashSet;
-
     #[test]
     fn deterministic_distinct_and_about_33k_per_scale() {
+        use super::*;
+        use std::collections::HashSet;
+
         let a = relationships(1, 42);
         let b = relationships(1, 42);
         assert_eq!(a, b);
@@ -322,11 +331,13 @@ mod tests {
         let keys: HashSet<_> = a.iter().map(Relationship::key).collect();
         assert_eq!(keys.len(), a.len());
         assert_ne!(a, relationships(1, 43));
-        assert!(crate::schema::compile(schema()).is_ok());
+        assert!(pemba::schema::compile(schema()).is_ok());
     }
 
     #[test]
     fn pickers_find_pairs() {
+        use super::*;
+
         let rels = relationships(1, 42);
         assert!(direct_viewer_pair(&rels).is_some());
         assert!(nested_viewer_pair(&rels).is_some());

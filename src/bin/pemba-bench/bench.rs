@@ -1,8 +1,8 @@
-//! Step seven (command line), `pemba bench`: a load generator for any `authzed.api.v1`
-//! endpoint on this machine. It writes the document-sharing workload of [`super::workload`]
-//! through the public gRPC API, then measures Check (concurrency 1 and N), CheckBulk,
-//! LookupResources and LookupSubjects with `at_least_as_fresh` reads of the last write, and
-//! prints a table and a JSON line. Every request loop is bounded in count and in time, and only
+//! `pemba-bench`'s load generator for any `authzed.api.v1` endpoint on this machine.
+//!
+//! It writes the document-sharing workload of [`crate::workload`] through the public gRPC API,
+//! then measures Check (concurrency 1 and N), CheckBulk, LookupResources and LookupSubjects with
+//! `at_least_as_fresh` reads of the last write, and prints a table and a JSON line. Every request loop is bounded in count and in time, and only
 //! the given loopback (or unix-socket) endpoint is contacted.
 
 use std::future::Future;
@@ -19,11 +19,11 @@ use serde::Serialize;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::workload;
-use crate::api::proto::authzed::api::v1 as pb;
-use crate::model::{ObjectRef, Relationship, SubjectRef};
+use crate::workload;
 use pb::permissions_service_client::PermissionsServiceClient;
 use pb::schema_service_client::SchemaServiceClient;
+use pemba::api::proto::authzed::api::v1 as pb;
+use pemba::model::{ObjectRef, Relationship, SubjectRef};
 
 /// One measured part of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,7 +55,7 @@ impl Phase {
     }
 }
 
-/// Flags of `pemba bench`.
+/// Flags of `pemba-bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// the server: `http://HOST:PORT` on a loopback address, or `unix:/path/to/socket`
@@ -138,7 +138,7 @@ const WRITE_BATCH: usize = 1000;
 /// How many distinct query ids each phase cycles through.
 const QUERY_IDS: usize = 100_000;
 
-/// Runs `pemba bench`.
+/// Runs `pemba-bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.print_schema {
         print!("{}", workload::schema());
