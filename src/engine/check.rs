@@ -279,7 +279,10 @@ impl<'c, 's> Checker<'c, 's> {
         depth: u32,
     ) -> EngineResult<Outcome> {
         match self.schema().definition(resource_type) {
-            Some(def) => rules::solve(self, def, resource_id, relation, depth),
+            Some(def) => match def.member(relation) {
+                Some(member) => rules::solve(self, def, resource_id, member, depth),
+                None => Ok(Outcome::No),
+            },
             None => Ok(Outcome::No),
         }
     }
@@ -471,7 +474,10 @@ impl<'s> Walk<'s> for Checker<'_, 's> {
     }
 
     fn edge_subject_definition(&self, edge: &Relationship) -> Option<&'s Definition> {
-        self.d.snap.schema.definition(&edge.subject.object.object_type)
+        self.d
+            .snap
+            .schema
+            .definition(&edge.subject.object.object_type)
     }
 
     fn through(edge: &Relationship, sub: Outcome) -> Outcome {

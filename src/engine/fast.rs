@@ -71,6 +71,8 @@ pub(crate) struct FastChecker<'a, 'm> {
     max_depth: u32,
     memo: &'m mut FastMemo,
     polls: u32,
+    /// the last relation whose name was looked up, by address, and its symbol
+    last_relation: (usize, Option<Sym>),
 }
 
 impl<'a, 'm> FastChecker<'a, 'm> {
@@ -96,6 +98,7 @@ impl<'a, 'm> FastChecker<'a, 'm> {
             max_depth: max_depth.min(FAST_MAX_DEPTH),
             memo,
             polls: 0,
+            last_relation: (0, None),
         }
     }
 
@@ -116,6 +119,16 @@ impl<'a, 'm> FastChecker<'a, 'm> {
         };
         self.dispatch(def, object, permission, self.max_depth)
             .map(|a| a.yes)
+    }
+
+    /// The symbol of `relation`'s name; remembered for the last relation, which
+    /// [`rules::check_direct`] asks for again at once.
+    fn relation_sym(&mut self, relation: &Relation) -> Option<Sym> {
+        let addr = std::ptr::from_ref(relation) as usize;
+        if self.last_relation.0 != addr {
+            self.last_relation = (addr, self.view.sym(&relation.name));
+        }
+        self.last_relation.1
     }
 
     /// Adds the sub-problems dispatched so far (one poll each) to the metrics.
@@ -210,7 +223,7 @@ impl<'a> Walk<'a> for FastChecker<'a, '_> {
             _ => {}
         }
         self.memo.entries.insert(key, FastMemoEntry::InProgress);
-        match rules::solve(self, def, id, name, depth) {
+        match rules::solve(self, def, id, member, depth) {
             Ok(below) => {
                 let height = below.height.saturating_add(1);
                 let yes = below.yes;
@@ -240,7 +253,7 @@ impl<'a> Walk<'a> for FastChecker<'a, '_> {
         };
         let (Some(t), Some(rel), Some(st), Some(sid)) = (
             id.t,
-            self.view.sym(&relation.name),
+            self.relation_sym(relation),
             self.subject_type,
             subject_id,
         ) else {
@@ -269,7 +282,7 @@ impl<'a> Walk<'a> for FastChecker<'a, '_> {
         let view: &'a GraphView<'a> = self.view;
         let (Some(t), Some(rel), Some(st), Some(sr)) = (
             id.t,
-            view.sym(&relation.name),
+            self.relation_sym(relation),
             view.sym(&set_type.name),
             view.sym(set_relation),
         ) else {

@@ -139,7 +139,7 @@ pub(crate) trait Walk<'s> {
     fn through(edge: &Self::Edge, sub: Self::Answer) -> Self::Answer;
 }
 
-/// Solves `def:id#name` by the relation's stored relationships or the permission's rewrite.
+/// Solves `def:id#member` by the relation's stored relationships or the permission's rewrite.
 ///
 /// As SpiceDB's dispatcher: a permission that only names another relation or permission is
 /// solved as that one, without spending depth, unless the subject has the resource's type
@@ -148,43 +148,43 @@ pub(crate) fn solve<'s, W: Walk<'s>>(
     w: &mut W,
     def: &'s Definition,
     id: W::Id<'_>,
-    name: &str,
+    member: Member<'s>,
     depth: u32,
 ) -> Result<W::Answer, W::Error> {
-    let name = if w.subject_type() == def.name {
-        name
+    let member = if w.subject_type() == def.name {
+        Some(member)
     } else {
-        alias_target(def, name)
+        alias_target(def, member)
     };
-    match def.member(name) {
+    match member {
         Some(Member::Relation(r)) => check_direct(w, def, id, r, depth),
         Some(Member::Permission(p)) => check_rewrite(w, def, id, &p.expr, depth),
         None => Ok(W::Answer::no()),
     }
 }
 
-/// What `name` aliases: for a permission whose whole expression is another relation or
+/// What `member` aliases: for a permission whose whole expression is another relation or
 /// permission (`permission view = viewer`), that one, followed through further aliases;
-/// otherwise `name` itself.
-fn alias_target<'d>(def: &'d Definition, name: &'d str) -> &'d str {
-    let mut current = name;
+/// otherwise `member` itself. `None` if an alias names nothing (the type checker refuses that).
+fn alias_target<'d>(def: &'d Definition, member: Member<'d>) -> Option<Member<'d>> {
+    let mut current = member;
     // INVARIANT: the type checker refuses alias cycles; the bound only guards against a
     // schema built some other way.
     for _ in 0..=def.permissions.len() {
-        let Some(p) = def.permission(current) else {
-            return current;
+        let Member::Permission(p) = current else {
+            return Some(current);
         };
         let target = match &p.expr {
             Expr::Computed(t) => t,
             Expr::Union(items) | Expr::Intersection(items) => match items.as_slice() {
                 [Expr::Computed(t)] => t,
-                _ => return current,
+                _ => return Some(current),
             },
-            _ => return current,
+            _ => return Some(current),
         };
-        current = target.as_str();
+        current = def.member(target)?;
     }
-    current
+    Some(current)
 }
 
 /// A relation's stored relationships: first the subject's own tuple (if the relation allows
