@@ -314,7 +314,7 @@ impl AtomChecker<'_, '_> {
 }
 
 /// The reverse walk: atoms reached (a graph, to find cycles), and the work queue.
-struct Walk<'s> {
+struct ReverseWalk<'s> {
     ix: ReverseIndex<'s>,
     relevant: HashSet<Node<'s>>,
     /// the nodes from which the target can be reached along what SpiceDB's walk follows
@@ -336,7 +336,7 @@ struct Walk<'s> {
     max_depth: u32,
 }
 
-impl<'s> Walk<'s> {
+impl<'s> ReverseWalk<'s> {
     fn is_relevant(&self, t: &str, r: Option<&str>) -> bool {
         self.relevant.contains(&(t, r))
     }
@@ -537,22 +537,57 @@ pub(crate) fn lookup_resources(
     validate::resource_member(schema, resource_type, permission)?;
     validate::check_subject(schema, subject)?;
     let mut d = Dispatcher::new(engine, snap);
+    // Phase 1: what of the schema can lead from the subject to the wanted permission.
+    let Some(mut walk) = plan(schema, resource_type, permission, subject, d.max_depth()) else {
+        return Ok(Vec::new());
+    };
+    let mut checker = AtomChecker {
+        d: &mut d,
+        memo: CheckMemo::new(EvalMode::CHECK),
+        fast: engine.config.fast_path.then(fast::FastMemo::default),
+        subject,
+    };
+    let mut probe = CaveatProbe {
+        context,
+        schema,
+        engine,
+        false_caveats: HashMap::default(),
+    };
+    // Phase 2: the walk from the subject.
+    walk_from_subject(&mut walk, &mut checker, &mut probe, subject)?;
+    // Phase 3: the caveats met on the way to the target.
+    evaluate_met_caveats(&mut walk, engine, schema, context)?;
+    // Phase 4: the candidates of the wanted type and permission, resolved.
+    let candidates = candidates(walk, resource_type, permission);
+    resolve_all(
+        engine,
+        snap,
+        &mut checker,
+        &candidates,
+        resource_type,
+        permission,
+        context,
+    )
+}
 
+/// Phase 1: the reverse index of the schema, restricted to what can lead from the subject's
+/// type to `resource_type#permission`; `None` if a name does not resolve (validated before,
+/// so never).
+fn plan<'s>(
+    schema: &'s CompiledSchema,
+    resource_type: &str,
+    permission: &str,
+    subject: &SubjectRef,
+    max_depth: u32,
+) -> Option<ReverseWalk<'s>> {
     let ix = ReverseIndex::build(schema);
-    // INVARIANT: both names were validated above, so they resolve to schema-owned strings.
-    let Some(target_def) = schema.definition(resource_type) else {
-        return Ok(Vec::new());
-    };
-    let Some(target_member) = target_def.member(permission) else {
-        return Ok(Vec::new());
-    };
-    let Some(subject_def) = schema.definition(&subject.object.object_type) else {
-        return Ok(Vec::new());
-    };
+    let target_def = schema.definition(resource_type)?;
+    let target_member = target_def.member(permission)?;
+    let subject_def = schema.definition(&subject.object.object_type)?;
     let target: Node<'_> = (target_def.name.as_str(), Some(target_member.name()));
     let relevant = ix.relevant(target, subject_def.name.as_str(), false);
     let walk_relevant = ix.relevant(target, subject_def.name.as_str(), true);
-    let mut walk = Walk {
+    Some(ReverseWalk {
         ix,
         relevant,
         walk_relevant,
@@ -562,23 +597,32 @@ pub(crate) fn lookup_resources(
         queue: VecDeque::new(),
         met: BTreeMap::new(),
         pending: Vec::new(),
-        max_depth: d.max_depth(),
-    };
-    let mut checker = AtomChecker {
-        d: &mut d,
-        memo: CheckMemo::new(EvalMode::CHECK),
-        fast: engine.config.fast_path.then(fast::FastMemo::default),
-        subject,
-    };
-    // SpiceDB evaluates the caveat of a relationship its walk follows at that step and does not
-    // walk on from there when it is false with the request context, so the caveats beyond are
-    // not evaluated (probed); such a path leads to no result either. An evaluation error is
-    // left to the end, where it counts only if the walk goes on to the target.
-    let mut false_caveats: HashMap<String, bool> = HashMap::default();
-    let mut caveat_is_false = |c: Option<&Caveat>| -> bool {
+        max_depth,
+    })
+}
+
+/// Which caveats are false with the request context, as the walk meets them.
+///
+/// SpiceDB evaluates the caveat of a relationship its walk follows at that step and does not
+/// walk on from there when it is false with the request context, so the caveats beyond are
+/// not evaluated (probed); such a path leads to no result either. An evaluation error is left
+/// to the end (phase 3), where it counts only if the walk goes on to the target.
+struct CaveatProbe<'r> {
+    context: &'r Context,
+    schema: &'r CompiledSchema,
+    engine: &'r Engine,
+    /// caveat name and context (as JSON) -> false with the request context
+    false_caveats: HashMap<String, bool>,
+}
+
+impl CaveatProbe<'_> {
+    /// Whether the relationship's caveat (if any) is false with the request context.
+    fn is_false(&mut self, c: Option<&Caveat>) -> bool {
         let Some(c) = c else { return false };
         let key = format!("{}{}", c.name, serde_json::Value::Object(c.context.clone()));
-        *false_caveats
+        let (context, schema, engine) = (self.context, self.schema, self.engine);
+        *self
+            .false_caveats
             .entry(key)
             .or_insert_with(|| match Cond::of_caveat(Some(c)) {
                 Cond::Expr(leaf) => matches!(
@@ -587,8 +631,18 @@ pub(crate) fn lookup_resources(
                 ),
                 _ => false,
             })
-    };
+    }
+}
 
+/// Phase 2: a breadth-first walk from the subject (and its type's wildcard) through
+/// by-subject reads, collecting every atom `type:id#relation` that can lead to the target.
+/// Going past the depth budget or meeting a cycle is `MaxDepthExceeded`.
+fn walk_from_subject(
+    walk: &mut ReverseWalk<'_>,
+    checker: &mut AtomChecker<'_, '_>,
+    probe: &mut CaveatProbe<'_>,
+    subject: &SubjectRef,
+) -> EngineResult<()> {
     // The subject itself (a subject set is in itself).
     let start: Atom = (
         subject.object.object_type.clone(),
@@ -628,10 +682,10 @@ pub(crate) fn lookup_resources(
                 let exact = rel.caveat.is_none();
                 let atom = (t.to_string(), rel.resource.object_id, Some(r.to_string()));
                 let via = rel.caveat.as_ref();
-                if caveat_is_false(via) {
+                if probe.is_false(via) {
                     continue;
                 }
-                walk.offer(&mut checker, 0, atom, ReachedBy::Direct { exact }, via, 1)?;
+                walk.offer(checker, 0, atom, ReachedBy::Direct { exact }, via, 1)?;
             }
         }
     }
@@ -670,10 +724,10 @@ pub(crate) fn lookup_resources(
                     };
                     let atom = (t.to_string(), found.resource.object_id, Some(r.to_string()));
                     let via = found.caveat.as_ref();
-                    if caveat_is_false(via) {
+                    if probe.is_false(via) {
                         continue;
                     }
-                    walk.offer(&mut checker, i, atom, entry, via, level + 1)?;
+                    walk.offer(checker, i, atom, entry, via, level + 1)?;
                 }
             }
         }
@@ -689,7 +743,7 @@ pub(crate) fn lookup_resources(
                 for (p, unions_only) in computed {
                     let atom = (x.clone(), id.clone(), Some(p.to_string()));
                     let entry = ReachedBy::new(unions_only, exact);
-                    walk.offer(&mut checker, i, atom, entry, None, level + 1)?;
+                    walk.offer(checker, i, atom, entry, None, level + 1)?;
                 }
                 // Arrows whose tupleset points at this object.
                 let arrows = walk
@@ -715,10 +769,10 @@ pub(crate) fn lookup_resources(
                                     .walked_arrows
                                     .contains(&(t, tupleset, r.as_str(), p))
                             });
-                            if caveat_is_false(via) {
+                            if probe.is_false(via) {
                                 continue;
                             }
-                            walk.offer(&mut checker, i, atom, entry, via, level + 1)?;
+                            walk.offer(checker, i, atom, entry, via, level + 1)?;
                         }
                     }
                 }
@@ -728,7 +782,7 @@ pub(crate) fn lookup_resources(
                 for (p, unions_only) in selfs {
                     let atom = (x.clone(), id.clone(), Some(p.to_string()));
                     let entry = ReachedBy::new(unions_only, exact);
-                    walk.offer(&mut checker, i, atom, entry, None, level + 1)?;
+                    walk.offer(checker, i, atom, entry, None, level + 1)?;
                 }
             }
         }
@@ -736,11 +790,20 @@ pub(crate) fn lookup_resources(
     if walk.has_cycle() {
         return Err(checker.d.depth_error());
     }
-    // SpiceDB evaluates the caveat of a relationship its walk follows when the walk can go on
-    // from there to the target (not only through intersection operands it checks rather than
-    // walks), whether or not the path ends in a result or another path makes the result
-    // certain (probed): a context failing on one of them (a value of the wrong type, an
-    // evaluation error) fails the call. So do the conditions of conditional entry checks.
+    Ok(())
+}
+
+/// Phase 3: SpiceDB evaluates the caveat of a relationship its walk follows when the walk can
+/// go on from there to the target (not only through intersection operands it checks rather
+/// than walks), whether or not the path ends in a result or another path makes the result
+/// certain (probed): a context failing on one of them (a value of the wrong type, an
+/// evaluation error) fails the call. So do the conditions of conditional entry checks.
+fn evaluate_met_caveats(
+    walk: &mut ReverseWalk<'_>,
+    engine: &Engine,
+    schema: &CompiledSchema,
+    context: &Context,
+) -> EngineResult<()> {
     for (t, r, c) in std::mem::take(&mut walk.pending) {
         if walk.walked_to_target(&t, r.as_deref()) {
             walk.meet(&c);
@@ -749,31 +812,48 @@ pub(crate) fn lookup_resources(
     for e in walk.met.values() {
         caveats::evaluate_every_path(e, context, schema, engine.caveats.as_ref())?;
     }
+    Ok(())
+}
 
-    // Candidates of the wanted type and permission: exact ones are members; the others went
-    // through caveats, and a check gives their permissionship and missing context.
+/// Phase 4, first half: the atoms of the wanted type and permission, sorted by id, each with
+/// whether it is exact (a member as it is) or went through caveats (to be checked).
+fn candidates(walk: ReverseWalk<'_>, resource_type: &str, permission: &str) -> Vec<(String, bool)> {
     let mut candidates: BTreeMap<String, bool> = BTreeMap::new();
     for ((t, id, r), exact) in walk.atoms {
         if t == resource_type && r.as_deref() == Some(permission) {
             candidates.insert(id, exact);
         }
     }
-    let candidates: Vec<(String, bool)> = candidates.into_iter().collect();
+    candidates.into_iter().collect()
+}
+
+/// Phase 4, second half: exact candidates are members; the others are checked for their
+/// permissionship and missing context, on the calling thread or, when there are many, spread
+/// over the cores, each chunk with its own dispatcher and memo (chunks are contiguous, so the
+/// results stay sorted by id).
+fn resolve_all(
+    engine: &Engine,
+    snap: &Snapshot<'_>,
+    checker: &mut AtomChecker<'_, '_>,
+    candidates: &[(String, bool)],
+    resource_type: &str,
+    permission: &str,
+    context: &Context,
+) -> EngineResult<Vec<LookupResult>> {
+    let subject = checker.subject;
     let needs_check = |(_, exact): &(String, bool)| usize::from(!*exact);
     if candidates.iter().map(needs_check).sum::<usize>() < PARALLEL_CHECKS_MIN {
         return resolve_candidates(
             checker.d,
             &mut checker.memo,
-            &candidates,
+            candidates,
             resource_type,
             permission,
             subject,
             context,
         );
     }
-    // Many candidates to check: spread them over the cores, each chunk with its own
-    // dispatcher and memo; chunks are contiguous, so the results stay sorted by id.
-    let chunks = parallel_chunks(&candidates, needs_check, PARALLEL_CHECKS_MIN, |chunk| {
+    let chunks = parallel_chunks(candidates, needs_check, PARALLEL_CHECKS_MIN, |chunk| {
         let mut d = Dispatcher::new(engine, snap);
         let mut memo = CheckMemo::new(EvalMode::CHECK);
         resolve_candidates(

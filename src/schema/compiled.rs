@@ -152,9 +152,9 @@ pub enum Member<'a> {
     Permission(&'a Permission),
 }
 
-impl Member<'_> {
+impl<'a> Member<'a> {
     /// The member's name.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &'a str {
         match self {
             Member::Relation(r) => &r.name,
             Member::Permission(p) => &p.name,
