@@ -270,10 +270,13 @@ fn phase_samples(all: &[(u8, Duration)], p: u8) -> impl Iterator<Item = Duration
     all.iter().filter(move |(q, _)| *q == p).map(|(_, d)| *d)
 }
 
-/// Check latency outside and while GC passes remove every `document` version that a delete
-/// and a re-import made garbage, over a few rounds.
+/// Check latency with no GC and no writes, and while GC passes remove every `document`
+/// version that a delete and a re-import made garbage, over a few rounds. The GC metrics move
+/// only at the end of a pass, so "while GC sweeps" runs from the moment the garbage becomes
+/// due (the delete plus the GC window) until it is all collected.
 async fn during_gc(scale: u32, concurrency: usize) {
     const ROUNDS: usize = 3;
+    const QUIET: u8 = 2;
     let window = 5;
     let server = Server::start(&[
         "--gc-window-secs",
@@ -294,10 +297,16 @@ async fn during_gc(scale: u32, concurrency: usize) {
     let collected = "spicedb_datastore_gc_relationships_total";
     let passes = "spicedb_datastore_gc_duration_seconds_sum";
     let checkers = Checkers::start(&channel, scale, concurrency);
+    // Let the load settle, then measure a quiet baseline.
+    tokio::time::sleep(Duration::from_secs(window + 5)).await;
+    checkers.phase(QUIET);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    checkers.phase(0);
     let mut swept = Vec::new();
     for _ in 0..ROUNDS {
         let before = server.metric(collected);
         let pass_time = server.metric(passes);
+        let deleted_at = Instant::now();
         PermissionsServiceClient::new(channel.clone())
             .delete_relationships(pb::DeleteRelationshipsRequest {
                 relationship_filter: Some(pb::RelationshipFilter {
@@ -310,11 +319,12 @@ async fn during_gc(scale: u32, concurrency: usize) {
             .unwrap();
         let again = documents.clone();
         import(&channel, garbage, move |i| again[i].clone()).await;
-        let deadline = Instant::now() + Duration::from_secs(window + 60);
-        while server.metric(collected) == before && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        let due = deleted_at + Duration::from_secs(window);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
         }
         checkers.phase(1);
+        let deadline = Instant::now() + Duration::from_secs(window + 60);
         while server.metric(collected) < before + garbage as f64 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -325,10 +335,8 @@ async fn during_gc(scale: u32, concurrency: usize) {
     println!(
         "GC: {ROUNDS} rounds of {garbage} garbage versions ({scale}x workload), GC pass time per round {swept:.1?}"
     );
-    summary(
-        "Check outside GC (incl. delete, import)",
-        phase_samples(&all, 0),
-    );
+    summary("Check, no GC and no writes", phase_samples(&all, QUIET));
+    summary("Check during delete and re-import", phase_samples(&all, 0));
     summary("Check while GC sweeps", phase_samples(&all, 1));
 }
 
@@ -354,6 +362,7 @@ async fn during_big_lookup(scale: u32, concurrency: usize) {
     tokio::time::sleep(Duration::from_secs(5)).await;
     checkers.phase(1);
     let stop_writer = Arc::new(AtomicBool::new(false));
+    let origin = Instant::now();
     let writer = {
         let stop = stop_writer.clone();
         let mut client = PermissionsServiceClient::new(channel.clone());
@@ -362,6 +371,7 @@ async fn during_big_lookup(scale: u32, concurrency: usize) {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 let start = Instant::now();
+                let at = start.duration_since(origin);
                 client
                     .write_relationships(pb::WriteRelationshipsRequest {
                         updates: vec![touch(&format!("document:w{i}#viewer@user:writer"))],
@@ -369,20 +379,28 @@ async fn during_big_lookup(scale: u32, concurrency: usize) {
                     })
                     .await
                     .unwrap();
-                out.push(start.elapsed());
+                out.push((at, start.elapsed()));
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             out
         })
     };
-    let (found, took) = lookup(&server, "bigreader").await;
+    let (found, took, first) = lookup_timed(&server, "bigreader").await;
     stop_writer.store(true, Ordering::Relaxed);
-    let writes = writer.await.unwrap();
+    let timed_writes = writer.await.unwrap();
     let all = checkers.finish().await;
     println!(
-        "LookupResources over {candidates} candidates, beside checks and writes: {found} found in {took:.1?}"
+        "LookupResources over {candidates} candidates, beside checks and writes: {found} found in {took:.1?} (first result after {first:.1?})"
     );
+    // When the slowest writes started, from the lookup's start: tells a stall in the walk
+    // from one at the end of it (results built and streamed).
+    let mut slowest = timed_writes.clone();
+    slowest.sort_by_key(|(_, took)| std::cmp::Reverse(*took));
+    for (at, took) in slowest.iter().take(3) {
+        println!("  a write started at {at:.2?} took {took:.1?}");
+    }
+    let writes: Vec<Duration> = timed_writes.into_iter().map(|(_, took)| took).collect();
     summary("Check without the lookup", phase_samples(&all, 0));
     summary("Check during the lookup and writes", phase_samples(&all, 1));
     summary("Write during the lookup", writes);
@@ -390,7 +408,15 @@ async fn during_big_lookup(scale: u32, concurrency: usize) {
 
 /// Runs LookupResources `document#view` for `user`; returns how many it found and the time.
 async fn lookup(server: &Server, user: &str) -> (usize, Duration) {
+    let (found, took, _) = lookup_timed(server, user).await;
+    (found, took)
+}
+
+/// A LookupResources call: results, total time, and the time to its first result (the end
+/// of the server's walk and checks: results are streamed once all are known).
+async fn lookup_timed(server: &Server, user: &str) -> (usize, Duration, Duration) {
     let started = Instant::now();
+    let first = std::sync::Mutex::new(None);
     let found = PermissionsServiceClient::new(server.channel().await)
         .lookup_resources(pb::LookupResourcesRequest {
             consistency: fully_consistent(),
@@ -402,12 +428,20 @@ async fn lookup(server: &Server, user: &str) -> (usize, Duration) {
         .await
         .unwrap()
         .into_inner()
-        .fold(0usize, |n, r| async move {
-            r.unwrap();
-            n + 1
+        .fold(0usize, |n, r| {
+            if n == 0
+                && let Ok(mut first) = first.lock()
+            {
+                *first = Some(started.elapsed());
+            }
+            async move {
+                r.unwrap();
+                n + 1
+            }
         })
         .await;
-    (found, started.elapsed())
+    let first = first.into_inner().ok().flatten().unwrap_or_default();
+    (found, started.elapsed(), first)
 }
 
 /// Write and Check latency while 1000 ReadRelationships streams are stalled by their readers.

@@ -399,8 +399,13 @@ impl Graph {
                 SubjectRelationFilter::Relation(r) => Some(r.as_str()),
             }),
         ];
-        self.visit(rev, filter, now, &mut |g, key, v| {
-            out.push(g.relationship(key, v, &known));
+        self.visit(rev, filter, now, &mut |seen| {
+            match seen {
+                // Outside the lock: growing a vector of a million relationships copies it,
+                // which under the lock would stall a waiting writer and every Check behind it.
+                Seen::Expect(n) => out.reserve(n),
+                Seen::Version(g, key, v) => out.push(g.relationship(key, v, &known)),
+            }
             true
         })
     }
@@ -415,37 +420,39 @@ impl Graph {
         now: Timestamp,
     ) -> Option<bool> {
         let mut found = false;
-        let answered = self.visit(rev, filter, now, &mut |_, _, _| {
-            found = true;
-            false
+        let answered = self.visit(rev, filter, now, &mut |seen| match seen {
+            Seen::Expect(_) => true,
+            Seen::Version(..) => {
+                found = true;
+                false
+            }
         });
         answered.then_some(found)
     }
 
     /// Calls `f` with each relationship version visible at `rev` (and not expired at `now`)
-    /// that matches `filter`, until it returns `false`. Returns `false` if the filter does not
+    /// that matches `filter`, until it returns `false`; before a long list, `f` is told how
+    /// many versions may come, with the lock released. Returns `false` if the filter does not
     /// pin an object's relation or a subject, so the graph cannot answer it.
     fn visit(
         &self,
         rev: u64,
         filter: &RelationshipFilter,
         now: Timestamp,
-        f: &mut dyn FnMut(&Inner, &TupleSyms, &Version) -> bool,
+        f: &mut dyn FnMut(Seen<'_>) -> bool,
     ) -> bool {
         let mut g = self.read();
         let Some((access, pins)) = g.access(filter, self.id) else {
             return false;
         };
         let prefix = filter.resource_id_prefix.as_deref();
-        let emit = |g: &Inner,
-                    f: &mut dyn FnMut(&Inner, &TupleSyms, &Version) -> bool,
-                    slot: u32| match g.slot(slot) {
+        let emit = |g: &Inner, f: &mut dyn FnMut(Seen<'_>) -> bool, slot: u32| match g.slot(slot) {
             Some(s)
                 if pins.matches(&s.key)
                     && prefix.is_none_or(|p| g.names.name(s.key[1]).starts_with(p)) =>
             {
                 match s.versions.iter().rev().find(|v| v.visible(rev, now)) {
-                    Some(v) => f(g, &s.key, v),
+                    Some(v) => f(Seen::Version(g, &s.key, v)),
                     None => true,
                 }
             }
@@ -482,6 +489,11 @@ impl Graph {
         // tuple whose versions were all created after `rev`, or that no longer matches, so
         // `emit` skips it too.
         let slots: Vec<u32> = list.clone();
+        drop(g);
+        if !f(Seen::Expect(slots.len())) {
+            return true;
+        }
+        g = self.read();
         let mut rest = slots.as_slice();
         while !rest.is_empty() {
             let mut used = 0;
@@ -535,6 +547,13 @@ pub(crate) enum GraphChange {
     },
     /// the version of `key` created at `created` is gone (an import rolled back)
     Remove { key: RelationshipKey, created: u64 },
+}
+
+/// What [`Graph::visit`] shows its caller: how many versions a long list may yield (told with
+/// the lock released, so the caller can make room), then each matching version.
+enum Seen<'a> {
+    Expect(usize),
+    Version(&'a Inner, &'a TupleSyms, &'a Version),
 }
 
 /// A relationship seen from its resource: the subject's names as symbols, and whether the
@@ -1194,7 +1213,10 @@ mod tests {
                 2,
                 &by_resource("document", "a", "viewer"),
                 NOW,
-                &mut |inner, k, _| {
+                &mut |seen_now| {
+                    let Seen::Version(inner, k, _) = seen_now else {
+                        return true;
+                    };
                     if writer.is_none() {
                         writer = Some(s.spawn(|| {
                             g.apply(&[
