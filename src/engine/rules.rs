@@ -249,11 +249,7 @@ pub(crate) fn check_direct<'s, W: Walk<'s>>(
                 depth.saturating_sub(1),
             )?;
             decided = acc.add(W::through(edge, sub));
-            Ok(if decided {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            })
+            Ok(stop_if(decided))
         })?;
         if decided {
             break;
@@ -318,22 +314,9 @@ pub(crate) fn check_tuple_to_userset<'s, W: Walk<'s>>(
 ) -> Result<W::Answer, W::Error> {
     let mut acc = W::Answer::union(w.require_all());
     w.each_tupleset(def, id, tupleset, |w, edge| {
-        let Some(target) = w
-            .edge_subject_definition(edge)
-            .filter(|t| t.member(computed).is_some())
-        else {
-            return Ok(ControlFlow::Continue(()));
-        };
-        let sub = w.dispatch(
-            target,
-            w.edge_subject(edge),
-            computed,
-            depth.saturating_sub(1),
-        )?;
-        Ok(if acc.add(W::through(edge, sub)) {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
+        Ok(match arrow_target(w, edge, computed, depth)? {
+            Some(branch) => stop_if(acc.add(branch)),
+            None => ControlFlow::Continue(()),
         })
     })?;
     Ok(acc.finish())
@@ -351,28 +334,42 @@ pub(crate) fn check_intersection_tuple_to_userset<'s, W: Walk<'s>>(
 ) -> Result<W::Answer, W::Error> {
     let mut acc = W::Answer::intersection();
     w.each_tupleset(def, id, tupleset, |w, edge| {
-        let branch = match w
-            .edge_subject_definition(edge)
-            .filter(|t| t.member(computed).is_some())
-        {
-            Some(target) => {
-                let sub = w.dispatch(
-                    target,
-                    w.edge_subject(edge),
-                    computed,
-                    depth.saturating_sub(1),
-                )?;
-                W::through(edge, sub)
-            }
-            None => W::Answer::no(),
-        };
-        Ok(if acc.add(branch) {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        })
+        let branch = arrow_target(w, edge, computed, depth)?.unwrap_or_else(W::Answer::no);
+        Ok(stop_if(acc.add(branch)))
     })?;
     Ok(acc.finish())
+}
+
+/// One arrow branch: `computed` on the object a tupleset relationship points to, dispatched
+/// and seen through that relationship; `None` if the object's type has no `computed`.
+fn arrow_target<'s, W: Walk<'s>>(
+    w: &mut W,
+    edge: &W::Edge,
+    computed: &str,
+    depth: u32,
+) -> Result<Option<W::Answer>, W::Error> {
+    let Some(target) = w
+        .edge_subject_definition(edge)
+        .filter(|t| t.member(computed).is_some())
+    else {
+        return Ok(None);
+    };
+    let sub = w.dispatch(
+        target,
+        w.edge_subject(edge),
+        computed,
+        depth.saturating_sub(1),
+    )?;
+    Ok(Some(W::through(edge, sub)))
+}
+
+/// Stops an edge walk once the accumulated answer is decided.
+fn stop_if(decided: bool) -> ControlFlow<()> {
+    if decided {
+        ControlFlow::Break(())
+    } else {
+        ControlFlow::Continue(())
+    }
 }
 
 /// `a + b + ...`: stops at the first unconditional member.
