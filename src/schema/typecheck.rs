@@ -8,11 +8,15 @@
 //! cycles, then the length of reference chains — so the same schema always reports the same
 //! first error.
 //!
-//! Two checks go beyond SpiceDB's WriteSchema. An arrow `t->c` whose right side `c` exists on
-//! none of the types `t` allows is refused (SpiceDB only warns); an arrow is accepted as soon as
-//! one allowed type has `c`. And a chain of references (names, arrows, subject relations)
-//! longer than [`MAX_PERMISSION_CHAIN`] is refused as a parse error, so that no schema makes
-//! the engine's walks over it unbounded.
+//! One check goes beyond SpiceDB's WriteSchema: a chain of references (names, arrows, subject
+//! relations) longer than [`MAX_PERMISSION_CHAIN`] is refused as a parse error, so that no schema
+//! makes the engine's walks over it unbounded. An arrow `t->c` whose right side `c` exists on
+//! none of the types `t` allows is accepted, as SpiceDB accepts it (its tools only warn).
+//!
+//! Where SpiceDB's checks are narrower than they might be, these are too: a subject relation of
+//! the relation's own definition (`relation lead: team#member`) is only checked to exist, not for
+//! the wildcards it includes; and permission type annotations are checked only under
+//! `use typechecking` (SpiceDB drops them unchecked otherwise).
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -327,6 +331,8 @@ struct Checker<'f> {
     /// definition names in source order
     order: Vec<&'f str>,
     caveats: HashSet<&'f str>,
+    /// `use typechecking` was written: permission type annotations are checked
+    typechecking: bool,
     /// definition -> relation -> how it comes to include a wildcard, for every relation that
     /// does (see [`wildcard_paths`])
     wildcards: HashMap<&'f str, HashMap<&'f str, WildcardPath>>,
@@ -389,6 +395,7 @@ impl<'f> Checker<'f> {
             defs,
             order,
             caveats,
+            typechecking: file.uses("typechecking"),
             wildcards,
         })
     }
@@ -401,7 +408,15 @@ impl<'f> Checker<'f> {
             match m {
                 MemberRef::Relation(r) => self.check_relation(table, r)?,
                 MemberRef::Permission(p) => {
-                    for t in &p.annotation {
+                    // Without `use typechecking` SpiceDB drops type annotations unchecked; with
+                    // it, every annotated type must exist. (SpiceDB then also compares them with
+                    // the types the expression yields, which is not checked here.)
+                    let annotations: &[Name] = if self.typechecking {
+                        &p.annotation
+                    } else {
+                        &[]
+                    };
+                    for t in annotations {
                         if !self.defs.contains_key(t.text.as_str()) {
                             return Err(SchemaError::type_error(
                                 format!(
@@ -470,7 +485,12 @@ impl<'f> Checker<'f> {
                         sub.pos,
                     ));
                 }
-                if let Some(w) = self.wildcard_path(type_name, &sub.text) {
+                // As SpiceDB's type system: a subject relation of the relation's own definition
+                // is only checked to exist; only other definitions' subject relations are
+                // checked for wildcards they include (`pkg/schema/typesystem_validation.go`).
+                if type_name != def_name
+                    && let Some(w) = self.wildcard_path(type_name, &sub.text)
+                {
                     return Err(SchemaError::type_error(
                         format!(
                             "for relation `{rel_name}`: relation/permission `{type_name}#{}` includes wildcard type `{}` via relation `{}`: wildcard relations cannot be transitively included",
@@ -1054,6 +1074,18 @@ mod tests {
             "for relation `lead`: relation/permission `group#member` includes wildcard type `user` via relation `group#member`: wildcard relations cannot be transitively included"
         );
         assert_eq!((e.line(), e.column()), (3, 34));
+        // A subject relation of the same definition is only checked to exist, as SpiceDB does.
+        let same = "definition user {}\ndefinition team {\n relation member: user | user:*\n relation lead: team#member | user\n}";
+        assert!(compile(same).is_ok());
+        // ... but another definition allowing it is refused, through the same-definition link.
+        let e = compile(&format!(
+            "{same}\ndefinition proj {{ relation owner: team#lead }}"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.message(),
+            "for relation `owner`: relation/permission `team#lead` includes wildcard type `user` via relation `team#member`: wildcard relations cannot be transitively included"
+        );
         // A subject relation cycle without wildcards terminates.
         assert!(compile("definition group { relation member: group#member | group }").is_ok());
     }
@@ -1199,9 +1231,16 @@ mod tests {
         );
         assert_eq!(
             type_err(
-                "definition user {}\ndefinition doc { relation aaa: user\n permission perm: user | nope = aaa }"
+                "use typechecking\ndefinition user {}\ndefinition doc { relation aaa: user\n permission perm: user | nope = aaa }"
             ),
             "could not lookup definition `nope` for permission `perm`: object definition `nope` not found"
+        );
+        // without `use typechecking` the annotation is not checked, as SpiceDB strips it
+        assert!(
+            compile(
+                "definition user {}\ndefinition doc { relation aaa: user\n permission perm: user | nope = aaa }"
+            )
+            .is_ok()
         );
     }
 
