@@ -34,18 +34,40 @@ use super::error::{Position, SchemaError};
 use super::limits::MAX_PERMISSION_CHAIN;
 use super::parser::MAX_NESTING;
 
+/// Which checks to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checks {
+    /// every check WriteSchema runs (plus the chain limit)
+    All,
+    /// only what SpiceDB's compiler refuses, as DiffSchema compiles its comparison schema: no
+    /// name resolution, no wildcard, cycle, unused-parameter or chain checks
+    CompilerOnly,
+}
+
 /// Checks `file` (parsed from `source`) and compiles it.
 pub fn typecheck(file: &SchemaFile, source: &str) -> Result<CompiledSchema, SchemaError> {
+    check(file, source, Checks::All)
+}
+
+/// Compiles `file` (parsed from `source`) with only the checks of SpiceDB's compiler: names
+/// need not resolve. What DiffSchema compares a stored schema with; never for storing.
+pub fn compile_only(file: &SchemaFile, source: &str) -> Result<CompiledSchema, SchemaError> {
+    check(file, source, Checks::CompilerOnly)
+}
+
+fn check(file: &SchemaFile, source: &str, checks: Checks) -> Result<CompiledSchema, SchemaError> {
     check_top_level_names(file)?;
-    let caveats = check_caveats(file)?;
+    let caveats = check_caveats(file, checks)?;
     let checker = Checker::new(file)?;
-    for name in &checker.order {
-        checker.check_definition(name)?;
+    if checks == Checks::All {
+        for name in &checker.order {
+            checker.check_definition(name)?;
+        }
+        for name in &checker.order {
+            checker.check_cycles(name)?;
+        }
+        checker.check_chains()?;
     }
-    for name in &checker.order {
-        checker.check_cycles(name)?;
-    }
-    checker.check_chains()?;
     let mut definitions = BTreeMap::new();
     for name in &checker.order {
         if let Some(table) = checker.defs.get(name) {
@@ -92,17 +114,20 @@ fn check_top_level_names(file: &SchemaFile) -> Result<(), SchemaError> {
 
 // ---- caveats ----
 
-fn check_caveats(file: &SchemaFile) -> Result<BTreeMap<String, CaveatDef>, SchemaError> {
+fn check_caveats(
+    file: &SchemaFile,
+    checks: Checks,
+) -> Result<BTreeMap<String, CaveatDef>, SchemaError> {
     let mut out = BTreeMap::new();
     for item in &file.items {
         if let Item::Caveat(c) = item {
-            out.insert(c.name.text.clone(), check_caveat(c)?);
+            out.insert(c.name.text.clone(), check_caveat(c, checks)?);
         }
     }
     Ok(out)
 }
 
-fn check_caveat(c: &CaveatAst) -> Result<CaveatDef, SchemaError> {
+fn check_caveat(c: &CaveatAst, checks: Checks) -> Result<CaveatDef, SchemaError> {
     let name = &c.name.text;
     if c.params.is_empty() {
         return Err(SchemaError::parse(
@@ -150,7 +175,7 @@ fn check_caveat(c: &CaveatAst) -> Result<CaveatDef, SchemaError> {
         };
         return Err(SchemaError::parse(message, c.expression_pos));
     }
-    for p in &c.params {
+    for p in c.params.iter().filter(|_| checks == Checks::All) {
         if !c.identifiers.contains(&p.name.text) {
             return Err(SchemaError::type_error(
                 format!("parameter `{}` for caveat `{name}` is unused", p.name.text),
