@@ -41,6 +41,16 @@ pub fn compile(text: &str) -> Result<CompiledSchema, SchemaError> {
     typecheck::typecheck(&file, text)
 }
 
+/// Compiles schema text a store already holds, which WriteSchema accepted when it was written:
+/// as [`compile`], but without the checks added since that do not change evaluation (an
+/// annotated permission reaching a type its annotation lacks, under `use typechecking`), so a
+/// stored schema keeps compiling after an upgrade.
+pub fn compile_stored(text: &str) -> Result<CompiledSchema, SchemaError> {
+    let tokens = lexer::tokenize(text)?;
+    let file = parser::parse(text, &tokens)?;
+    typecheck::typecheck_stored(&file, text)
+}
+
 /// Compiles schema text as SpiceDB's compiler alone does, without its type system: a schema
 /// naming types, relations or caveats it lacks still compiles (only [`SchemaError::Parse`] and
 /// duplicate member names fail). DiffSchema compares the stored schema with text compiled this

@@ -16,10 +16,12 @@
 //! Where SpiceDB's checks are narrower than they might be, these are too: a subject relation of
 //! the relation's own definition (`relation lead: team#member`) is only checked to exist, not for
 //! the wildcards it includes; and permission type annotations are checked only under
-//! `use typechecking` (SpiceDB drops them unchecked otherwise).
+//! `use typechecking` (SpiceDB drops them unchecked otherwise). Under it, an annotated
+//! permission must name every subject type it can reach (`permission view: user = viewer` with
+//! `relation viewer: user | team` is refused).
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use super::ast::{
     ArrowFn, CaveatAst, CaveatTypeAst, DefinitionAst, ExprAst, Item, MemberAst, Name,
@@ -39,6 +41,9 @@ use super::parser::MAX_NESTING;
 enum Checks {
     /// every check WriteSchema runs (plus the chain limit)
     All,
+    /// every check, but the completeness of type annotations: for text a store already holds,
+    /// which an earlier version may have accepted without it (it changes no evaluation)
+    Stored,
     /// only what SpiceDB's compiler refuses, as DiffSchema compiles its comparison schema: no
     /// name resolution, no wildcard, cycle, unused-parameter or chain checks
     CompilerOnly,
@@ -47,6 +52,12 @@ enum Checks {
 /// Checks `file` (parsed from `source`) and compiles it.
 pub fn typecheck(file: &SchemaFile, source: &str) -> Result<CompiledSchema, SchemaError> {
     check(file, source, Checks::All)
+}
+
+/// Checks and compiles `file` (parsed from `source`), text a store already holds: as
+/// [`typecheck`], but an annotated permission may reach types its annotation lacks.
+pub fn typecheck_stored(file: &SchemaFile, source: &str) -> Result<CompiledSchema, SchemaError> {
+    check(file, source, Checks::Stored)
 }
 
 /// Compiles `file` (parsed from `source`) with only the checks of SpiceDB's compiler: names
@@ -58,8 +69,9 @@ pub fn compile_only(file: &SchemaFile, source: &str) -> Result<CompiledSchema, S
 fn check(file: &SchemaFile, source: &str, checks: Checks) -> Result<CompiledSchema, SchemaError> {
     check_top_level_names(file)?;
     let caveats = check_caveats(file, checks)?;
-    let checker = Checker::new(file)?;
-    if checks == Checks::All {
+    let mut checker = Checker::new(file)?;
+    checker.annotations_complete = checks == Checks::All;
+    if checks != Checks::CompilerOnly {
         for name in &checker.order {
             checker.check_definition(name)?;
         }
@@ -175,7 +187,7 @@ fn check_caveat(c: &CaveatAst, checks: Checks) -> Result<CaveatDef, SchemaError>
         };
         return Err(SchemaError::parse(message, c.expression_pos));
     }
-    for p in c.params.iter().filter(|_| checks == Checks::All) {
+    for p in c.params.iter().filter(|_| checks != Checks::CompilerOnly) {
         if !c.identifiers.contains(&p.name.text) {
             return Err(SchemaError::type_error(
                 format!("parameter `{}` for caveat `{name}` is unused", p.name.text),
@@ -358,6 +370,8 @@ struct Checker<'f> {
     caveats: HashSet<&'f str>,
     /// `use typechecking` was written: permission type annotations are checked
     typechecking: bool,
+    /// check that annotated permissions reach no type their annotation lacks
+    annotations_complete: bool,
     /// definition -> relation -> how it comes to include a wildcard, for every relation that
     /// does (see [`wildcard_paths`])
     wildcards: HashMap<&'f str, HashMap<&'f str, WildcardPath>>,
@@ -421,6 +435,7 @@ impl<'f> Checker<'f> {
             order,
             caveats,
             typechecking: file.uses("typechecking"),
+            annotations_complete: true,
             wildcards,
         })
     }
@@ -434,8 +449,8 @@ impl<'f> Checker<'f> {
                 MemberRef::Relation(r) => self.check_relation(table, r)?,
                 MemberRef::Permission(p) => {
                     // Without `use typechecking` SpiceDB drops type annotations unchecked; with
-                    // it, every annotated type must exist. (SpiceDB then also compares them with
-                    // the types the expression yields, which is not checked here.)
+                    // it, every annotated type must exist, and every type the permission can
+                    // reach must be annotated (checked after the expression's names).
                     let annotations: &[Name] = if self.typechecking {
                         &p.annotation
                     } else {
@@ -453,10 +468,100 @@ impl<'f> Checker<'f> {
                         }
                     }
                     self.check_expr(table, p, &p.expr)?;
+                    if self.annotations_complete && !annotations.is_empty() {
+                        self.check_annotation(table, p)?;
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Refuses an annotated permission that can reach a subject type its annotation lacks, as
+    /// SpiceDB's type system does under `use typechecking`.
+    fn check_annotation(
+        &self,
+        table: &DefTable<'f>,
+        p: &'f PermissionAst,
+    ) -> Result<(), SchemaError> {
+        let def_name = table.ast.name.text.as_str();
+        let reachable = self.terminal_types(def_name, &p.name.text);
+        let annotated: Vec<&str> = p.annotation.iter().map(|n| n.text.as_str()).collect();
+        if let Some(missing) = reachable.iter().find(|t| !annotated.contains(t)) {
+            let set: Vec<String> = annotated.iter().map(|t| format!("`{t}`")).collect();
+            return Err(SchemaError::type_error(
+                format!(
+                    "incomplete type annotation on relation `{}` in definition `{def_name}`: `{missing}` found as reachable type, but not contained in provided set [{}]",
+                    p.name.text,
+                    set.join(", ")
+                ),
+                p.name.pos,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The subject types `def#name` can reach, as SpiceDB's `GetRecursiveTerminalTypesForRelation`
+    /// finds them: a relation's plain and wildcard types, and what its subject relations reach; a
+    /// permission's names and arrows followed (an arrow on every type its left side allows that
+    /// has the right side), all operands of every operation alike. Each member is visited once;
+    /// names that do not resolve reach nothing. Iterative, so long chains cannot overflow.
+    fn terminal_types(&self, def: &'f str, name: &'f str) -> BTreeSet<&'f str> {
+        let mut out = BTreeSet::new();
+        let mut seen: HashSet<(&'f str, &'f str)> = HashSet::new();
+        let mut pending: Vec<(&'f str, &'f str)> = vec![(def, name)];
+        while let Some((def, name)) = pending.pop() {
+            if !seen.insert((def, name)) {
+                continue;
+            }
+            let Some(table) = self.defs.get(def) else {
+                continue;
+            };
+            match table.by_name.get(name).copied() {
+                None => {}
+                Some(MemberRef::Relation(r)) => {
+                    for t in &r.allowed {
+                        match &t.kind {
+                            TypeRefKind::Direct | TypeRefKind::Ellipsis | TypeRefKind::Wildcard => {
+                                out.insert(t.type_name.text.as_str());
+                            }
+                            TypeRefKind::Relation(sub) => {
+                                pending.push((t.type_name.text.as_str(), sub.text.as_str()));
+                            }
+                        }
+                    }
+                }
+                Some(MemberRef::Permission(p)) => {
+                    let mut exprs = vec![&p.expr];
+                    while let Some(e) = exprs.pop() {
+                        match e {
+                            ExprAst::Nil(_) | ExprAst::SelfRef(_) => {}
+                            ExprAst::Ident(n) => pending.push((def, n.text.as_str())),
+                            ExprAst::Arrow {
+                                tupleset, computed, ..
+                            } => {
+                                for t in table
+                                    .relation(&tupleset.text)
+                                    .map(|r| r.allowed.as_slice())
+                                    .unwrap_or_default()
+                                {
+                                    pending
+                                        .push((t.type_name.text.as_str(), computed.text.as_str()));
+                                }
+                            }
+                            ExprAst::Union(items) | ExprAst::Intersection(items) => {
+                                exprs.extend(items);
+                            }
+                            ExprAst::Exclusion(l, r) => {
+                                exprs.push(l);
+                                exprs.push(r);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn check_relation(&self, table: &DefTable<'f>, r: &RelationAst) -> Result<(), SchemaError> {
@@ -1260,6 +1365,36 @@ mod tests {
             ),
             "could not lookup definition `nope` for permission `perm`: object definition `nope` not found"
         );
+        // under `use typechecking`, every type the permission reaches must be annotated
+        let typed = "use typechecking\ndefinition user {}\ndefinition team {}\ndefinition org { relation member: user | team }\ndefinition doc {\n relation org: org\n relation viewer: user | org#member\n";
+        assert_eq!(
+            type_err(&format!("{typed} permission view: user = viewer\n}}")),
+            "incomplete type annotation on relation `view` in definition `doc`: `team` found as reachable type, but not contained in provided set [`user`]"
+        );
+        assert_eq!(
+            type_err(&format!("{typed} permission view: user = org->member\n}}")),
+            "incomplete type annotation on relation `view` in definition `doc`: `team` found as reachable type, but not contained in provided set [`user`]"
+        );
+        assert!(
+            compile(&format!(
+                "{typed} permission view: user | team = viewer - org->member\n}}"
+            ))
+            .is_ok()
+        );
+        assert!(
+            compile(&format!(
+                "{typed} permission view: team | user = viewer + view\n}}"
+            ))
+            .is_ok()
+        );
+        // an arrow reaches only the types that have its right side; nil reaches nothing
+        assert!(compile(&format!("{typed} relation parent: user | org\n permission view: user | team = parent->member + nil\n}}")).is_ok());
+        // a stored schema (accepted before this check existed) still compiles
+        let incomplete = format!("{typed} permission view: user = viewer\n}}");
+        let toks = tokenize(&incomplete).unwrap();
+        let file = parse(&incomplete, &toks).unwrap();
+        assert!(typecheck_stored(&file, &incomplete).is_ok());
+        assert!(typecheck(&file, &incomplete).is_err());
         // without `use typechecking` the annotation is not checked, as SpiceDB strips it
         assert!(
             compile(
