@@ -187,6 +187,10 @@ fn schema_for(
     consistency: Option<&pb::Consistency>,
 ) -> ApiResult<(Revision, Arc<CompiledSchema>)> {
     let requirement = convert::consistency(consistency)?;
-    let rev = choose_revision(api.store.as_ref(), &requirement)?;
+    let rev = choose_revision(
+        api.store.as_ref(),
+        &requirement,
+        api.limits.mismatched_tokens,
+    )?;
     Ok((rev, api.schema_at(rev)?))
 }
