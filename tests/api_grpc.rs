@@ -1175,3 +1175,98 @@ async fn configured_limits_are_enforced() {
         "{err:?}"
     );
 }
+
+/// Relationship counters, with SpiceDB's semantics: a named filter registered once, counted
+/// live at the head, unregistered; SpiceDB's errors and reasons for the misuses.
+#[tokio::test]
+async fn relationship_counters() {
+    use pb::experimental_service_client::ExperimentalServiceClient;
+    let mut s = start(Backend::Rocks, None).await;
+    s.write_schema(SCHEMA).await.unwrap();
+    s.write(vec![
+        create("document:a#viewer@user:ann"),
+        create("document:b#viewer@user:ann"),
+        create("document:b#owner@user:bob"),
+    ])
+    .await
+    .unwrap();
+    let mut exp = ExperimentalServiceClient::new(s.channel.clone());
+    let register =
+        |name: &str, resource_type: &str| pb::ExperimentalRegisterRelationshipCounterRequest {
+            name: name.into(),
+            relationship_filter: Some(pb::RelationshipFilter {
+                resource_type: resource_type.into(),
+                optional_relation: "viewer".into(),
+                ..Default::default()
+            }),
+        };
+    let count = |name: &str| pb::ExperimentalCountRelationshipsRequest { name: name.into() };
+    exp.experimental_register_relationship_counter(register("viewers", "document"))
+        .await
+        .unwrap();
+    let err = exp
+        .experimental_register_relationship_counter(register("viewers", "document"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&err), "ERROR_REASON_COUNTER_ALREADY_REGISTERED");
+    let err = exp
+        .experimental_register_relationship_counter(register("", "document"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = exp
+        .experimental_register_relationship_counter(register("other", "nosuchtype"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "ERROR_REASON_UNKNOWN_DEFINITION", "{err:?}");
+
+    let counted = |r: pb::ExperimentalCountRelationshipsResponse| match r.counter_result {
+        Some(pb::experimental_count_relationships_response::CounterResult::ReadCounterValue(v)) => {
+            v.relationship_count
+        }
+        other => panic!("no count: {other:?}"),
+    };
+    let n = exp
+        .experimental_count_relationships(count("viewers"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counted(n), 2);
+    s.write(vec![create("document:c#viewer@user:cat")])
+        .await
+        .unwrap();
+    let n = exp
+        .experimental_count_relationships(count("viewers"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counted(n), 3, "counted live at the head");
+
+    let err = exp
+        .experimental_count_relationships(count("nosuch"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "ERROR_REASON_COUNTER_NOT_REGISTERED");
+    exp.experimental_unregister_relationship_counter(
+        pb::ExperimentalUnregisterRelationshipCounterRequest {
+            name: "viewers".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let err = exp
+        .experimental_count_relationships(count("viewers"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "ERROR_REASON_COUNTER_NOT_REGISTERED");
+    let err = exp
+        .experimental_unregister_relationship_counter(
+            pb::ExperimentalUnregisterRelationshipCounterRequest {
+                name: "viewers".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "ERROR_REASON_COUNTER_NOT_REGISTERED");
+}

@@ -53,6 +53,10 @@ pub enum Reason {
     SchemaTypeError,
     /// an expiration on a relation that does not allow one (SpiceDB reports the subject type)
     CaveatParameterTypeError,
+    /// a relationship counter registered twice
+    CounterAlreadyRegistered,
+    /// a relationship counter never registered
+    CounterNotRegistered,
 }
 
 impl Reason {
@@ -80,6 +84,8 @@ impl Reason {
             Reason::Unspecified => "ERROR_REASON_UNSPECIFIED",
             Reason::SchemaTypeError => "ERROR_REASON_SCHEMA_TYPE_ERROR",
             Reason::CaveatParameterTypeError => "ERROR_REASON_CAVEAT_PARAMETER_TYPE_ERROR",
+            Reason::CounterAlreadyRegistered => "ERROR_REASON_COUNTER_ALREADY_REGISTERED",
+            Reason::CounterNotRegistered => "ERROR_REASON_COUNTER_NOT_REGISTERED",
         }
     }
 }

@@ -1,6 +1,10 @@
 //! `ExperimentalService`: the older names of bulk import, export and check and of the schema
 //! RPCs, which the official clients still call, and the relationship counters.
 //!
+//! A relationship counter is a named filter, kept durably by the store; counting runs the
+//! filter at the head, as SpiceDB's open-source server does (it never answers "still
+//! calculating").
+//!
 //! SpiceDB serves the older RPCs with the same logic as their stable names, and their messages
 //! copy the stable ones field for field (`BulkCheckPermissionPair` ↔ `CheckBulkPermissionsPair`,
 //! `ExpDefinition` ↔ `ReflectionDefinition`, ...). So each is served here by re-reading its
@@ -12,12 +16,13 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::error::ApiError;
+use super::error::{ApiError, Metadata, Reason, meta};
 use super::permissions::{ResponseStream, export_bulk, import_bulk};
 use super::proto::authzed::api::v1 as pb;
-use super::{Api, PermissionsApi, SchemaApi};
+use super::{Api, PermissionsApi, SchemaApi, blocking, convert, validate};
 use pb::permissions_service_server::PermissionsService as _;
 use pb::schema_service_server::SchemaService as _;
+use prost::Message as _;
 
 /// Most relationships one page of BulkExportRelationships may ask for, and its page size when
 /// it asks for none: the experimental RPC's own limit in SpiceDB, not the stable one's flag.
@@ -145,22 +150,128 @@ impl pb::experimental_service_server::ExperimentalService for ExperimentalApi {
 
     async fn experimental_register_relationship_counter(
         &self,
-        _request: Request<pb::ExperimentalRegisterRelationshipCounterRequest>,
+        request: Request<pb::ExperimentalRegisterRelationshipCounterRequest>,
     ) -> Result<Response<pb::ExperimentalRegisterRelationshipCounterResponse>, Status> {
-        Err(ApiError::Unimplemented("relationship counters are not implemented yet".into()).into())
+        let req = request.into_inner();
+        let api = Arc::clone(&self.0);
+        blocking(move || {
+            counter_name(&req.name)?;
+            let filter = convert::relationship_filter(
+                req.relationship_filter.as_ref(),
+                "relationship_filter",
+            )?;
+            validate::filter(&*api.schema_at(api.store.head_revision()?)?, &filter)?;
+            let _gate = api.lock_writes()?;
+            if find_counter(&api, &req.name)?.is_some() {
+                return Err(ApiError::precondition(
+                    Reason::CounterAlreadyRegistered,
+                    format!("counter with name `{}` already registered", req.name),
+                    meta([("counter_name", &req.name)]),
+                ));
+            }
+            let stored = req.relationship_filter.unwrap_or_default().encode_to_vec();
+            api.store
+                .set_relationship_counter(&req.name, Some(&stored))?;
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(
+            pb::ExperimentalRegisterRelationshipCounterResponse {},
+        ))
     }
 
     async fn experimental_count_relationships(
         &self,
-        _request: Request<pb::ExperimentalCountRelationshipsRequest>,
+        request: Request<pb::ExperimentalCountRelationshipsRequest>,
     ) -> Result<Response<pb::ExperimentalCountRelationshipsResponse>, Status> {
-        Err(ApiError::Unimplemented("relationship counters are not implemented yet".into()).into())
+        let req = request.into_inner();
+        let api = Arc::clone(&self.0);
+        let value = blocking(move || {
+            counter_name(&req.name)?;
+            let stored = registered_counter(&api, &req.name)?;
+            let filter = pb::RelationshipFilter::decode(stored.as_slice()).map_err(|e| {
+                ApiError::Internal(format!("counter `{}` is stored unreadably: {e}", req.name))
+            })?;
+            let filter = convert::relationship_filter(Some(&filter), "relationship_filter")?;
+            // Counted live at the head, as SpiceDB's open-source server counts.
+            let head = api.store.head_revision()?;
+            let now = convert::now();
+            let page_size = api.limits.max_datastore_read_page_size;
+            let mut count: u64 = 0;
+            let mut after = None;
+            loop {
+                let page = api
+                    .store
+                    .query(head, &filter, after.as_ref(), page_size, now)?;
+                count += page.relationships.len() as u64;
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            Ok(pb::ReadCounterValue {
+                relationship_count: count,
+                read_at: Some(convert::zed_token_out(head, api.store.unique_id())),
+            })
+        })
+        .await?;
+        Ok(Response::new(pb::ExperimentalCountRelationshipsResponse {
+            counter_result: Some(
+                pb::experimental_count_relationships_response::CounterResult::ReadCounterValue(
+                    value,
+                ),
+            ),
+        }))
     }
 
     async fn experimental_unregister_relationship_counter(
         &self,
-        _request: Request<pb::ExperimentalUnregisterRelationshipCounterRequest>,
+        request: Request<pb::ExperimentalUnregisterRelationshipCounterRequest>,
     ) -> Result<Response<pb::ExperimentalUnregisterRelationshipCounterResponse>, Status> {
-        Err(ApiError::Unimplemented("relationship counters are not implemented yet".into()).into())
+        let req = request.into_inner();
+        let api = Arc::clone(&self.0);
+        blocking(move || {
+            counter_name(&req.name)?;
+            let _gate = api.lock_writes()?;
+            registered_counter(&api, &req.name)?;
+            api.store.set_relationship_counter(&req.name, None)?;
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(
+            pb::ExperimentalUnregisterRelationshipCounterResponse {},
+        ))
     }
+}
+
+/// A counter's name must be given (the proto's rule lets an empty one through).
+fn counter_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() {
+        return Err(ApiError::invalid(
+            Reason::Unspecified,
+            "name must be provided",
+            Metadata::new(),
+        ));
+    }
+    Ok(())
+}
+
+/// The stored filter of counter `name`, if registered.
+fn find_counter(api: &Api, name: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    Ok(api
+        .store
+        .relationship_counters()?
+        .into_iter()
+        .find_map(|(n, v)| (n == name).then_some(v)))
+}
+
+/// The stored filter of counter `name`; FAILED_PRECONDITION if it is not registered.
+fn registered_counter(api: &Api, name: &str) -> Result<Vec<u8>, ApiError> {
+    find_counter(api, name)?.ok_or_else(|| {
+        ApiError::precondition(
+            Reason::CounterNotRegistered,
+            format!("counter with name `{name}` not found"),
+            meta([("counter_name", name)]),
+        )
+    })
 }

@@ -227,7 +227,37 @@ conformance!(
     import_creates_everything_at_one_revision,
     import_is_all_or_nothing,
     import_aborted_leaves_nothing,
+    relationship_counters_are_kept_by_name,
 );
+
+fn relationship_counters_are_kept_by_name(ds: &dyn Datastore) {
+    assert!(ds.relationship_counters().unwrap().is_empty());
+    let head = ds.head_revision().unwrap();
+    ds.set_relationship_counter("viewers", Some(b"filter-a"))
+        .unwrap();
+    ds.set_relationship_counter("all/docs", Some(b"filter-b"))
+        .unwrap();
+    ds.set_relationship_counter("b", Some(b"")).unwrap();
+    assert_eq!(
+        ds.relationship_counters().unwrap(),
+        [
+            ("all/docs".to_string(), b"filter-b".to_vec()),
+            ("b".to_string(), Vec::new()),
+            ("viewers".to_string(), b"filter-a".to_vec()),
+        ]
+    );
+    // Counters are not data: registering one makes no revision.
+    assert_eq!(ds.head_revision().unwrap(), head);
+    ds.set_relationship_counter("b", None).unwrap();
+    ds.set_relationship_counter("nothing", None).unwrap();
+    let names: Vec<String> = ds
+        .relationship_counters()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["all/docs", "viewers"]);
+}
 
 fn empty_store(ds: &dyn Datastore) {
     assert_eq!(ds.head_revision().unwrap(), Revision::ZERO);

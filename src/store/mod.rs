@@ -246,4 +246,21 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     fn check_writable(&self) -> StoreResult<()> {
         Ok(())
     }
+
+    /// The relationship counters registered (the Experimental service's), in name order: each
+    /// name with the value the API stored for it (its encoding of the counter's filter). The
+    /// default keeps none.
+    fn relationship_counters(&self) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+
+    /// Stores counter `name` with `value`, or with `None` removes it; durable once it returns.
+    /// Counters are not versioned: they describe what to count, not data. The default refuses
+    /// with [`StoreError::Unsupported`].
+    fn set_relationship_counter(&self, name: &str, value: Option<&[u8]>) -> StoreResult<()> {
+        let _ = (name, value);
+        Err(StoreError::Unsupported(
+            "this datastore keeps no relationship counters".to_string(),
+        ))
+    }
 }

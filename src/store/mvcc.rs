@@ -1443,6 +1443,44 @@ impl<K: Kv> Mvcc<K> {
     }
 }
 
+/// The meta entries of relationship counters: `counter/NAME`.
+const COUNTER_PREFIX: &str = "counter/";
+
+impl<K: Kv> Mvcc<K> {
+    /// See [`Datastore::relationship_counters`](crate::store::Datastore::relationship_counters).
+    pub(crate) fn relationship_counters(&self) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let start = encoding::meta_key(COUNTER_PREFIX);
+        // The first key after every `counter/...`: '/' + 1 is '0'.
+        let end = encoding::meta_key("counter0");
+        let mut out = Vec::new();
+        self.kv.scan(&start, Some(&end), &mut |key, value| {
+            let name = key.get(start.len()..).unwrap_or_default();
+            let name = String::from_utf8(name.to_vec())
+                .map_err(|_| StoreError::Corrupt("a counter name is not UTF-8".to_string()))?;
+            out.push((name, value.to_vec()));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// See [`Datastore::set_relationship_counter`](crate::store::Datastore::set_relationship_counter).
+    pub(crate) fn set_relationship_counter(
+        &self,
+        name: &str,
+        value: Option<&[u8]>,
+    ) -> StoreResult<()> {
+        let _guard = lock(&self.write_lock);
+        self.writable()?;
+        let key = encoding::meta_key(&format!("{COUNTER_PREFIX}{name}"));
+        let mut batch = Batch::default();
+        match value {
+            Some(v) => batch.put(key, v.to_vec()),
+            None => batch.delete(key),
+        }
+        self.commit(batch)
+    }
+}
+
 /// Implements [`Datastore`](crate::store::Datastore) for a newtype whose `inner` field is an
 /// [`Mvcc`].
 macro_rules! delegate_datastore {
@@ -1566,6 +1604,18 @@ macro_rules! delegate_datastore {
                 window: std::time::Duration,
             ) -> $crate::store::StoreResult<$crate::store::GcStats> {
                 self.inner.gc(now, window)
+            }
+
+            fn relationship_counters(&self) -> $crate::store::StoreResult<Vec<(String, Vec<u8>)>> {
+                self.inner.relationship_counters()
+            }
+
+            fn set_relationship_counter(
+                &self,
+                name: &str,
+                value: Option<&[u8]>,
+            ) -> $crate::store::StoreResult<()> {
+                self.inner.set_relationship_counter(name, value)
             }
 
             fn check_writable(&self) -> $crate::store::StoreResult<()> {
