@@ -436,23 +436,23 @@ pub fn lookup_resources(
     };
     let schema = api.schema_at(rev)?;
     let snap = control.apply(Snapshot::new(api.store.as_ref(), &schema, rev, now()));
-    let results =
-        api.engine
-            .lookup_resources(&snap, &resource_type, &permission, &subject, &context)?;
-    let token = convert::zed_token_out(rev, api.store.unique_id());
     let limit = if req.optional_limit == 0 {
         usize::MAX
     } else {
         req.optional_limit as usize
     };
+    let results = api.engine.lookup_resources_page(
+        &snap,
+        &resource_type,
+        &permission,
+        &subject,
+        &context,
+        after.as_deref(),
+        limit,
+    )?;
+    let token = convert::zed_token_out(rev, api.store.unique_id());
     Ok(results
         .into_iter()
-        .filter(|r| {
-            after
-                .as_ref()
-                .is_none_or(|a| r.resource_id.as_str() > a.as_str())
-        })
-        .take(limit)
         .map(|r| {
             let cursor = consistency::encode_cursor(
                 &Cursor {

@@ -524,7 +524,11 @@ fn by_subject(
     }
 }
 
-/// Runs LookupResources.
+/// Runs LookupResources: the results sorted by id, only those after `after` (by id), at most
+/// `limit` of them. Candidates are checked in id order, a window at a time, until `limit`
+/// results are found: a page of a long answer checks about a page of candidates, not all of
+/// them.
+#[allow(clippy::too_many_arguments, reason = "the request's parts, named")]
 pub(crate) fn lookup_resources(
     engine: &Engine,
     snap: &Snapshot<'_>,
@@ -532,6 +536,8 @@ pub(crate) fn lookup_resources(
     permission: &str,
     subject: &SubjectRef,
     context: &Context,
+    after: Option<&str>,
+    limit: usize,
 ) -> EngineResult<Vec<LookupResult>> {
     let schema = snap.schema;
     validate::resource_member(schema, resource_type, permission)?;
@@ -557,18 +563,39 @@ pub(crate) fn lookup_resources(
     walk_from_subject(&mut walk, &mut checker, &mut probe, subject)?;
     // Phase 3: the caveats met on the way to the target.
     evaluate_met_caveats(&mut walk, engine, schema, context)?;
-    // Phase 4: the candidates of the wanted type and permission, resolved.
+    // Phase 4: the candidates of the wanted type and permission after `after`, resolved a
+    // window at a time until `limit` results are found.
     let candidates = candidates(walk, resource_type, permission);
-    resolve_all(
-        engine,
-        snap,
-        &mut checker,
-        &candidates,
-        resource_type,
-        permission,
-        context,
-    )
+    let start = after.map_or(0, |a| {
+        candidates.partition_point(|(id, _)| id.as_str() <= a)
+    });
+    let mut rest = candidates.get(start..).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut window = limit.clamp(RESOLVE_WINDOW_MIN, RESOLVE_WINDOW_MAX);
+    while out.len() < limit && !rest.is_empty() {
+        let (now, later) = rest.split_at(window.min(rest.len()));
+        out.extend(resolve_all(
+            engine,
+            snap,
+            &mut checker,
+            now,
+            resource_type,
+            permission,
+            context,
+        )?);
+        rest = later;
+        // Few candidates were results: look further ahead at once next time.
+        window = window.saturating_mul(2).min(RESOLVE_WINDOW_MAX);
+    }
+    out.truncate(limit);
+    Ok(out)
 }
+
+/// The fewest candidates LookupResources resolves at once (enough to spread over the cores).
+const RESOLVE_WINDOW_MIN: usize = 256;
+
+/// The most candidates LookupResources resolves at once.
+const RESOLVE_WINDOW_MAX: usize = 65_536;
 
 /// Phase 1: the reverse index of the schema, restricted to what can lead from the subject's
 /// type to `resource_type#permission`; `None` if a name does not resolve (validated before,

@@ -313,7 +313,41 @@ impl Engine {
         subject: &SubjectRef,
         context: &Context,
     ) -> EngineResult<Vec<LookupResult>> {
-        lookup_resources::lookup_resources(self, snap, resource_type, permission, subject, context)
+        self.lookup_resources_page(
+            snap,
+            resource_type,
+            permission,
+            subject,
+            context,
+            None,
+            usize::MAX,
+        )
+    }
+
+    /// One page of [`Engine::lookup_resources`]: the results whose id sorts after `after`, at
+    /// most `limit` of them. Only about a page of candidates is checked, so reading a long
+    /// answer page by page does not check every candidate again for every page.
+    #[allow(clippy::too_many_arguments, reason = "the request's parts, named")]
+    pub fn lookup_resources_page(
+        &self,
+        snap: &Snapshot<'_>,
+        resource_type: &str,
+        permission: &str,
+        subject: &SubjectRef,
+        context: &Context,
+        after: Option<&str>,
+        limit: usize,
+    ) -> EngineResult<Vec<LookupResult>> {
+        lookup_resources::lookup_resources(
+            self,
+            snap,
+            resource_type,
+            permission,
+            subject,
+            context,
+            after,
+            limit,
+        )
     }
 
     /// Every subject of `subject_type` (with `subject_relation`, if given) that has

@@ -1060,3 +1060,58 @@ fn candidate_checks_grow_their_memo_outside_the_graph_lock() {
     assert!(memo.len() >= N, "each candidate is memoised");
     assert_eq!(memo.grown_under_view, 0);
 }
+
+/// A page of LookupResources (after an id, at most a limit) is that slice of the whole answer,
+/// whatever the page size, through exact members, caveated ones and exclusions alike.
+#[test]
+fn lookup_resources_pages_are_slices_of_the_whole_answer() {
+    let mut rels: Vec<String> = Vec::new();
+    for i in 0..700 {
+        let doc = format!("d{i:04}");
+        match i % 7 {
+            0 => rels.push(format!("document:{doc}#banned@user:ann")),
+            1 | 2 => rels.push(format!("document:{doc}#editor@user:ann")),
+            _ => {}
+        }
+        if i % 3 != 0 {
+            rels.push(format!("document:{doc}#viewer@group:eng#member"));
+        }
+    }
+    rels.push("group:eng#member@user:ann".into());
+    let f = Fixture::new(DOCS, &rels.iter().map(String::as_str).collect::<Vec<_>>());
+    let engine = Engine::new(EngineConfig::default());
+    let snap = f.snap();
+    let ann = parse_relationship("document:x#viewer@user:ann")
+        .unwrap()
+        .subject;
+    let whole: Vec<String> = engine
+        .lookup_resources(&snap, "document", "view", &ann, &Context::new())
+        .unwrap()
+        .into_iter()
+        .map(|r| r.resource_id)
+        .collect();
+    assert!(whole.len() > 300, "{}", whole.len());
+    for page in [1, 7, 100, 256, 257, 1000] {
+        let mut paged: Vec<String> = Vec::new();
+        loop {
+            let got = engine
+                .lookup_resources_page(
+                    &snap,
+                    "document",
+                    "view",
+                    &ann,
+                    &Context::new(),
+                    paged.last().map(String::as_str),
+                    page,
+                )
+                .unwrap();
+            assert!(got.len() <= page);
+            let done = got.len() < page;
+            paged.extend(got.into_iter().map(|r| r.resource_id));
+            if done {
+                break;
+            }
+        }
+        assert_eq!(paged, whole, "page size {page}");
+    }
+}
