@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
 
-use crate::api::{Api, BackupApi, PermissionsApi, SchemaApi};
+use crate::api::{Api, BackupApi, PermissionsApi, SchemaApi, WatchApi};
 use crate::store::Datastore;
 
 pub use tls::{TlsError, TlsFiles};
@@ -279,6 +279,9 @@ pub async fn run(
     let schema = SchemaApi(Arc::clone(&api))
         .into_server()
         .max_decoding_message_size(options.max_message_size);
+    let watch = WatchApi(Arc::clone(&api))
+        .into_server()
+        .max_decoding_message_size(options.max_message_size);
     let backup = BackupApi {
         api: Arc::clone(&api),
         root: options.backup_dir.clone(),
@@ -321,6 +324,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(InterceptedService::new(permissions, auth.clone()))
         .add_service(InterceptedService::new(schema, auth.clone()))
+        .add_service(InterceptedService::new(watch, auth.clone()))
         .add_service(InterceptedService::new(backup, auth))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
@@ -332,6 +336,8 @@ pub async fn run(
         result = &mut serve => result,
         () = &mut shutdown => {
             admission.begin_shutdown();
+            // Watch streams never end on their own: they end now, with UNAVAILABLE.
+            api.begin_shutdown();
             {
                 let mut h = health.lock().await;
                 h.shutting_down = true;
