@@ -257,21 +257,29 @@ struct WatchReport {
     max_lag_ms: f64,
     /// the mean of that delay over the writes, milliseconds
     mean_lag_ms: f64,
+    /// updates per second of a second watch started after the load from the schema write's
+    /// token: how fast the change log is streamed when nothing else runs
+    replay_updates_per_s: Option<f64>,
 }
 
 /// When each write was acknowledged, by its token.
 type Acks = Arc<std::sync::Mutex<HashMap<String, Instant>>>;
 
-/// Opens a Watch stream at the head and follows it on a task until `expected` updates came.
+/// Opens a Watch stream after `from` (at the head without it) and follows it on a task until
+/// `expected` updates came.
 async fn start_watcher(
     target: &Target,
     acks: Acks,
     expected: u64,
+    from: Option<pb::ZedToken>,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<WatchReport>>> {
     let mut stream = target
         .watch
         .clone()
-        .watch(target.request(pb::WatchRequest::default()))
+        .watch(target.request(pb::WatchRequest {
+            optional_start_cursor: from,
+            ..Default::default()
+        }))
         .await
         .context("Watch failed")?
         .into_inner();
@@ -308,6 +316,7 @@ async fn start_watcher(
             updates_per_s: updates as f64 / elapsed.as_secs_f64().max(1e-9),
             max_lag_ms: max_lag.as_secs_f64() * 1e3,
             mean_lag_ms: (lag_sum / lags.max(1)).as_secs_f64() * 1e3,
+            replay_updates_per_s: None,
         })
     }))
 }
@@ -373,19 +382,33 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             Phase::Load => {
                 let acks: Acks = Arc::default();
                 let watcher = match args.watch {
-                    true => {
-                        Some(start_watcher(&target, Arc::clone(&acks), rels.len() as u64).await?)
-                    }
+                    true => Some(
+                        start_watcher(&target, Arc::clone(&acks), rels.len() as u64, None).await?,
+                    ),
                     false => None,
                 };
-                let (outcome, written) = load(&target, &args, &rels, &acks).await?;
+                let (outcome, written, schema_written) = load(&target, &args, &rels, &acks).await?;
                 token = written.or(token);
                 if let Some(w) = watcher {
-                    let w = w.await.context("the watcher failed")??;
+                    let mut w = w.await.context("the watcher failed")??;
+                    // The same changes again, read back from the log as fast as they come.
+                    if let Some(from) = schema_written {
+                        let replay =
+                            start_watcher(&target, Arc::default(), rels.len() as u64, Some(from))
+                                .await?
+                                .await
+                                .context("the replaying watcher failed")??;
+                        w.replay_updates_per_s = Some(replay.updates_per_s);
+                    }
                     eprintln!(
                         "  watch    done: {} updates in {:.2}s, {:.0} updates/s, lag max {:.1} ms, mean {:.1} ms",
                         w.updates, w.elapsed_s, w.updates_per_s, w.max_lag_ms, w.mean_lag_ms
                     );
+                    if let Some(r) = w.replay_updates_per_s {
+                        eprintln!(
+                            "  watch    replayed from the log after the load: {r:.0} updates/s"
+                        );
+                    }
                     watch_report = Some(w);
                 }
                 outcome
@@ -565,9 +588,10 @@ async fn load(
     args: &BenchArgs,
     rels: &[Relationship],
     acks: &Acks,
-) -> anyhow::Result<(Outcome, Option<pb::ZedToken>)> {
+) -> anyhow::Result<(Outcome, Option<pb::ZedToken>, Option<pb::ZedToken>)> {
+    let mut schema_written = None;
     if !args.skip_schema {
-        target
+        schema_written = target
             .schema
             .clone()
             .write_schema(target.request(pb::WriteSchemaRequest {
@@ -576,7 +600,9 @@ async fn load(
             .await
             .context(
                 "WriteSchema failed (use --skip-schema if the endpoint has no schema service)",
-            )?;
+            )?
+            .into_inner()
+            .written_at;
     }
     let batches: Vec<Vec<pb::RelationshipUpdate>> = rels
         .chunks(WRITE_BATCH)
@@ -626,7 +652,7 @@ async fn load(
         // Which write committed last is unknown: read a token after all of them.
         token = Some(fresh_token(target).await?);
     }
-    Ok((outcome, token))
+    Ok((outcome, token, schema_written))
 }
 
 async fn check_phase(
@@ -994,6 +1020,9 @@ fn print_table(report: &Report) {
             "watch    {} updates in {} messages, {:.2}s, {:.0} updates/s, lag max {:.1} ms, mean {:.1} ms",
             w.updates, w.messages, w.elapsed_s, w.updates_per_s, w.max_lag_ms, w.mean_lag_ms
         );
+        if let Some(r) = w.replay_updates_per_s {
+            println!("watch    replayed from the log after the load: {r:.0} updates/s");
+        }
     }
     match (report.server_vm_hwm_kib, report.server_vm_rss_kib) {
         (Some(hwm), Some(rss)) => println!(
