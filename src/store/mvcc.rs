@@ -2123,9 +2123,13 @@ mod tests {
             );
             batch.put(encoding::version_key(Index::BySubject, &a, head), enc);
             batch.put(encoding::staged_key(7, &k), v.encode().unwrap());
+            // And its change-log entries, written with the chunks.
+            put_change(&mut batch, head + 1, &k, CHANGE_TOUCH, &v).unwrap();
+            put_change(&mut batch, head + 1, &a, CHANGE_DELETE, &closed).unwrap();
             ds.inner.kv.commit(batch).unwrap();
         }
         let ds = RocksStore::open(dir.path()).unwrap();
+        let before = ds.inner.head_revision().unwrap();
         let next = ds
             .inner
             .write_relationships(
@@ -2153,6 +2157,17 @@ mod tests {
             )
             .unwrap();
         assert_eq!(staged, 0);
+        // The change log of the next revision (which reuses the interrupted one's number)
+        // holds only its own change.
+        let log = ds.inner.read_changes(before, 10, usize::MAX).unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].revision, next);
+        let changed: Vec<String> = log[0]
+            .changes
+            .iter()
+            .map(|c| format!("{:?} {}", c.op, c.relationship))
+            .collect();
+        assert_eq!(changed, ["Touch document:c#viewer@user:cid"]);
         drop(ds);
         // And the repair itself was durable.
         let ds = RocksStore::open(dir.path()).unwrap();
