@@ -14,6 +14,7 @@ mod common;
 
 use common::*;
 use pemba::api::proto::authzed::api::v1 as pb;
+use pemba::consistency::MismatchedTokens;
 use tonic::Code;
 
 const SCHEMA: &str = "
@@ -463,6 +464,60 @@ async fn consistency_tokens() {
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
+/// A ZedToken SpiceDB issued (an application switching over has them stored) is read as
+/// another datastore's token: `at_least_as_fresh` follows `--mismatch-zed-token-behavior`
+/// (by default: the head), `at_exact_snapshot` is refused.
+#[tokio::test]
+async fn spicedb_tokens_follow_the_mismatch_behaviour() {
+    // SpiceDB's token for revision 1700000000000000000 of a store with id prefix `1b4e28ba`.
+    let spicedb = pb::ZedToken {
+        token: "Gh8KEzE3MDAwMDAwMDAwMDAwMDAwMDASCDFiNGUyOGJh".into(),
+    };
+    let read = |c| pb::ReadRelationshipsRequest {
+        consistency: Some(pb::Consistency {
+            requirement: Some(c),
+        }),
+        relationship_filter: filter("document"),
+        ..Default::default()
+    };
+    for behaviour in [
+        MismatchedTokens::FullConsistency,
+        MismatchedTokens::MinLatency,
+        MismatchedTokens::Error,
+    ] {
+        let limits = pemba::api::Limits {
+            mismatched_tokens: behaviour,
+            ..Default::default()
+        };
+        let store = std::sync::Arc::new(pemba::store::MemoryStore::new());
+        let mut s = start_with_limits(store, None, None, limits).await;
+        s.write_schema(SCHEMA).await.unwrap();
+        s.write(vec![create("document:a#owner@user:ann")])
+            .await
+            .unwrap();
+        let fresh = s
+            .read(read(pb::consistency::Requirement::AtLeastAsFresh(
+                spicedb.clone(),
+            )))
+            .await;
+        match behaviour {
+            MismatchedTokens::Error => {
+                let err = fresh.unwrap_err();
+                assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+                assert!(err.message().contains("different datastore"), "{err:?}");
+            }
+            _ => assert_eq!(fresh.unwrap().len(), 1, "{behaviour:?} reads the head"),
+        }
+        let err = s
+            .read(read(pb::consistency::Requirement::AtExactSnapshot(
+                spicedb.clone(),
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{behaviour:?}: {err:?}");
+    }
+}
+
 #[tokio::test]
 async fn deletes_by_filter() {
     let mut s = start(Backend::Memory, None).await;
@@ -712,4 +767,359 @@ async fn lookup_resources_pages_return_each_resource_once() {
         .await
         .unwrap_err();
     assert_eq!(reason(&err), "ERROR_REASON_INVALID_CURSOR");
+}
+
+/// gRPC server reflection, v1 and v1alpha, as grpcurl uses it: with no key, even when the
+/// server requires one, it lists the API's services and serves the descriptor of each.
+#[tokio::test]
+async fn reflection_lists_and_describes_the_api_without_a_key() {
+    use prost::Message as _;
+    use tonic_reflection::pb::{v1, v1alpha};
+    let s = start(Backend::Memory, Some("secret")).await;
+
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(s.channel.clone());
+    let ask = |request| v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut replies = client
+        .server_reflection_info(tokio_stream::iter([
+            ask(v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
+            ask(
+                v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+                    "authzed.api.v1.PermissionsService".into(),
+                ),
+            ),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = replies.message().await.unwrap().unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        listed.message_response
+    else {
+        panic!("not a service list: {listed:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for service in [
+        "authzed.api.v1.PermissionsService",
+        "authzed.api.v1.SchemaService",
+    ] {
+        assert!(names.contains(&service), "{service} not in {names:?}");
+    }
+    let described = replies.message().await.unwrap().unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        described.message_response
+    else {
+        panic!("not a descriptor: {described:?}");
+    };
+    let file = prost_types::FileDescriptorProto::decode(
+        files.file_descriptor_proto.first().unwrap().as_slice(),
+    )
+    .unwrap();
+    assert_eq!(file.package(), "authzed.api.v1");
+    assert!(
+        file.service
+            .iter()
+            .any(|svc| svc.name() == "PermissionsService"
+                && svc.method.iter().any(|m| m.name() == "CheckPermission")),
+        "{file:?}"
+    );
+
+    let mut old = v1alpha::server_reflection_client::ServerReflectionClient::new(s.channel.clone());
+    let mut replies = old
+        .server_reflection_info(tokio_stream::iter([v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = replies.message().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            listed.message_response,
+            Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(ref l))
+                if l.service.iter().any(|s| s.name == "authzed.api.v1.SchemaService")
+        ),
+        "{listed:?}"
+    );
+}
+
+/// The Experimental service's older RPCs answer as their stable names do: BulkImport creates
+/// (and refuses a duplicate, all or nothing), BulkExport pages with its own larger limit,
+/// BulkCheckPermission and ExperimentalReflectSchema give the stable answers field for field.
+#[tokio::test]
+#[allow(
+    deprecated,
+    reason = "the Experimental service's RPCs are deprecated in the proto; they are what is tested"
+)]
+async fn experimental_rpcs_answer_as_their_stable_names() {
+    use futures::TryStreamExt;
+    use pb::experimental_service_client::ExperimentalServiceClient;
+    let s = start(Backend::Memory, Some("secret")).await;
+    let mut exp = ExperimentalServiceClient::with_interceptor(s.channel.clone(), bearer);
+    let mut stable = PermissionsServiceClient::with_interceptor(s.channel.clone(), bearer);
+    let mut schema = SchemaServiceClient::with_interceptor(s.channel.clone(), bearer);
+    schema
+        .write_schema(pb::WriteSchemaRequest {
+            schema: SCHEMA.into(),
+        })
+        .await
+        .unwrap();
+
+    let batch = |rels: &[&str]| pb::BulkImportRelationshipsRequest {
+        relationships: rels.iter().map(|r| rel(r)).collect(),
+    };
+    let loaded = exp
+        .bulk_import_relationships(tokio_stream::iter([
+            batch(&["document:a#owner@user:ann", "document:b#viewer@user:bob"]),
+            batch(&[
+                "document:c#viewer@group:eng#member",
+                "group:eng#member@user:cat",
+            ]),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(loaded.num_loaded, 4);
+    let err = exp
+        .bulk_import_relationships(tokio_stream::iter([batch(&[
+            "document:d#owner@user:dan",
+            "document:a#owner@user:ann",
+        ])]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+
+    let pages: Vec<pb::BulkExportRelationshipsResponse> = exp
+        .bulk_export_relationships(pb::BulkExportRelationshipsRequest {
+            consistency: fully_consistent(),
+            optional_limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .try_collect()
+        .await
+        .unwrap();
+    let sizes: Vec<usize> = pages.iter().map(|p| p.relationships.len()).collect();
+    assert_eq!(sizes, [3, 1], "document:d was not imported");
+    assert!(pages.iter().all(|p| p.after_result_cursor.is_some()));
+    // 100,000 is the experimental RPC's maximum; the stable one stops at 10,000.
+    let big = |limit| pb::BulkExportRelationshipsRequest {
+        consistency: fully_consistent(),
+        optional_limit: limit,
+        ..Default::default()
+    };
+    assert!(exp.bulk_export_relationships(big(100_000)).await.is_ok());
+    let err = exp
+        .bulk_export_relationships(big(100_001))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    let items = [("a", "ann"), ("c", "cat"), ("c", "ann"), ("nope", "ann")];
+    let old = exp
+        .bulk_check_permission(pb::BulkCheckPermissionRequest {
+            consistency: fully_consistent(),
+            items: items
+                .iter()
+                .map(|(doc, user)| pb::BulkCheckPermissionRequestItem {
+                    resource: Some(obj("document", doc)),
+                    permission: "view".into(),
+                    subject: Some(subj("user", user, "")),
+                    context: None,
+                })
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let new = stable
+        .check_bulk_permissions(pb::CheckBulkPermissionsRequest {
+            consistency: fully_consistent(),
+            items: items
+                .iter()
+                .map(|(doc, user)| pb::CheckBulkPermissionsRequestItem {
+                    resource: Some(obj("document", doc)),
+                    permission: "view".into(),
+                    subject: Some(subj("user", user, "")),
+                    context: None,
+                })
+                .collect(),
+            with_tracing: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let has = pb::check_permission_response::Permissionship::HasPermission as i32;
+    let answers = |permissionships: Vec<Option<i32>>| {
+        permissionships
+            .into_iter()
+            .map(|p| p == Some(has))
+            .collect::<Vec<bool>>()
+    };
+    let old_answers = answers(
+        old.pairs
+            .iter()
+            .map(|p| match &p.response {
+                Some(pb::bulk_check_permission_pair::Response::Item(i)) => Some(i.permissionship),
+                _ => None,
+            })
+            .collect(),
+    );
+    let new_answers = answers(
+        new.pairs
+            .iter()
+            .map(|p| match &p.response {
+                Some(pb::check_bulk_permissions_pair::Response::Item(i)) => Some(i.permissionship),
+                _ => None,
+            })
+            .collect(),
+    );
+    assert_eq!(old_answers, [true, true, false, false]);
+    assert_eq!(old_answers, new_answers);
+    assert_eq!(old.checked_at, new.checked_at);
+
+    let reflected = exp
+        .experimental_reflect_schema(pb::ExperimentalReflectSchemaRequest {
+            consistency: fully_consistent(),
+            optional_filters: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let stable_reflected = schema
+        .reflect_schema(pb::ReflectSchemaRequest {
+            consistency: fully_consistent(),
+            optional_filters: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let old_names: Vec<String> = reflected
+        .definitions
+        .iter()
+        .map(|d| d.name.clone())
+        .collect();
+    let new_names: Vec<String> = stable_reflected
+        .definitions
+        .iter()
+        .map(|d| d.name.clone())
+        .collect();
+    assert_eq!(old_names, new_names);
+    let mut sorted = old_names.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["document", "group", "user"]);
+    let doc = reflected
+        .definitions
+        .iter()
+        .find(|d| d.name == "document")
+        .unwrap();
+    assert!(doc.comment.contains("a document"), "{doc:?}");
+    assert_eq!(doc.permissions.len(), 2);
+    assert!(
+        doc.relations
+            .iter()
+            .any(|r| r.name == "viewer" && r.subject_types.len() == 3),
+        "{doc:?}"
+    );
+
+    // The key is required, as on the stable services.
+    let err = ExperimentalServiceClient::new(s.channel.clone())
+        .bulk_check_permission(pb::BulkCheckPermissionRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+fn bearer(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    req.metadata_mut()
+        .insert("authorization", "Bearer secret".parse().unwrap());
+    Ok(req)
+}
+
+/// The request limits the flags set (SpiceDB's `--max-caveat-context-size`,
+/// `--max-relationship-context-size`, `--max-bulk-export-relationships-limit`) are what the
+/// server enforces.
+#[tokio::test]
+async fn configured_limits_are_enforced() {
+    let limits = pemba::api::Limits {
+        max_caveat_context_bytes: 16,
+        max_relationship_context_bytes: 16,
+        max_export_limit: 5,
+        ..Default::default()
+    };
+    let store = std::sync::Arc::new(pemba::store::MemoryStore::new());
+    let mut s = start_with_limits(store, None, None, limits).await;
+    s.write_schema(SCHEMA).await.unwrap();
+    let context = prost_types::Struct {
+        fields: [(
+            "a_long_enough_key".to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue("value".into())),
+            },
+        )]
+        .into(),
+    };
+    let err = s
+        .permissions
+        .check_permission(pb::CheckPermissionRequest {
+            consistency: fully_consistent(),
+            resource: Some(obj("document", "a")),
+            permission: "view".into(),
+            subject: Some(subj("user", "ann", "")),
+            context: Some(context.clone()),
+            with_tracing: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("less than 16 bytes"), "{err:?}");
+
+    let mut caveated = rel("document:a#viewer@user:ann");
+    caveated.optional_caveat = Some(pb::ContextualizedCaveat {
+        caveat_name: "some_caveat".into(),
+        context: Some(context),
+    });
+    let err = s
+        .write(vec![pb::RelationshipUpdate {
+            operation: pb::relationship_update::Operation::Touch as i32,
+            relationship: Some(caveated),
+        }])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&err),
+        "ERROR_REASON_MAX_RELATIONSHIP_CONTEXT_SIZE",
+        "{err:?}"
+    );
+
+    let export = |limit| pb::ExportBulkRelationshipsRequest {
+        consistency: fully_consistent(),
+        optional_limit: limit,
+        ..Default::default()
+    };
+    assert!(
+        s.permissions
+            .export_bulk_relationships(export(5))
+            .await
+            .is_ok()
+    );
+    let err = s
+        .permissions
+        .export_bulk_relationships(export(6))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&err),
+        "ERROR_REASON_EXCEEDS_MAXIMUM_ALLOWABLE_LIMIT",
+        "{err:?}"
+    );
 }

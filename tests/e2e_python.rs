@@ -23,8 +23,15 @@ use common::{free_port, serve_command, wait_listening};
 
 const KEY: &str = "e2e-test-key";
 
-/// A venv with the official client, made once per target dir (or `PEMBA_E2E_VENV`).
+/// A venv with the official client, made once per target dir (or `PEMBA_E2E_VENV`). The tests
+/// of this file run in parallel threads: one makes the venv while the others wait for it (two
+/// `python3 -m venv` in one directory at once fail on a fresh machine).
 fn python() -> PathBuf {
+    static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    VENV.get_or_init(make_venv).clone()
+}
+
+fn make_venv() -> PathBuf {
     let venv = std::env::var_os("PEMBA_E2E_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("authzed-venv"));
@@ -167,6 +174,44 @@ fn python_client_over_tls_with_two_keys() {
         "TLS session failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("key 'new-key' accepted"), "{stdout}");
+}
+
+/// `pemba serve-testing`, as an application's test suite starts it: each token its own store,
+/// the read-only port over the same stores, the Experimental service's older RPCs; the time
+/// from start to listening is printed (it must be as quick to start as `serve`).
+#[test]
+fn python_client_against_serve_testing() {
+    let py = python();
+    let (port, readonly) = (free_port(), free_port());
+    let started = Instant::now();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_pemba"))
+        .args(["serve-testing", "--grpc-addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--readonly-grpc-addr")
+        .arg(format!("127.0.0.1:{readonly}"))
+        .env("PEMBA_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("pemba serve-testing starts");
+    wait_listening(&mut server, port, Duration::from_secs(30));
+    wait_listening(&mut server, readonly, Duration::from_secs(30));
+    println!("serve-testing listening after {:?}", started.elapsed());
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/testing_server.py");
+    let out = Command::new(&py)
+        .arg(script)
+        .args([port.to_string(), readonly.to_string()])
+        .output()
+        .expect("python runs");
+    server.kill().expect("kill");
+    server.wait().expect("reaped");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "serve-testing session failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("ok: token B has another store"), "{stdout}");
 }
 
 #[test]

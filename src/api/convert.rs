@@ -16,10 +16,6 @@ use crate::model::{
 };
 use crate::store::{Precondition, PreconditionOp};
 
-/// Largest context a request may carry, in encoded bytes.
-pub const MAX_REQUEST_CONTEXT_BYTES: usize = 4096;
-/// Largest context a relationship may carry, in encoded bytes.
-pub const MAX_RELATIONSHIP_CONTEXT_BYTES: usize = 25_000;
 /// Largest transaction metadata, in encoded bytes.
 pub const MAX_TRANSACTION_METADATA_BYTES: usize = 65_000;
 
@@ -148,16 +144,20 @@ fn json_to_value(v: &Value) -> prost_types::Value {
 }
 
 /// A request's caveat context, size-checked.
-pub fn request_context(s: Option<&prost_types::Struct>, path: &str) -> ApiResult<Context> {
+pub fn request_context(
+    s: Option<&prost_types::Struct>,
+    path: &str,
+    max_bytes: usize,
+) -> ApiResult<Context> {
     match s {
         None => Ok(Context::new()),
         Some(s) => {
             let len = s.encoded_len();
-            if len > MAX_REQUEST_CONTEXT_BYTES {
+            if len > max_bytes {
                 return Err(ApiError::invalid(
                     Reason::Unspecified,
                     format!(
-                        "request caveat context should have less than {MAX_REQUEST_CONTEXT_BYTES} bytes but had {len}"
+                        "request caveat context should have less than {max_bytes} bytes but had {len}"
                     ),
                     Metadata::new(),
                 ));
@@ -178,8 +178,12 @@ fn timestamp(t: &prost_types::Timestamp, path: &str) -> ApiResult<Timestamp> {
     })
 }
 
-/// A relationship to write.
-pub fn relationship(r: Option<&pb::Relationship>, path: &str) -> ApiResult<Relationship> {
+/// A relationship to write, its caveat context at most `max_context_bytes` long.
+pub fn relationship(
+    r: Option<&pb::Relationship>,
+    path: &str,
+    max_context_bytes: usize,
+) -> ApiResult<Relationship> {
     let r = required(r, path)?;
     let resource = resource_ref(r.resource.as_ref(), &format!("{path}.resource"))?;
     let relation = relation_name(&r.relation, &format!("{path}.relation"))?;
@@ -194,18 +198,18 @@ pub fn relationship(r: Option<&pb::Relationship>, path: &str) -> ApiResult<Relat
                 None => Context::new(),
                 Some(s) => {
                     let len = s.encoded_len();
-                    if len > MAX_RELATIONSHIP_CONTEXT_BYTES {
+                    if len > max_context_bytes {
                         return Err(ApiError::invalid(
                             Reason::MaxRelationshipContextSize,
                             format!(
-                                "relationship caveat context should have less than {MAX_RELATIONSHIP_CONTEXT_BYTES} bytes but had {len}"
+                                "relationship caveat context should have less than {max_context_bytes} bytes but had {len}"
                             ),
                             super::error::meta([
                                 ("relationship", &format!("{resource}#{relation}@{subject}")),
                                 ("context_byte_size", &len.to_string()),
                                 (
                                     "max_allowed_context_byte_size",
-                                    &MAX_RELATIONSHIP_CONTEXT_BYTES.to_string(),
+                                    &max_context_bytes.to_string(),
                                 ),
                             ]),
                         ));

@@ -147,6 +147,9 @@ pub enum ApiError {
     /// A conflicting change happened meanwhile; the client may retry (ABORTED).
     #[error("{0}")]
     Aborted(String),
+    /// A write sent to a read-only listener (UNAVAILABLE, `ERROR_REASON_SERVICE_READ_ONLY`).
+    #[error("service read-only")]
+    ServiceReadOnly,
     /// A background task failed (INTERNAL; logged, not sent in detail).
     #[error("internal error: {0}")]
     Internal(String),

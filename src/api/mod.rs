@@ -6,6 +6,7 @@
 mod backup;
 mod convert;
 mod error;
+mod experimental;
 mod permissions;
 pub mod proto;
 mod query;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 pub use backup::{BackupApi, valid_backup_name};
 pub use error::{ApiError, ApiResult, Reason};
+pub use experimental::ExperimentalApi;
 pub use permissions::PermissionsApi;
 pub use schema_service::SchemaApi;
 pub use watch::{WatchApi, init_metrics as init_watch_metrics};
@@ -34,6 +36,7 @@ pub mod client {
     pub use super::validate::relationship_for_write;
 }
 
+use crate::consistency::MismatchedTokens;
 use crate::engine::{Engine, EngineConfig};
 use crate::model::Revision;
 use crate::schema::CompiledSchema;
@@ -56,6 +59,14 @@ pub struct Limits {
     pub max_bulk_checks: usize,
     /// largest schema text, in bytes
     pub max_schema_bytes: usize,
+    /// largest caveat context of a request (Check, lookups), encoded, in bytes
+    pub max_caveat_context_bytes: usize,
+    /// largest caveat context of a relationship, encoded, in bytes
+    pub max_relationship_context_bytes: usize,
+    /// highest `optional_limit` of ExportBulkRelationships, and its page size when unset
+    pub max_export_limit: u32,
+    /// relationships read from the store at a time by a streamed read or export
+    pub max_datastore_read_page_size: usize,
     /// the deadline of a query whose client sent none, or a later one than this
     pub max_request_duration: Duration,
     /// how long a response stream may wait for its reader before it is given up on
@@ -69,6 +80,8 @@ pub struct Limits {
     pub watch_buffer_write_timeout: Duration,
     /// Watch: the largest revision (its stored changes, in bytes) a stream sends
     pub watch_change_buffer_max_bytes: usize,
+    /// what an `at_least_as_fresh` read does with another datastore's token
+    pub mismatched_tokens: MismatchedTokens,
 }
 
 impl Default for Limits {
@@ -81,12 +94,17 @@ impl Default for Limits {
             max_lookup_limit: 1000,
             max_bulk_checks: 10_000,
             max_schema_bytes: 4 * 1024 * 1024,
+            max_caveat_context_bytes: 4096,
+            max_relationship_context_bytes: 25_000,
+            max_export_limit: 10_000,
+            max_datastore_read_page_size: 1000,
             max_request_duration: Duration::from_secs(30),
             stream_stall_timeout: Duration::from_secs(30),
             watch_heartbeat: Duration::from_secs(1),
             watch_buffer_length: 128,
             watch_buffer_write_timeout: Duration::from_secs(1),
             watch_change_buffer_max_bytes: 128 * 1024 * 1024,
+            mismatched_tokens: MismatchedTokens::default(),
         }
     }
 }

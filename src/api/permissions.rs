@@ -6,7 +6,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, now};
@@ -19,9 +19,6 @@ use crate::store::{Precondition, RelationshipUpdate, UpdateOp};
 
 /// A boxed response stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-/// Relationships read from the store per page when streaming.
-const PAGE_SIZE: usize = 1000;
 
 /// Relationships ReadRelationships reads from the store at a time: what one stream holds
 /// besides the transport's buffers (each response carries a token and a cursor, several
@@ -168,8 +165,11 @@ fn write_relationships(api: &Api, req: pb::WriteRelationshipsRequest) -> ApiResu
                 ));
             }
         };
-        let relationship =
-            convert::relationship(u.relationship.as_ref(), &format!("{path}.relationship"))?;
+        let relationship = convert::relationship(
+            u.relationship.as_ref(),
+            &format!("{path}.relationship"),
+            api.limits.max_relationship_context_bytes,
+        )?;
         updates.push(RelationshipUpdate { op, relationship });
     }
     let preconditions =
@@ -272,7 +272,11 @@ fn read_start(
         None => {
             let requirement: Requirement = convert::consistency(consistency_req)?;
             Ok(ReadStart {
-                revision: choose_revision(api.store.as_ref(), &requirement)?,
+                revision: choose_revision(
+                    api.store.as_ref(),
+                    &requirement,
+                    api.limits.mismatched_tokens,
+                )?,
                 after: None,
             })
         }
@@ -409,9 +413,9 @@ impl Drop for StagedImport {
 /// The client is never waited on while a lock is held: staging takes none, and the commit
 /// starts only once the stream has ended. A client that sends nothing for the stall timeout
 /// loses the import.
-async fn import_bulk(
+pub(super) async fn import_bulk(
     api: Arc<Api>,
-    mut stream: Streaming<pb::ImportBulkRelationshipsRequest>,
+    mut stream: impl Stream<Item = Result<Vec<pb::Relationship>, Status>> + Unpin,
 ) -> ApiResult<pb::ImportBulkRelationshipsResponse> {
     let (id, schema_revision, schema) = blocking({
         let api = Arc::clone(&api);
@@ -433,15 +437,19 @@ async fn import_bulk(
     };
     let stall = api.limits.stream_stall_timeout;
     loop {
-        let msg = match tokio::time::timeout(stall, stream.message()).await {
+        let msg = match tokio::time::timeout(stall, stream.next()).await {
             Err(_) => return Err(ApiError::SenderStalled(stall)),
-            Ok(Err(status)) => return Err(ApiError::Stream(status)),
-            Ok(Ok(None)) => break,
-            Ok(Ok(Some(msg))) => msg,
+            Ok(Some(Err(status))) => return Err(ApiError::Stream(status)),
+            Ok(None) => break,
+            Ok(Some(Ok(msg))) => msg,
         };
-        let mut rels = Vec::with_capacity(msg.relationships.len());
-        for (i, r) in msg.relationships.iter().enumerate() {
-            let relationship = convert::relationship(Some(r), &format!("relationships[{i}]"))?;
+        let mut rels = Vec::with_capacity(msg.len());
+        for (i, r) in msg.iter().enumerate() {
+            let relationship = convert::relationship(
+                Some(r),
+                &format!("relationships[{i}]"),
+                api.limits.max_relationship_context_bytes,
+            )?;
             validate::relationship_for_write(&schema, &relationship)?;
             rels.push(relationship);
         }
@@ -513,12 +521,13 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         })
         .await?;
         let limit = (req.optional_limit > 0).then_some(req.optional_limit as usize);
+        let read_page = READ_PAGE_SIZE.min(api.limits.max_datastore_read_page_size);
         Ok(Response::new(stream_relationships(
             api,
             filter,
             start,
             limit,
-            READ_PAGE_SIZE,
+            read_page,
             hash,
             |api, rels, rev, hash| {
                 let token = convert::zed_token_out(rev, api.store.unique_id());
@@ -606,7 +615,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         request: Request<Streaming<pb::ImportBulkRelationshipsRequest>>,
     ) -> Result<Response<pb::ImportBulkRelationshipsResponse>, Status> {
         let api = Arc::clone(&self.0);
-        let stream = request.into_inner();
+        let stream = request.into_inner().map(|m| m.map(|m| m.relationships));
         Ok(Response::new(import_bulk(api, stream).await?))
     }
 
@@ -614,50 +623,68 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::ExportBulkRelationshipsRequest>,
     ) -> Result<Response<Self::ExportBulkRelationshipsStream>, Status> {
-        let req = request.into_inner();
         let api = Arc::clone(&self.0);
-        validate::limit(req.optional_limit, 10_000, "exporting relationships")?;
-        let filter = match req.optional_relationship_filter.as_ref() {
-            Some(f) => convert::relationship_filter(Some(f), "optional_relationship_filter")?,
-            None => RelationshipFilter::default(),
-        };
-        let hash = consistency::hash_request(&[b"export", format!("{filter:?}").as_bytes()]);
-        let page = if req.optional_limit == 0 {
-            10_000
-        } else {
-            req.optional_limit as usize
-        };
-        let (start, filter) = blocking({
-            let api = Arc::clone(&api);
-            move || {
-                let start = read_start(
-                    &api,
-                    req.consistency.as_ref(),
-                    req.optional_cursor.as_ref(),
-                    hash,
-                )?;
-                Ok((start, filter))
-            }
-        })
-        .await?;
-        Ok(Response::new(stream_relationships(
-            api,
-            filter,
-            start,
-            None,
-            PAGE_SIZE,
-            hash,
-            move |api, rels, rev, hash| {
-                rels.chunks(page)
-                    .filter_map(|chunk| {
-                        let last = chunk.last()?;
-                        Some(pb::ExportBulkRelationshipsResponse {
-                            after_result_cursor: Some(cursor_after(api, rev, &last.key(), hash)),
-                            relationships: chunk.iter().map(convert::relationship_out).collect(),
-                        })
-                    })
-                    .collect()
-            },
-        )))
+        Ok(Response::new(
+            export_bulk(
+                Arc::clone(&api),
+                request.into_inner(),
+                api.limits.max_export_limit,
+            )
+            .await?,
+        ))
     }
+}
+
+/// ExportBulkRelationships (and the Experimental service's BulkExportRelationships, whose
+/// maximum page is `max`): every matching relationship at one revision, in pages, each with
+/// the cursor that resumes after it.
+pub(super) async fn export_bulk(
+    api: Arc<Api>,
+    req: pb::ExportBulkRelationshipsRequest,
+    max: u32,
+) -> ApiResult<ResponseStream<pb::ExportBulkRelationshipsResponse>> {
+    validate::limit(req.optional_limit, max, "exporting relationships")?;
+    let filter = match req.optional_relationship_filter.as_ref() {
+        Some(f) => convert::relationship_filter(Some(f), "optional_relationship_filter")?,
+        None => RelationshipFilter::default(),
+    };
+    let hash = consistency::hash_request(&[b"export", format!("{filter:?}").as_bytes()]);
+    let page = if req.optional_limit == 0 {
+        max as usize
+    } else {
+        req.optional_limit as usize
+    };
+    let (start, filter) = blocking({
+        let api = Arc::clone(&api);
+        move || {
+            let start = read_start(
+                &api,
+                req.consistency.as_ref(),
+                req.optional_cursor.as_ref(),
+                hash,
+            )?;
+            Ok((start, filter))
+        }
+    })
+    .await?;
+    let read_page = api.limits.max_datastore_read_page_size;
+    Ok(stream_relationships(
+        api,
+        filter,
+        start,
+        None,
+        read_page,
+        hash,
+        move |api, rels, rev, hash| {
+            rels.chunks(page)
+                .filter_map(|chunk| {
+                    let last = chunk.last()?;
+                    Some(pb::ExportBulkRelationshipsResponse {
+                        after_result_cursor: Some(cursor_after(api, rev, &last.key(), hash)),
+                        relationships: chunk.iter().map(convert::relationship_out).collect(),
+                    })
+                })
+                .collect()
+        },
+    ))
 }

@@ -100,7 +100,11 @@ fn snapshot_parts(
     consistency_req: Option<&pb::Consistency>,
 ) -> ApiResult<(Revision, Arc<CompiledSchema>)> {
     let requirement = convert::consistency(consistency_req)?;
-    let rev = choose_revision(api.store.as_ref(), &requirement)?;
+    let rev = choose_revision(
+        api.store.as_ref(),
+        &requirement,
+        api.limits.mismatched_tokens,
+    )?;
     Ok((rev, api.schema_at(rev)?))
 }
 
@@ -172,6 +176,7 @@ fn trace_out(t: &CheckTrace) -> pb::CheckDebugTrace {
 }
 
 fn check_request(
+    api: &Api,
     resource: Option<&pb::ObjectReference>,
     permission: &str,
     subject: Option<&pb::SubjectReference>,
@@ -182,7 +187,8 @@ fn check_request(
     let permission = convert::relation_name(permission, "permission")?;
     let subject = convert::subject_ref(subject, "subject")?;
     no_wildcard_subject(&subject)?;
-    let context = convert::request_context(context, "context")?;
+    let context =
+        convert::request_context(context, "context", api.limits.max_caveat_context_bytes)?;
     Ok(CheckRequest {
         resource,
         permission,
@@ -206,6 +212,7 @@ pub fn check(
     control: &Control,
 ) -> ApiResult<pb::CheckPermissionResponse> {
     let creq = check_request(
+        api,
         req.resource.as_ref(),
         &req.permission,
         req.subject.as_ref(),
@@ -248,6 +255,7 @@ pub fn check_bulk(
         .iter()
         .map(|i| {
             check_request(
+                api,
                 i.resource.as_ref(),
                 &i.permission,
                 i.subject.as_ref(),
@@ -383,7 +391,11 @@ pub fn lookup_resources(
     let resource_type = convert::type_name(&req.resource_object_type, "resource_object_type")?;
     let permission = convert::relation_name(&req.permission, "permission")?;
     let subject = convert::subject_ref(req.subject.as_ref(), "subject")?;
-    let context = convert::request_context(req.context.as_ref(), "context")?;
+    let context = convert::request_context(
+        req.context.as_ref(),
+        "context",
+        api.limits.max_caveat_context_bytes,
+    )?;
     validate::limit(
         req.optional_limit,
         api.limits.max_lookup_limit,
@@ -412,7 +424,14 @@ pub fn lookup_resources(
         }
         None => {
             let requirement = convert::consistency(req.consistency.as_ref())?;
-            (choose_revision(api.store.as_ref(), &requirement)?, None)
+            (
+                choose_revision(
+                    api.store.as_ref(),
+                    &requirement,
+                    api.limits.mismatched_tokens,
+                )?,
+                None,
+            )
         }
     };
     let schema = api.schema_at(rev)?;
@@ -471,7 +490,11 @@ pub fn lookup_subjects(
     let subject_type = convert::type_name(&req.subject_object_type, "subject_object_type")?;
     let subject_relation =
         convert::optional_relation(&req.optional_subject_relation, "optional_subject_relation")?;
-    let context = convert::request_context(req.context.as_ref(), "context")?;
+    let context = convert::request_context(
+        req.context.as_ref(),
+        "context",
+        api.limits.max_caveat_context_bytes,
+    )?;
     if req.optional_concrete_limit != 0 {
         return Err(ApiError::Unimplemented(
             "concrete limit is not yet supported".into(),

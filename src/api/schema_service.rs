@@ -91,7 +91,11 @@ impl pb::schema_service_server::SchemaService for SchemaApi {
         let api = Arc::clone(&self.0);
         let out = blocking(move || {
             let requirement = convert::consistency(req.consistency.as_ref())?;
-            let rev = choose_revision(api.store.as_ref(), &requirement)?;
+            let rev = choose_revision(
+                api.store.as_ref(),
+                &requirement,
+                api.limits.mismatched_tokens,
+            )?;
             if api.store.read_schema(rev)?.is_none() {
                 return Err(ApiError::NotFound(
                     "No schema has been defined; please call WriteSchema to start".into(),

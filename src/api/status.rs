@@ -64,6 +64,12 @@ impl From<ApiError> for tonic::Status {
             e @ ApiError::ShuttingDown => plain(Code::Unavailable, e.to_string()),
             ApiError::Stream(status) => status,
             ApiError::Aborted(m) => plain(Code::Aborted, m),
+            e @ ApiError::ServiceReadOnly => with_reason(
+                Code::Unavailable,
+                e.to_string(),
+                "ERROR_REASON_SERVICE_READ_ONLY",
+                Metadata::new(),
+            ),
             ApiError::Internal(m) => internal("request failed", &m),
             ApiError::Schema(e) => schema_status(e),
             ApiError::Store(e) => store_status(&e),
@@ -326,6 +332,9 @@ fn consistency_status(err: ConsistencyError) -> tonic::Status {
             plain(Code::InvalidArgument, message)
         }
         ConsistencyError::TokenInFuture { .. } => plain(Code::OutOfRange, message),
+        // SpiceDB answers INTERNAL here, an artefact of its middleware; the client's token,
+        // not the server, is what is wrong, and nothing is logged as broken.
+        ConsistencyError::MismatchedToken => plain(Code::FailedPrecondition, message),
         ConsistencyError::InvalidCursor(_) => with_reason(
             Code::FailedPrecondition,
             message,

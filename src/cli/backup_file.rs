@@ -108,10 +108,12 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
                     .await
                     .map_err(|s| call_failed("ReadRelationships", &s))?
                 {
-                    let rel = relationship_from_proto(item.relationship.as_ref(), "relationship")
-                        .map_err(|e| {
-                        anyhow!("the server sent a relationship it refuses: {e}")
-                    })?;
+                    let rel = relationship_from_proto(
+                        item.relationship.as_ref(),
+                        "relationship",
+                        usize::MAX,
+                    )
+                    .map_err(|e| anyhow!("the server sent a relationship it refuses: {e}"))?;
                     let line = rel.to_string();
                     out.write_all(b"  ")?;
                     out.write_all(yaml_safe(&line).as_bytes())?;
@@ -498,7 +500,8 @@ fn relationship_line(
     let at = || format!("{}:{line_no}", path.display());
     let parsed = parse_relationship(text).map_err(|e| anyhow!("{}: {e}", at()))?;
     let proto = relationship_to_proto(&parsed);
-    let rel = relationship_from_proto(Some(&proto), "relationship")
+    // The server applies its own context size limit.
+    let rel = relationship_from_proto(Some(&proto), "relationship", usize::MAX)
         .map_err(|e| anyhow!("{}: invalid relationship `{text}`: {e}", at()))?;
     relationship_for_write(schema, &rel)
         .map_err(|e| anyhow!("{}: relationship `{text}`: {e}", at()))?;

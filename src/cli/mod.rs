@@ -18,6 +18,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::api::{Api, Limits};
+use crate::consistency::MismatchedTokens;
 use crate::engine::EngineConfig;
 use crate::server::{self, ServerOptions};
 use crate::store::{Datastore, MemoryStore, RocksStore};
@@ -40,8 +41,139 @@ pub struct Cli {
 pub enum Command {
     /// Run the gRPC server.
     Serve(ServeArgs),
+    /// Run an in-memory server for application tests: each bearer token gets its own empty
+    /// store, as with `spicedb serve-testing`.
+    ServeTesting(ServeTestingArgs),
     /// Back up a running server, or restore a backup into a data dir.
     Backup(backup::BackupArgs),
+}
+
+/// Request limits, with SpiceDB's flag names and defaults (shared by `serve` and
+/// `serve-testing`).
+#[derive(Debug, clap::Args)]
+pub struct LimitArgs {
+    /// most updates in one WriteRelationships
+    #[arg(
+        long,
+        env = "PEMBA_WRITE_RELATIONSHIPS_MAX_UPDATES_PER_CALL",
+        default_value_t = 1000,
+        value_parser = parse_nonzero_usize
+    )]
+    pub write_relationships_max_updates_per_call: usize,
+    /// most preconditions in one WriteRelationships or DeleteRelationships
+    #[arg(
+        long,
+        env = "PEMBA_UPDATE_RELATIONSHIPS_MAX_PRECONDITIONS_PER_CALL",
+        default_value_t = 1000
+    )]
+    pub update_relationships_max_preconditions_per_call: usize,
+    /// highest `optional_limit` of ReadRelationships
+    #[arg(
+        long,
+        env = "PEMBA_MAX_READ_RELATIONSHIPS_LIMIT",
+        default_value_t = 1000
+    )]
+    pub max_read_relationships_limit: u32,
+    /// highest `optional_limit` of DeleteRelationships
+    #[arg(
+        long,
+        env = "PEMBA_MAX_DELETE_RELATIONSHIPS_LIMIT",
+        default_value_t = 1000
+    )]
+    pub max_delete_relationships_limit: u32,
+    /// highest `optional_limit` of LookupResources
+    #[arg(long, env = "PEMBA_MAX_LOOKUP_RESOURCES_LIMIT", default_value_t = 1000)]
+    pub max_lookup_resources_limit: u32,
+    /// highest `optional_limit` of ExportBulkRelationships, and its page size when unset
+    #[arg(
+        long,
+        env = "PEMBA_MAX_BULK_EXPORT_RELATIONSHIPS_LIMIT",
+        default_value_t = 10_000
+    )]
+    pub max_bulk_export_relationships_limit: u32,
+    /// largest caveat context of a request, encoded, in bytes; `0` is the default, a negative
+    /// value removes the limit (as SpiceDB reads this flag)
+    #[arg(
+        long,
+        env = "PEMBA_MAX_CAVEAT_CONTEXT_SIZE",
+        default_value_t = 4096,
+        allow_negative_numbers = true
+    )]
+    pub max_caveat_context_size: i64,
+    /// largest caveat context of a relationship, encoded, in bytes
+    #[arg(
+        long,
+        env = "PEMBA_MAX_RELATIONSHIP_CONTEXT_SIZE",
+        default_value_t = 25_000
+    )]
+    pub max_relationship_context_size: usize,
+    /// relationships a streamed read or export reads from the store at a time
+    #[arg(
+        long,
+        env = "PEMBA_MAX_DATASTORE_READ_PAGE_SIZE",
+        default_value_t = 1000,
+        value_parser = parse_nonzero_usize
+    )]
+    pub max_datastore_read_page_size: usize,
+}
+
+impl LimitArgs {
+    /// The limits these flags set, over `base`.
+    pub fn apply(&self, base: Limits) -> Limits {
+        let caveat_context = match self.max_caveat_context_size {
+            n if n < 0 => usize::MAX,
+            0 => 4096,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        Limits {
+            max_updates_per_write: self.write_relationships_max_updates_per_call,
+            max_preconditions: self.update_relationships_max_preconditions_per_call,
+            max_read_limit: self.max_read_relationships_limit,
+            max_delete_limit: self.max_delete_relationships_limit,
+            max_lookup_limit: self.max_lookup_resources_limit,
+            max_export_limit: self.max_bulk_export_relationships_limit,
+            max_caveat_context_bytes: caveat_context,
+            max_relationship_context_bytes: self.max_relationship_context_size,
+            max_datastore_read_page_size: self.max_datastore_read_page_size,
+            ..base
+        }
+    }
+}
+
+/// Flags of `pemba serve-testing` (SpiceDB's names).
+#[derive(Debug, clap::Args)]
+pub struct ServeTestingArgs {
+    /// address to listen on for gRPC (read and write)
+    #[arg(long, env = "PEMBA_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// address of the read-only gRPC listener, over the same stores
+    #[arg(
+        long,
+        env = "PEMBA_READONLY_GRPC_ADDR",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub readonly_grpc_addr: SocketAddr,
+    /// serve the read-only listener (`--readonly-grpc-enabled=false`: do not)
+    #[arg(
+        long,
+        env = "PEMBA_READONLY_GRPC_ENABLED",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub readonly_grpc_enabled: bool,
+    /// how long in-flight calls may finish after SIGTERM (`0` = no limit)
+    #[arg(
+        long,
+        env = "PEMBA_GRPC_SHUTDOWN_GRACE_PERIOD",
+        default_value = "5s",
+        value_parser = parse_duration
+    )]
+    pub grpc_shutdown_grace_period: Duration,
+    /// largest request message, in bytes
+    #[arg(long, env = "PEMBA_GRPC_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
+    pub grpc_max_message_size: usize,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Which datastore to use.
@@ -144,6 +276,18 @@ pub struct ServeArgs {
     /// ends the stream with RESOURCE_EXHAUSTED)
     #[arg(long, env = "PEMBA_DATASTORE_WATCH_CHANGE_BUFFER_MAXIMUM_SIZE", default_value_t = 128 * 1024 * 1024, value_parser = parse_nonzero_usize)]
     pub datastore_watch_change_buffer_maximum_size: usize,
+    /// what a read asking `at_least_as_fresh` a token from another datastore (another Pemba
+    /// store, or SpiceDB) does: `full-consistency` reads the head, `min-latency` reads what a
+    /// `minimize_latency` read would (also the head here), `error` refuses it
+    /// (FAILED_PRECONDITION); an `at_exact_snapshot` read of such a token is always refused
+    #[arg(
+        long,
+        env = "PEMBA_MISMATCH_ZED_TOKEN_BEHAVIOR",
+        default_value = "full-consistency"
+    )]
+    pub mismatch_zed_token_behavior: MismatchedTokens,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// serve Prometheus metrics at `http://<metrics-addr>/metrics` (`--metrics-enabled=false`
     /// turns it off)
     #[arg(
@@ -193,7 +337,7 @@ impl Cli {
                     service_name: args.otel_service_name.clone(),
                     sample_ratio: args.otel_sample_ratio,
                 }),
-            Command::Backup(_) => None,
+            Command::ServeTesting(_) | Command::Backup(_) => None,
         }
     }
 }
@@ -202,6 +346,7 @@ impl Cli {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::ServeTesting(args) => serve_testing(args),
         Command::Backup(args) => backup::run(args),
     }
 }
@@ -275,15 +420,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_depth: args.dispatch_max_depth,
             ..EngineConfig::default()
         },
-        Limits {
+        args.limits.apply(Limits {
             max_request_duration: args.request_timeout,
             stream_stall_timeout: args.streaming_api_response_delay_timeout,
             watch_heartbeat: args.watch_api_heartbeat,
             watch_buffer_length: args.datastore_watch_buffer_length,
             watch_buffer_write_timeout: args.datastore_watch_buffer_write_timeout,
             watch_change_buffer_max_bytes: args.datastore_watch_change_buffer_maximum_size,
+            mismatched_tokens: args.mismatch_zed_token_behavior,
             ..Limits::default()
-        },
+        }),
     );
     let options = ServerOptions {
         preshared_keys: keys,
@@ -341,6 +487,63 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     // A call cut off by the grace period may still be running on a blocking thread: do not
     // wait for it.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+fn serve_testing(args: ServeTestingArgs) -> anyhow::Result<()> {
+    if args.grpc_max_message_size == 0 {
+        bail!("--grpc-max-message-size must be at least 1");
+    }
+    for addr in [args.grpc_addr, args.readonly_grpc_addr] {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "serve-testing accepts any token and keeps everything in memory: it is for tests, \
+                 never for real data"
+            );
+        }
+    }
+    let tenants = server::testing::Tenants::new(
+        EngineConfig::default(),
+        args.limits.apply(Limits::default()),
+    );
+    let options = ServerOptions {
+        shutdown_grace_period: args.grpc_shutdown_grace_period,
+        max_message_size: args.grpc_max_message_size,
+        ..ServerOptions::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
+        let readonly = match args.readonly_grpc_enabled {
+            true => Some(
+                tokio::net::TcpListener::bind(args.readonly_grpc_addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", args.readonly_grpc_addr))?,
+            ),
+            false => None,
+        };
+        tracing::info!(
+            addr = %args.grpc_addr,
+            readonly = ?readonly.as_ref().map(|_| args.readonly_grpc_addr),
+            "serving in-memory test stores, one per bearer token"
+        );
+        server::run_testing(
+            listener,
+            readonly,
+            tenants,
+            options,
+            server::shutdown_signal(),
+        )
+        .await?;
+        anyhow::Ok(())
+    });
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
@@ -446,5 +649,67 @@ mod tests {
             let err = serve(args).unwrap_err().to_string();
             assert!(err.contains("go together"), "{err}");
         }
+    }
+
+    #[test]
+    fn limit_flags_set_the_api_limits() {
+        let limits = |extra: &[&str]| {
+            let cli = Cli::try_parse_from(["pemba", "serve"].iter().chain(extra).copied()).unwrap();
+            let Command::Serve(args) = cli.command else {
+                unreachable!()
+            };
+            args.limits.apply(Limits::default())
+        };
+        let defaults = limits(&[]);
+        let spicedb = Limits::default();
+        assert_eq!(
+            defaults.max_updates_per_write,
+            spicedb.max_updates_per_write
+        );
+        assert_eq!(defaults.max_caveat_context_bytes, 4096);
+        assert_eq!(defaults.max_relationship_context_bytes, 25_000);
+        assert_eq!(defaults.max_export_limit, 10_000);
+        let set = limits(&[
+            "--write-relationships-max-updates-per-call",
+            "7",
+            "--update-relationships-max-preconditions-per-call",
+            "8",
+            "--max-read-relationships-limit",
+            "9",
+            "--max-delete-relationships-limit",
+            "10",
+            "--max-lookup-resources-limit",
+            "11",
+            "--max-bulk-export-relationships-limit",
+            "12",
+            "--max-caveat-context-size",
+            "13",
+            "--max-relationship-context-size",
+            "14",
+            "--max-datastore-read-page-size",
+            "15",
+        ]);
+        assert_eq!(
+            (
+                set.max_updates_per_write,
+                set.max_preconditions,
+                set.max_read_limit,
+                set.max_delete_limit,
+                set.max_lookup_limit,
+                set.max_export_limit,
+                set.max_caveat_context_bytes,
+                set.max_relationship_context_bytes,
+                set.max_datastore_read_page_size,
+            ),
+            (7, 8, 9, 10, 11, 12, 13, 14, 15)
+        );
+        // SpiceDB's reading of the caveat context flag: 0 is the default, negative no limit.
+        let zero = limits(&["--max-caveat-context-size", "0"]);
+        assert_eq!(zero.max_caveat_context_bytes, 4096);
+        let none = limits(&["--max-caveat-context-size", "-1"]);
+        assert_eq!(none.max_caveat_context_bytes, usize::MAX);
+        assert!(
+            Cli::try_parse_from(["pemba", "serve", "--max-datastore-read-page-size", "0"]).is_err()
+        );
     }
 }

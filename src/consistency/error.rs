@@ -24,6 +24,11 @@ pub enum ConsistencyError {
         "invalid zedtoken: it was issued by another datastore, so its exact snapshot cannot be read here"
     )]
     ForeignToken,
+    /// An `at_least_as_fresh` token from another datastore, with the server set to refuse them.
+    #[error(
+        "ZedToken specified references a different datastore instance and the server is configured to raise an error in this scenario (--mismatch-zed-token-behavior=error)"
+    )]
+    MismatchedToken,
     /// The cursor is not one Pemba issued, or belongs to another request or store.
     #[error("invalid cursor: {0}")]
     InvalidCursor(String),

@@ -26,14 +26,45 @@ pub enum Requirement {
     FullyConsistent,
 }
 
+/// What an `at_least_as_fresh` read does with a token another datastore issued (another
+/// Pemba store, or SpiceDB, whose tokens an application switching over has stored): SpiceDB's
+/// `--mismatch-zed-token-behavior`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MismatchedTokens {
+    /// read at the head, as if the read asked for full consistency (SpiceDB's default)
+    #[default]
+    FullConsistency,
+    /// read at the revision a `minimize_latency` read would (the head, on Pemba)
+    MinLatency,
+    /// refuse the read
+    Error,
+}
+
+impl std::str::FromStr for MismatchedTokens {
+    type Err = String;
+
+    /// SpiceDB's flag values: `full-consistency`, `min-latency`, `error`.
+    fn from_str(s: &str) -> Result<MismatchedTokens, String> {
+        match s {
+            "full-consistency" => Ok(MismatchedTokens::FullConsistency),
+            "min-latency" => Ok(MismatchedTokens::MinLatency),
+            "error" => Ok(MismatchedTokens::Error),
+            other => Err(format!(
+                "unknown mismatched token behaviour {other:?}: expected full-consistency, \
+                 min-latency or error"
+            )),
+        }
+    }
+}
+
 /// Picks the revision a read runs at.
 ///
-/// A token from another store (its store id differs) cannot be compared with our revisions:
-/// `at_least_as_fresh` then falls back to full consistency, as SpiceDB does by default, and
-/// `at_exact_snapshot` is refused.
+/// A token from another datastore cannot be compared with our revisions: `at_least_as_fresh`
+/// then does what `mismatched` says, and `at_exact_snapshot` is refused whatever it says.
 pub fn choose_revision(
     store: &dyn Datastore,
     requirement: &Requirement,
+    mismatched: MismatchedTokens,
 ) -> Result<Revision, ConsistencyError> {
     let head = store.head_revision()?;
     match requirement {
@@ -44,7 +75,14 @@ pub fn choose_revision(
                 head,
             }),
             Some(rev) => Ok(rev.max(head)),
-            None => Ok(head),
+            // Both policies that answer read the head: a single node has it at no cost.
+            None => match mismatched {
+                MismatchedTokens::FullConsistency | MismatchedTokens::MinLatency => {
+                    tracing::debug!("a token from another datastore; reading at the head");
+                    Ok(head)
+                }
+                MismatchedTokens::Error => Err(ConsistencyError::MismatchedToken),
+            },
         },
         Requirement::AtExactSnapshot(token) => match decode_token(token, store.unique_id())? {
             Some(rev) => {
@@ -87,37 +125,85 @@ mod tests {
         let t1 = encode_token(r1, store.unique_id());
         let r2 = write_one(&store, "b");
         assert_eq!(
-            choose_revision(&store, &Requirement::MinimizeLatency).unwrap(),
+            choose_revision(
+                &store,
+                &Requirement::MinimizeLatency,
+                MismatchedTokens::default()
+            )
+            .unwrap(),
             r2
         );
         assert_eq!(
-            choose_revision(&store, &Requirement::FullyConsistent).unwrap(),
+            choose_revision(
+                &store,
+                &Requirement::FullyConsistent,
+                MismatchedTokens::default()
+            )
+            .unwrap(),
             r2
         );
         assert_eq!(
-            choose_revision(&store, &Requirement::AtLeastAsFresh(t1.clone())).unwrap(),
+            choose_revision(
+                &store,
+                &Requirement::AtLeastAsFresh(t1.clone()),
+                MismatchedTokens::default()
+            )
+            .unwrap(),
             r2
         );
         assert_eq!(
-            choose_revision(&store, &Requirement::AtExactSnapshot(t1)).unwrap(),
+            choose_revision(
+                &store,
+                &Requirement::AtExactSnapshot(t1),
+                MismatchedTokens::default()
+            )
+            .unwrap(),
             r1
         );
         let foreign = encode_token(r1, "someotherstore00");
         assert_eq!(
-            choose_revision(&store, &Requirement::AtLeastAsFresh(foreign.clone())).unwrap(),
+            choose_revision(
+                &store,
+                &Requirement::AtLeastAsFresh(foreign.clone()),
+                MismatchedTokens::default()
+            )
+            .unwrap(),
             r2
         );
         assert!(matches!(
-            choose_revision(&store, &Requirement::AtExactSnapshot(foreign)),
+            choose_revision(
+                &store,
+                &Requirement::AtExactSnapshot(foreign.clone()),
+                MismatchedTokens::default()
+            ),
             Err(ConsistencyError::ForeignToken)
         ));
+        for t in [foreign.as_str(), "GhUKEzE3MDAwMDAwMDAwMDAwMDAwMDA="] {
+            let fresh = Requirement::AtLeastAsFresh(t.to_string());
+            assert_eq!(
+                choose_revision(&store, &fresh, MismatchedTokens::MinLatency).unwrap(),
+                r2
+            );
+            assert!(matches!(
+                choose_revision(&store, &fresh, MismatchedTokens::Error),
+                Err(ConsistencyError::MismatchedToken)
+            ));
+        }
         let future = encode_token(Revision(r2.0 + 5), store.unique_id());
         assert!(matches!(
-            choose_revision(&store, &Requirement::AtLeastAsFresh(future)),
+            choose_revision(
+                &store,
+                &Requirement::AtLeastAsFresh(future),
+                MismatchedTokens::default()
+            ),
             Err(ConsistencyError::TokenInFuture { .. })
         ));
         assert!(matches!(
-            choose_revision(&store, &Requirement::AtLeastAsFresh("!!".into())),
+            choose_revision(
+                &store,
+                &Requirement::AtLeastAsFresh("!!".into()),
+                MismatchedTokens::default()
+            ),
             Err(ConsistencyError::MalformedToken(_))
         ));
     }

@@ -5,7 +5,7 @@
 //! store that issued it.
 
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 
 use super::ConsistencyError;
 use crate::model::Revision;
@@ -28,9 +28,13 @@ fn take_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
 }
 
 /// Decodes a token. `Ok(Some(rev))` if it was issued by `store_id`; `Ok(None)` if it is a valid
-/// token of another store.
+/// token of another store: another Pemba store, or a SpiceDB datastore (an application that
+/// switches over has SpiceDB's ZedTokens stored, and they must keep working).
 pub fn decode_token(token: &str, store_id: &str) -> Result<Option<Revision>, ConsistencyError> {
     let bad = |why: &str| ConsistencyError::MalformedToken(why.to_string());
+    if is_spicedb_token(token) {
+        return Ok(None);
+    }
     let bytes = URL_SAFE_NO_PAD
         .decode(token.trim_end_matches('='))
         .map_err(|_| bad("not base64"))?;
@@ -44,6 +48,79 @@ pub fn decode_token(token: &str, store_id: &str) -> Result<Option<Revision>, Con
     } else {
         Ok(None)
     }
+}
+
+/// Whether `token` is a ZedToken SpiceDB issued: standard base64 (with padding) of its
+/// `DecodedZedToken` message, whose one field is either `v1` (field 3: a revision string, the
+/// datastore's id prefix, a schema hash) or the older `deprecated_v1_zookie` (field 2: a
+/// numeric revision). Pemba's own tokens start with the byte 1, which no such message does.
+/// Only the framing is checked: the revision means nothing to Pemba either way.
+fn is_spicedb_token(token: &str) -> bool {
+    let Ok(bytes) = STANDARD.decode(token) else {
+        return false;
+    };
+    match protobuf_field(&bytes) {
+        // v1: a message whose fields are a revision string, an id prefix and a hash
+        Some((3, WireValue::Bytes(inner), [])) => {
+            let mut rest = inner;
+            let mut revision = false;
+            while !rest.is_empty() {
+                match protobuf_field(rest) {
+                    Some((1, WireValue::Bytes(r), more)) => {
+                        revision = !r.is_empty() && std::str::from_utf8(r).is_ok();
+                        rest = more;
+                    }
+                    Some((2 | 3, WireValue::Bytes(_), more)) => rest = more,
+                    _ => return false,
+                }
+            }
+            revision
+        }
+        // the zookie: a message holding a varint revision
+        Some((2, WireValue::Bytes(inner), [])) => {
+            matches!(protobuf_field(inner), Some((1, WireValue::Varint, [])))
+        }
+        _ => false,
+    }
+}
+
+/// A protobuf field's value: the two wire types a ZedToken uses.
+enum WireValue<'a> {
+    /// a varint (its value is not needed)
+    Varint,
+    /// a length-delimited value
+    Bytes(&'a [u8]),
+}
+
+/// Reads one protobuf field (number, value, what follows), if `bytes` starts with a varint or
+/// a length-delimited one.
+fn protobuf_field(bytes: &[u8]) -> Option<(u64, WireValue<'_>, &[u8])> {
+    let (key, rest) = varint(bytes)?;
+    match key & 7 {
+        0 => {
+            let (_, rest) = varint(rest)?;
+            Some((key >> 3, WireValue::Varint, rest))
+        }
+        2 => {
+            let (len, rest) = varint(rest)?;
+            let len = usize::try_from(len).ok()?;
+            let value = rest.get(..len)?;
+            Some((key >> 3, WireValue::Bytes(value), rest.get(len..)?))
+        }
+        _ => None,
+    }
+}
+
+/// Reads a protobuf varint (at most ten bytes).
+fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value: u64 = 0;
+    for (i, b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, bytes.get(i + 1..)?));
+        }
+    }
+    None
 }
 
 /// A decoded cursor: the revision the paged read is pinned to and where it stopped.
@@ -129,6 +206,31 @@ mod tests {
         assert!(decode_token("", "x").is_err());
         assert!(decode_token("AAAA", "x").is_err());
         assert!(decode_token("not a token!", "x").is_err());
+    }
+
+    #[test]
+    fn spicedb_tokens_are_another_stores() {
+        // Revision 1700000000000000000, without and with an id prefix, as SpiceDB encodes them.
+        for t in [
+            "GhUKEzE3MDAwMDAwMDAwMDAwMDAwMDA=",
+            "Gh8KEzE3MDAwMDAwMDAwMDAwMDAwMDASCDFiNGUyOGJh",
+        ] {
+            assert_eq!(decode_token(t, "abcdef0123456789").unwrap(), None, "{t}");
+        }
+        // A CockroachDB revision (`nanos.logical`) and a legacy zookie (revision 5).
+        let crdb = STANDARD.encode(b"\x1a\x20\x0a\x1e1700000000000000000.0000000001");
+        assert_eq!(decode_token(&crdb, "s").unwrap(), None);
+        let zookie = STANDARD.encode([0x12, 0x02, 0x08, 0x05]);
+        assert_eq!(decode_token(&zookie, "s").unwrap(), None);
+        // Framing that is not a ZedToken stays malformed.
+        for b in [
+            &[0x1a, 0x05, 0x0a][..],       // truncated
+            &[0x1a, 0x02, 0x0a, 0x00][..], // empty revision
+            &[0x1a, 0x02, 0x28, 0x01][..], // unknown inner field
+            &[0x22, 0x00][..],             // unknown outer field
+        ] {
+            assert!(decode_token(&STANDARD.encode(b), "s").is_err(), "{b:?}");
+        }
     }
 
     #[test]

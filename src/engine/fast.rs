@@ -56,6 +56,34 @@ enum FastMemoEntry {
 pub(crate) struct FastMemo {
     /// (member's address, resource id) -> entry; the member fixes the resource type
     entries: FxHashMap<(usize, Sym), FastMemoEntry>,
+    /// entries added under the last graph view, which [`FastMemo::make_room`] keeps room for
+    last_added: usize,
+    /// how many times the table grew while a graph view was held (what `make_room` avoids)
+    pub(crate) grown_under_view: u32,
+}
+
+/// Room [`FastMemo::make_room`] keeps at least, in entries.
+const MEMO_MIN_ROOM: usize = 1024;
+
+impl FastMemo {
+    /// How many sub-problems are remembered.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Grows the table, if the next graph view could fill it, before the view is taken. A
+    /// table of millions of entries (a lookup over a million candidates) takes a good part of
+    /// a second to grow: it allocates its next size and moves every entry. Grown under the
+    /// graph's read lock while a writer waits, that stalls the writer and every Check queued
+    /// behind it; grown here, with no lock held, it stalls nobody. The room kept is twice what
+    /// the last view added, so a view grows the table itself only if it adds more than that.
+    fn make_room(&mut self) {
+        let want = self.last_added.saturating_mul(2).max(MEMO_MIN_ROOM);
+        if self.entries.capacity() - self.entries.len() < want {
+            self.entries.reserve(want);
+        }
+    }
 }
 
 /// Solves checks of one plain subject over one graph view.
@@ -522,6 +550,8 @@ pub(crate) fn check_ids<'i>(
     let mut ids = ids.peekable();
     let mut out = Vec::new();
     loop {
+        memo.make_room();
+        let (before, capacity) = (memo.entries.len(), memo.entries.capacity());
         // a store error: give up, the general checker reports it
         let view = snap.store.graph_view(snap.revision, snap.now).ok()??;
         let mut checker = FastChecker::new(
@@ -546,6 +576,10 @@ pub(crate) fn check_ids<'i>(
         }
         checker.count_dispatches();
         drop(view);
+        memo.last_added = memo.entries.len().saturating_sub(before);
+        if memo.entries.capacity() != capacity {
+            memo.grown_under_view += 1;
+        }
         // Pulled with no lock held: the next chunk's first id.
         if ids.peek().is_none() {
             return Some(out);

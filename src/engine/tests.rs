@@ -1023,3 +1023,40 @@ fn candidate_checks_let_a_writer_in_between_chunks() {
     // Only d1 is ann's.
     assert_eq!(answers.iter().filter(|a| **a == Some(true)).count(), 1);
 }
+
+/// A lookup's memo of solved sub-problems grows with no graph lock held: growing a table of
+/// millions of entries takes a good part of a second, and under the read lock, with a writer
+/// waiting, it stalled the writer and every Check behind it. Each candidate here adds memo
+/// entries (its `view`, `viewer`, ...), so over 200,000 candidates the table grows many times;
+/// none of those may happen while a view is held.
+#[test]
+fn candidate_checks_grow_their_memo_outside_the_graph_lock() {
+    const N: usize = 200_000;
+    let rels: Vec<String> = (0..N)
+        .map(|i| {
+            format!(
+                "document:d{i}#viewer@user:{}",
+                if i == 1 { "ann" } else { "bob" }
+            )
+        })
+        .collect();
+    let f = Fixture::new(DOCS, &rels.iter().map(String::as_str).collect::<Vec<_>>());
+    let subject = parse_relationship("document:x#viewer@user:ann")
+        .unwrap()
+        .subject;
+    let ids: Vec<String> = (0..N).map(|i| format!("d{i}")).collect();
+    let mut memo = fast::FastMemo::default();
+    let answers = fast::check_ids(
+        &f.snap(),
+        &mut memo,
+        50,
+        &subject,
+        "document",
+        "view",
+        ids.iter().map(String::as_str),
+    )
+    .unwrap();
+    assert_eq!(answers.iter().filter(|a| **a == Some(true)).count(), 1);
+    assert!(memo.len() >= N, "each candidate is memoised");
+    assert_eq!(memo.grown_under_view, 0);
+}

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod tls;
 
 pub mod metrics;
+pub mod testing;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
 
-use crate::api::{Api, BackupApi, PermissionsApi, SchemaApi, WatchApi};
+use crate::api::{Api, BackupApi, ExperimentalApi, PermissionsApi, SchemaApi, WatchApi};
 use crate::store::Datastore;
 
 pub use tls::{TlsError, TlsFiles};
@@ -37,6 +38,9 @@ pub enum ServerError {
     /// Refused configuration.
     #[error("{0}")]
     Config(String),
+    /// The reflection service could not read the API's descriptors.
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// How the server runs.
@@ -248,6 +252,97 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let auth = PresharedKeyAuth::new(&options.preshared_keys)?;
+    let size = options.max_message_size;
+    let permissions = PermissionsApi(Arc::clone(&api))
+        .into_server()
+        .max_decoding_message_size(size);
+    let schema = SchemaApi(Arc::clone(&api))
+        .into_server()
+        .max_decoding_message_size(size);
+    let experimental = ExperimentalApi(Arc::clone(&api))
+        .into_server()
+        .max_decoding_message_size(size);
+    let watch = WatchApi(Arc::clone(&api))
+        .into_server()
+        .max_decoding_message_size(size);
+    let backup = BackupApi {
+        api: Arc::clone(&api),
+        root: options.backup_dir.clone(),
+    }
+    .into_server()
+    .max_decoding_message_size(size);
+    let routes = tonic::service::Routes::new(InterceptedService::new(permissions, auth.clone()))
+        .add_service(InterceptedService::new(schema, auth.clone()))
+        .add_service(InterceptedService::new(experimental, auth.clone()))
+        .add_service(InterceptedService::new(watch, auth.clone()))
+        .add_service(InterceptedService::new(backup, auth));
+    let gc = tokio::spawn(gc_loop(
+        Arc::clone(&store),
+        options.gc_window,
+        options.gc_interval,
+    ));
+    // Watch streams never end on their own: at shutdown they end at once, with UNAVAILABLE.
+    let shutdown = async move {
+        shutdown.await;
+        api.begin_shutdown();
+    };
+    let result = serve(listener, routes, Some(store), &options, shutdown).await;
+    gc.abort();
+    result
+}
+
+/// Serves `pemba serve-testing` until `shutdown` resolves: a store per bearer token (see
+/// [`testing`]) on `listener`, and the same stores read-only on `readonly`, if given.
+pub async fn run_testing(
+    listener: TcpListener,
+    readonly: Option<TcpListener>,
+    tenants: Arc<testing::Tenants>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let stop = CancellationToken::new();
+    let size = options.max_message_size;
+    let main = serve(
+        listener,
+        testing::routes(&tenants, size, false),
+        None,
+        &options,
+        stop.cancelled(),
+    );
+    let read_only = async {
+        match readonly {
+            Some(listener) => {
+                let routes = testing::routes(&tenants, size, true);
+                serve(listener, routes, None, &options, stop.cancelled()).await
+            }
+            None => Ok(()),
+        }
+    };
+    let servers = async {
+        let (main, read_only) = tokio::join!(main, read_only);
+        main.and(read_only)
+    };
+    tokio::pin!(servers);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        result = &mut servers => result,
+        () = &mut shutdown => {
+            stop.cancel();
+            servers.await
+        }
+    }
+}
+
+/// Serves `routes` (the API services) on `listener`, beside health and reflection, with the
+/// limits, TLS and graceful shutdown of `options`; health also says whether `store` (if any)
+/// can write.
+async fn serve(
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+    store: Option<Arc<dyn Datastore>>,
+    options: &ServerOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     if options.max_message_size == 0 || options.max_concurrent_streams == 0 {
         return Err(ServerError::Config(
             "the maximum message size and concurrent streams must be at least 1".to_string(),
@@ -267,34 +362,14 @@ pub async fn run(
         serving: None,
     }));
     health.lock().await.publish().await;
-    let health_task = tokio::spawn(health_loop(
-        Arc::clone(&health),
-        Arc::clone(&store),
-        options.health_check_interval.max(Duration::from_millis(10)),
-    ));
-
-    let permissions = PermissionsApi(Arc::clone(&api))
-        .into_server()
-        .max_decoding_message_size(options.max_message_size);
-    let schema = SchemaApi(Arc::clone(&api))
-        .into_server()
-        .max_decoding_message_size(options.max_message_size);
-    let watch = WatchApi(Arc::clone(&api))
-        .into_server()
-        .max_decoding_message_size(options.max_message_size);
-    let backup = BackupApi {
-        api: Arc::clone(&api),
-        root: options.backup_dir.clone(),
-    }
-    .into_server()
-    .max_decoding_message_size(options.max_message_size);
+    let health_task = store.map(|store| {
+        tokio::spawn(health_loop(
+            Arc::clone(&health),
+            store,
+            options.health_check_interval.max(Duration::from_millis(10)),
+        ))
+    });
     let admission = limits::Admission::new(options.concurrency_limit, options.max_message_size);
-
-    let gc = tokio::spawn(gc_loop(
-        Arc::clone(&store),
-        options.gc_window,
-        options.gc_interval,
-    ));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(
             %addr,
@@ -313,6 +388,16 @@ pub async fn run(
     );
     let keepalive = (!options.keepalive_interval.is_zero()).then_some(options.keepalive_interval);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // Reflection (v1, and v1alpha for older tools), as SpiceDB serves it: with no key, so that
+    // grpcurl and similar tools can list and call the services without the .proto files.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::api::proto::FILE_DESCRIPTOR_SET)
+    };
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
     let serve = tonic::transport::Server::builder()
         // Outermost, so it sees every call, refused ones included.
         .layer(metrics::MetricsLayer)
@@ -321,11 +406,7 @@ pub async fn run(
         .http2_keepalive_timeout(Some(options.keepalive_timeout))
         .http2_max_header_list_size(options.max_header_list_size)
         .layer(limits::AdmissionLayer(Arc::clone(&admission)))
-        .add_service(health_service)
-        .add_service(InterceptedService::new(permissions, auth.clone()))
-        .add_service(InterceptedService::new(schema, auth.clone()))
-        .add_service(InterceptedService::new(watch, auth.clone()))
-        .add_service(InterceptedService::new(backup, auth))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
@@ -336,8 +417,6 @@ pub async fn run(
         result = &mut serve => result,
         () = &mut shutdown => {
             admission.begin_shutdown();
-            // Watch streams never end on their own: they end now, with UNAVAILABLE.
-            api.begin_shutdown();
             {
                 let mut h = health.lock().await;
                 h.shutting_down = true;
@@ -363,8 +442,9 @@ pub async fn run(
             }
         }
     };
-    gc.abort();
-    health_task.abort();
+    if let Some(task) = health_task {
+        task.abort();
+    }
     tracing::info!("server stopped");
     Ok(result?)
 }
