@@ -711,6 +711,7 @@ async fn shutdown_ends_streams_unavailable() {
     };
     let err = next(&mut stream).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("shutting down"), "{err:?}");
     tokio::time::timeout(PATIENCE, handle)
         .await
         .unwrap()
@@ -817,4 +818,76 @@ async fn metrics_count_subscribers_and_revisions_sent() {
         .unwrap();
     collect_until(&s, &mut stream, revision(&s, &rev)).await;
     assert!(metric("pemba_watch_lag_revisions") >= sent_before + 1.0);
+}
+
+/// `pemba serve-testing`: each token watches its own store, and shutdown ends the streams
+/// with UNAVAILABLE.
+#[tokio::test]
+async fn serve_testing_watches_per_token_and_ends_at_shutdown() {
+    use pemba::server::{self, ServerOptions, testing::Tenants};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tenants = Tenants::new(pemba::engine::EngineConfig::default(), Limits::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(server::run_testing(
+        listener,
+        None,
+        tenants,
+        ServerOptions::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    fn with<T>(token: &str, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    }
+    let mut schema = SchemaServiceClient::new(channel.clone());
+    let mut perms = PermissionsServiceClient::new(channel.clone());
+    for token in ["a", "b"] {
+        schema
+            .write_schema(with(
+                token,
+                pb::WriteSchemaRequest {
+                    schema: SCHEMA.into(),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    let mut stream = WatchServiceClient::new(channel.clone())
+        .watch(with("a", pb::WatchRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    for (token, doc) in [("b", "other"), ("a", "mine")] {
+        perms
+            .write_relationships(with(
+                token,
+                pb::WriteRelationshipsRequest {
+                    updates: vec![create(&format!("document:{doc}#viewer@user:ann"))],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    let m = next(&mut stream).await.unwrap().unwrap();
+    assert_eq!(lines(&m), vec!["TOUCH document:mine#viewer@user:ann"]);
+    stop.send(()).unwrap();
+    let err = next(&mut stream).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("shutting down"), "{err:?}");
+    tokio::time::timeout(PATIENCE, handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

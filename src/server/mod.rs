@@ -327,6 +327,8 @@ pub async fn run_testing(
     tokio::select! {
         result = &mut servers => result,
         () = &mut shutdown => {
+            // Watch streams never end on their own: they end now, with UNAVAILABLE.
+            tenants.begin_shutdown();
             stop.cancel();
             servers.await
         }

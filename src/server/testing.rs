@@ -52,6 +52,18 @@ impl Tenants {
         Arc::clone(api)
     }
 
+    /// Tells every store's long-lived streams (Watch) that the server is shutting down.
+    pub fn begin_shutdown(&self) {
+        for api in self
+            .apis
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            api.begin_shutdown();
+        }
+    }
+
     /// How many stores have been made.
     pub fn len(&self) -> usize {
         self.apis
