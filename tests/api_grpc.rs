@@ -861,6 +861,7 @@ async fn reflection_lists_and_describes_the_api_without_a_key() {
 async fn experimental_rpcs_answer_as_their_stable_names() {
     use futures::TryStreamExt;
     use pb::experimental_service_client::ExperimentalServiceClient;
+    use prost::Message as _;
     let s = start(Backend::Memory, Some("secret")).await;
     let mut exp = ExperimentalServiceClient::with_interceptor(s.channel.clone(), bearer);
     let mut stable = PermissionsServiceClient::with_interceptor(s.channel.clone(), bearer);
@@ -1030,6 +1031,57 @@ async fn experimental_rpcs_answer_as_their_stable_names() {
             .any(|r| r.name == "viewer" && r.subject_types.len() == 3),
         "{doc:?}"
     );
+
+    // The schema RPCs answer as SchemaService's, field for field.
+    let comparison = SCHEMA.replace(
+        "relation banned: user",
+        "relation banned: user | group#member",
+    );
+    let old_diff = exp
+        .experimental_diff_schema(pb::ExperimentalDiffSchemaRequest {
+            consistency: fully_consistent(),
+            comparison_schema: comparison.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let new_diff = schema
+        .diff_schema(pb::DiffSchemaRequest {
+            consistency: fully_consistent(),
+            comparison_schema: comparison,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(old_diff.diffs.len(), 1, "{old_diff:?}");
+    assert_eq!(old_diff.encode_to_vec(), new_diff.encode_to_vec());
+    let old_computable = exp
+        .experimental_computable_permissions(pb::ExperimentalComputablePermissionsRequest {
+            consistency: fully_consistent(),
+            definition_name: "document".into(),
+            relation_name: "owner".into(),
+            optional_definition_name_filter: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = old_computable
+        .permissions
+        .iter()
+        .map(|p| p.relation_name.as_str())
+        .collect();
+    assert_eq!(names, ["edit", "view"], "{old_computable:?}");
+    let old_dependent = exp
+        .experimental_dependent_relations(pb::ExperimentalDependentRelationsRequest {
+            consistency: fully_consistent(),
+            definition_name: "document".into(),
+            permission_name: "edit".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(old_dependent.relations.len(), 1, "{old_dependent:?}");
+    assert_eq!(old_dependent.relations[0].relation_name, "owner");
 
     // The key is required, as on the stable services.
     let err = ExperimentalServiceClient::new(s.channel.clone())

@@ -161,7 +161,7 @@ impl Api {
         {
             return Ok(Arc::clone(s));
         }
-        let compiled = Arc::new(crate::schema::compile(&stored.text)?);
+        let compiled = Arc::new(crate::schema::compile_stored(&stored.text)?);
         if let Ok(mut cache) = self.schema_cache.lock() {
             let newer = cache.as_ref().is_none_or(|(r, _)| *r < stored.revision);
             if newer {

@@ -1,15 +1,16 @@
-//! `SchemaService`: write, read and reflect the schema.
+//! `SchemaService`: write, read, reflect and diff the schema, and ask what reaches what.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, now};
-use super::error::ApiError;
+use super::error::{ApiError, ApiResult};
 use super::proto::authzed::api::v1 as pb;
 use super::{Api, blocking, reflect};
 use crate::consistency::choose_revision;
-use crate::schema;
+use crate::model::Revision;
+use crate::schema::{self, CompiledSchema, diff, reachability};
 
 /// The tonic `SchemaService`.
 #[derive(Debug, Clone)]
@@ -115,22 +116,81 @@ impl pb::schema_service_server::SchemaService for SchemaApi {
 
     async fn computable_permissions(
         &self,
-        _request: Request<pb::ComputablePermissionsRequest>,
+        request: Request<pb::ComputablePermissionsRequest>,
     ) -> Result<Response<pb::ComputablePermissionsResponse>, Status> {
-        Err(ApiError::Unimplemented("ComputablePermissions is not implemented yet".into()).into())
+        let req = request.into_inner();
+        let api = Arc::clone(&self.0);
+        let out = blocking(move || {
+            let (rev, compiled) = schema_for(&api, req.consistency.as_ref())?;
+            let relation = Some(req.relation_name.as_str()).filter(|r| !r.is_empty());
+            let found = reachability::computable_permissions(
+                &compiled,
+                &req.definition_name,
+                relation,
+                &req.optional_definition_name_filter,
+            )?;
+            Ok(pb::ComputablePermissionsResponse {
+                permissions: reflect::relation_references_out(found),
+                read_at: Some(convert::zed_token_out(rev, api.store.unique_id())),
+            })
+        })
+        .await?;
+        Ok(Response::new(out))
     }
 
     async fn dependent_relations(
         &self,
-        _request: Request<pb::DependentRelationsRequest>,
+        request: Request<pb::DependentRelationsRequest>,
     ) -> Result<Response<pb::DependentRelationsResponse>, Status> {
-        Err(ApiError::Unimplemented("DependentRelations is not implemented yet".into()).into())
+        let req = request.into_inner();
+        let api = Arc::clone(&self.0);
+        let out = blocking(move || {
+            let (rev, compiled) = schema_for(&api, req.consistency.as_ref())?;
+            let found = reachability::dependent_relations(
+                &compiled,
+                &req.definition_name,
+                &req.permission_name,
+            )?;
+            Ok(pb::DependentRelationsResponse {
+                relations: reflect::relation_references_out(found),
+                read_at: Some(convert::zed_token_out(rev, api.store.unique_id())),
+            })
+        })
+        .await?;
+        Ok(Response::new(out))
     }
 
     async fn diff_schema(
         &self,
-        _request: Request<pb::DiffSchemaRequest>,
+        request: Request<pb::DiffSchemaRequest>,
     ) -> Result<Response<pb::DiffSchemaResponse>, Status> {
-        Err(ApiError::Unimplemented("DiffSchema is not implemented yet".into()).into())
+        let req = request.into_inner();
+        let api = Arc::clone(&self.0);
+        let out = blocking(move || {
+            let (rev, existing) = schema_for(&api, req.consistency.as_ref())?;
+            // As SpiceDB: the comparison is compiled, not type checked.
+            let comparison = schema::compile_without_type_checks(&req.comparison_schema)?;
+            let changes = diff::diff_schemas(&existing, &comparison);
+            Ok(pb::DiffSchemaResponse {
+                diffs: reflect::schema_diff_out(&changes, &existing, &comparison)?,
+                read_at: Some(convert::zed_token_out(rev, api.store.unique_id())),
+            })
+        })
+        .await?;
+        Ok(Response::new(out))
     }
+}
+
+/// The revision a schema question reads at, and the schema there (empty if none was written).
+fn schema_for(
+    api: &Api,
+    consistency: Option<&pb::Consistency>,
+) -> ApiResult<(Revision, Arc<CompiledSchema>)> {
+    let requirement = convert::consistency(consistency)?;
+    let rev = choose_revision(
+        api.store.as_ref(),
+        &requirement,
+        api.limits.mismatched_tokens,
+    )?;
+    Ok((rev, api.schema_at(rev)?))
 }

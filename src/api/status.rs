@@ -82,27 +82,60 @@ impl From<ApiError> for tonic::Status {
 fn schema_status(err: SchemaError) -> tonic::Status {
     let message = err.to_string();
     let (line, column) = (err.line(), err.column());
-    let position = meta([
-        ("start_line_number", &line.saturating_sub(1).to_string()),
-        (
-            "start_column_position",
-            &column.saturating_sub(1).to_string(),
-        ),
-        ("end_line_number", &line.saturating_sub(1).to_string()),
-        ("end_column_position", &column.saturating_sub(1).to_string()),
-    ]);
+    let position = || {
+        meta([
+            ("start_line_number", &line.saturating_sub(1).to_string()),
+            (
+                "start_column_position",
+                &column.saturating_sub(1).to_string(),
+            ),
+            ("end_line_number", &line.saturating_sub(1).to_string()),
+            ("end_column_position", &column.saturating_sub(1).to_string()),
+        ])
+    };
     match err {
         SchemaError::Parse { .. } => with_reason(
             Code::InvalidArgument,
             message,
             "ERROR_REASON_SCHEMA_PARSE_ERROR",
-            position,
+            position(),
         ),
         SchemaError::Type { .. } => with_reason(
             Code::FailedPrecondition,
             message,
             "ERROR_REASON_SCHEMA_TYPE_ERROR",
-            position,
+            position(),
+        ),
+        SchemaError::UnknownDefinition(name) => with_reason(
+            Code::FailedPrecondition,
+            message,
+            Reason::UnknownDefinition.as_str(),
+            meta([("definition_name", &name)]),
+        ),
+        SchemaError::UnknownRelation {
+            definition,
+            relation,
+        } => with_reason(
+            Code::FailedPrecondition,
+            message,
+            Reason::UnknownRelationOrPermission.as_str(),
+            meta([
+                ("definition_name", &definition),
+                ("relation_or_permission_name", &relation),
+            ]),
+        ),
+        // SpiceDB: INVALID_ARGUMENT, reason UNKNOWN_RELATION_OR_PERMISSION
+        SchemaError::NotAPermission {
+            definition,
+            relation,
+        } => with_reason(
+            Code::InvalidArgument,
+            message,
+            Reason::UnknownRelationOrPermission.as_str(),
+            meta([
+                ("definition_name", &definition),
+                ("relation_or_permission_name", &relation),
+            ]),
         ),
     }
 }

@@ -76,7 +76,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
         let token = answer
             .read_at
             .context("ReadSchema answered without a revision")?;
-        let schema = crate::schema::compile(&answer.schema_text)
+        let schema = crate::schema::compile_stored(&answer.schema_text)
             .map_err(|e| anyhow!("the server's schema does not compile here: {e}"))?;
         let mut out = Output::create(args.output.as_deref())?;
         write_schema_block(&mut out, &answer.schema_text)?;

@@ -312,6 +312,20 @@ pub struct ServeArgs {
     /// PEM private key for HTTPS on the metrics endpoint (with --metrics-tls-cert-path)
     #[arg(long, env = "PEMBA_METRICS_TLS_KEY_PATH")]
     pub metrics_tls_key_path: Option<PathBuf>,
+    /// serve the HTTP/JSON gateway (SpiceDB's REST routes) on --http-addr
+    #[arg(long, env = "PEMBA_HTTP_ENABLED", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub http_enabled: bool,
+    /// address of the HTTP/JSON gateway; setting it turns the gateway on (default
+    /// 127.0.0.1:8443 with --http-enabled)
+    #[arg(long, env = "PEMBA_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// PEM certificate chain for HTTPS on the gateway (with --http-tls-key-path); reloaded
+    /// when the file changes
+    #[arg(long, env = "PEMBA_HTTP_TLS_CERT_PATH")]
+    pub http_tls_cert_path: Option<PathBuf>,
+    /// PEM private key for HTTPS on the gateway (with --http-tls-cert-path)
+    #[arg(long, env = "PEMBA_HTTP_TLS_KEY_PATH")]
+    pub http_tls_key_path: Option<PathBuf>,
     /// OTLP/gRPC collector to send traces to, e.g. `http://127.0.0.1:4317` (none: no traces
     /// are exported; needs the `otel` cargo feature, on by default)
     #[arg(long, env = "PEMBA_OTEL_ENDPOINT")]
@@ -367,6 +381,40 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => bail!("--grpc-tls-cert-path and --grpc-tls-key-path go together"),
     };
+    let http_tls = match (args.http_tls_cert_path, args.http_tls_key_path) {
+        (Some(cert_path), Some(key_path)) => {
+            let files = server::TlsFiles {
+                cert_path,
+                key_path,
+            };
+            let config = server::tls::server_config(&files, &[b"http/1.1"])
+                .context("cannot set up TLS for the HTTP gateway")?;
+            Some(config)
+        }
+        (None, None) => None,
+        _ => bail!("--http-tls-cert-path and --http-tls-key-path go together"),
+    };
+    let http_addr = match (args.http_enabled, args.http_addr) {
+        (_, Some(addr)) => Some(addr),
+        (true, None) => Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
+        (false, None) => None,
+    };
+    if let Some(addr) = http_addr
+        && !addr.ip().is_loopback()
+    {
+        if keys.is_empty() {
+            bail!(
+                "refusing to serve the HTTP gateway on non-loopback address {addr} without --grpc-preshared-key"
+            );
+        }
+        if http_tls.is_none() {
+            tracing::warn!(
+                %addr,
+                "the HTTP gateway listens on a non-loopback address without TLS: the preshared \
+                 key crosses the network in clear text (set --http-tls-cert-path and --http-tls-key-path)"
+            );
+        }
+    }
     let metrics_tls = match (args.metrics_tls_cert_path, args.metrics_tls_key_path) {
         (Some(cert_path), Some(key_path)) => {
             let files = server::TlsFiles {
@@ -477,7 +525,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             false => None,
         };
-        let served = server::run(listener, api, store, options, server::shutdown_signal()).await;
+        let gateway = match http_addr {
+            Some(addr) => Some(server::GatewayListener {
+                listener: tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?,
+                tls: http_tls,
+            }),
+            None => None,
+        };
+        let served = server::run_with_gateway(
+            listener,
+            gateway,
+            api,
+            store,
+            options,
+            server::shutdown_signal(),
+        )
+        .await;
         if let Some((stop, task)) = metrics {
             let _ = stop.send(());
             let _ = task.await;

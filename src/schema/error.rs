@@ -5,6 +5,11 @@
 //! `INVALID_ARGUMENT`. Type errors are what SpiceDB's type system refuses once the text compiled
 //! (unknown types and relations, bad arrows, wildcards, cycles); the API answers them with
 //! `FAILED_PRECONDITION`.
+//!
+//! Questions asked of a compiled schema (what a relation can reach, what a permission reads)
+//! fail when they name what the schema lacks; those errors carry no position.
+
+use std::borrow::Cow;
 
 use thiserror::Error;
 
@@ -42,6 +47,25 @@ pub enum SchemaError {
         /// 1-based column (in characters) of the offending item
         column: usize,
     },
+    /// A question about the schema named a definition it does not have.
+    #[error("object definition `{0}` not found")]
+    UnknownDefinition(String),
+    /// A question about the schema named a relation or permission its definition lacks.
+    #[error("relation/permission `{relation}` not found under definition `{definition}`")]
+    UnknownRelation {
+        /// the definition asked about
+        definition: String,
+        /// the name it lacks
+        relation: String,
+    },
+    /// A question about a permission named a relation.
+    #[error("the relation `{relation}` is not a permission")]
+    NotAPermission {
+        /// the definition asked about
+        definition: String,
+        /// the relation named
+        relation: String,
+    },
 }
 
 impl SchemaError {
@@ -64,23 +88,34 @@ impl SchemaError {
     }
 
     /// The message without its position.
-    pub fn message(&self) -> &str {
+    pub fn message(&self) -> Cow<'_, str> {
         match self {
-            SchemaError::Parse { message, .. } | SchemaError::Type { message, .. } => message,
+            SchemaError::Parse { message, .. } | SchemaError::Type { message, .. } => {
+                Cow::Borrowed(message)
+            }
+            SchemaError::UnknownDefinition(_)
+            | SchemaError::UnknownRelation { .. }
+            | SchemaError::NotAPermission { .. } => Cow::Owned(self.to_string()),
         }
     }
 
-    /// 1-based line of the error.
+    /// 1-based line of the error (0 for an error about no text).
     pub fn line(&self) -> usize {
         match self {
             SchemaError::Parse { line, .. } | SchemaError::Type { line, .. } => *line,
+            SchemaError::UnknownDefinition(_)
+            | SchemaError::UnknownRelation { .. }
+            | SchemaError::NotAPermission { .. } => 0,
         }
     }
 
-    /// 1-based column (in characters) of the error.
+    /// 1-based column (in characters) of the error (0 for an error about no text).
     pub fn column(&self) -> usize {
         match self {
             SchemaError::Parse { column, .. } | SchemaError::Type { column, .. } => *column,
+            SchemaError::UnknownDefinition(_)
+            | SchemaError::UnknownRelation { .. }
+            | SchemaError::NotAPermission { .. } => 0,
         }
     }
 
@@ -124,5 +159,15 @@ mod tests {
         assert_eq!(t.to_string(), "type error at line 1, column 1: worse");
         assert_eq!(t.message(), "worse");
         assert!(!t.is_parse());
+        let u = SchemaError::UnknownRelation {
+            definition: "doc".into(),
+            relation: "nope".into(),
+        };
+        assert_eq!(
+            u.message(),
+            "relation/permission `nope` not found under definition `doc`"
+        );
+        assert_eq!((u.line(), u.column()), (0, 0));
+        assert!(!u.is_parse());
     }
 }

@@ -7,16 +7,23 @@
 //! 4. [`compiled`]: the result, [`CompiledSchema`], plus what a schema change must verify
 //!    against stored data ([`orphan_checks`], [`incompatible_caveat_changes`]).
 //!
-//! [`compile`] runs all of it. Errors are one type, [`SchemaError`], with a position. What no
+//! Questions about a compiled schema: [`diff`] (what changed between two schemas, for
+//! DiffSchema) and [`reachability`] (which relations and permissions a relation can affect, and
+//! which a permission reads, for ComputablePermissions and DependentRelations).
+//!
+//! [`compile`] runs all of it. Errors are one type, [`SchemaError`], with a position (but for
+//! the questions' lookups, which have none). What no
 //! step accepts, however well-formed (too long, too deep, too long a chain), is in [`limits`].
 
 pub mod ast;
 mod celtype;
 pub mod compiled;
+pub mod diff;
 pub mod error;
 pub mod lexer;
 pub mod limits;
 pub mod parser;
+pub mod reachability;
 pub mod typecheck;
 
 pub use compiled::{
@@ -32,6 +39,26 @@ pub fn compile(text: &str) -> Result<CompiledSchema, SchemaError> {
     let tokens = lexer::tokenize(text)?;
     let file = parser::parse(text, &tokens)?;
     typecheck::typecheck(&file, text)
+}
+
+/// Compiles schema text a store already holds, which WriteSchema accepted when it was written:
+/// as [`compile`], but without the checks added since that do not change evaluation (an
+/// annotated permission reaching a type its annotation lacks, under `use typechecking`), so a
+/// stored schema keeps compiling after an upgrade.
+pub fn compile_stored(text: &str) -> Result<CompiledSchema, SchemaError> {
+    let tokens = lexer::tokenize(text)?;
+    let file = parser::parse(text, &tokens)?;
+    typecheck::typecheck_stored(&file, text)
+}
+
+/// Compiles schema text as SpiceDB's compiler alone does, without its type system: a schema
+/// naming types, relations or caveats it lacks still compiles (only [`SchemaError::Parse`] and
+/// duplicate member names fail). DiffSchema compares the stored schema with text compiled this
+/// way; a schema to be stored or evaluated goes through [`compile`].
+pub fn compile_without_type_checks(text: &str) -> Result<CompiledSchema, SchemaError> {
+    let tokens = lexer::tokenize(text)?;
+    let file = parser::parse(text, &tokens)?;
+    typecheck::compile_only(&file, text)
 }
 
 #[cfg(test)]

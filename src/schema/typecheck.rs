@@ -8,14 +8,20 @@
 //! cycles, then the length of reference chains — so the same schema always reports the same
 //! first error.
 //!
-//! Two checks go beyond SpiceDB's WriteSchema. An arrow `t->c` whose right side `c` exists on
-//! none of the types `t` allows is refused (SpiceDB only warns); an arrow is accepted as soon as
-//! one allowed type has `c`. And a chain of references (names, arrows, subject relations)
-//! longer than [`MAX_PERMISSION_CHAIN`] is refused as a parse error, so that no schema makes
-//! the engine's walks over it unbounded.
+//! One check goes beyond SpiceDB's WriteSchema: a chain of references (names, arrows, subject
+//! relations) longer than [`MAX_PERMISSION_CHAIN`] is refused as a parse error, so that no schema
+//! makes the engine's walks over it unbounded. An arrow `t->c` whose right side `c` exists on
+//! none of the types `t` allows is accepted, as SpiceDB accepts it (its tools only warn).
+//!
+//! Where SpiceDB's checks are narrower than they might be, these are too: a subject relation of
+//! the relation's own definition (`relation lead: team#member`) is only checked to exist, not for
+//! the wildcards it includes; and permission type annotations are checked only under
+//! `use typechecking` (SpiceDB drops them unchecked otherwise). Under it, an annotated
+//! permission must name every subject type it can reach (`permission view: user = viewer` with
+//! `relation viewer: user | team` is refused).
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use super::ast::{
     ArrowFn, CaveatAst, CaveatTypeAst, DefinitionAst, ExprAst, Item, MemberAst, Name,
@@ -30,18 +36,50 @@ use super::error::{Position, SchemaError};
 use super::limits::MAX_PERMISSION_CHAIN;
 use super::parser::MAX_NESTING;
 
+/// Which checks to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checks {
+    /// every check WriteSchema runs (plus the chain limit)
+    All,
+    /// every check, but the completeness of type annotations: for text a store already holds,
+    /// which an earlier version may have accepted without it (it changes no evaluation)
+    Stored,
+    /// only what SpiceDB's compiler refuses, as DiffSchema compiles its comparison schema: no
+    /// name resolution, no wildcard, cycle, unused-parameter or chain checks
+    CompilerOnly,
+}
+
 /// Checks `file` (parsed from `source`) and compiles it.
 pub fn typecheck(file: &SchemaFile, source: &str) -> Result<CompiledSchema, SchemaError> {
+    check(file, source, Checks::All)
+}
+
+/// Checks and compiles `file` (parsed from `source`), text a store already holds: as
+/// [`typecheck`], but an annotated permission may reach types its annotation lacks.
+pub fn typecheck_stored(file: &SchemaFile, source: &str) -> Result<CompiledSchema, SchemaError> {
+    check(file, source, Checks::Stored)
+}
+
+/// Compiles `file` (parsed from `source`) with only the checks of SpiceDB's compiler: names
+/// need not resolve. What DiffSchema compares a stored schema with; never for storing.
+pub fn compile_only(file: &SchemaFile, source: &str) -> Result<CompiledSchema, SchemaError> {
+    check(file, source, Checks::CompilerOnly)
+}
+
+fn check(file: &SchemaFile, source: &str, checks: Checks) -> Result<CompiledSchema, SchemaError> {
     check_top_level_names(file)?;
-    let caveats = check_caveats(file)?;
-    let checker = Checker::new(file)?;
-    for name in &checker.order {
-        checker.check_definition(name)?;
+    let caveats = check_caveats(file, checks)?;
+    let mut checker = Checker::new(file)?;
+    checker.annotations_complete = checks == Checks::All;
+    if checks != Checks::CompilerOnly {
+        for name in &checker.order {
+            checker.check_definition(name)?;
+        }
+        for name in &checker.order {
+            checker.check_cycles(name)?;
+        }
+        checker.check_chains()?;
     }
-    for name in &checker.order {
-        checker.check_cycles(name)?;
-    }
-    checker.check_chains()?;
     let mut definitions = BTreeMap::new();
     for name in &checker.order {
         if let Some(table) = checker.defs.get(name) {
@@ -88,17 +126,20 @@ fn check_top_level_names(file: &SchemaFile) -> Result<(), SchemaError> {
 
 // ---- caveats ----
 
-fn check_caveats(file: &SchemaFile) -> Result<BTreeMap<String, CaveatDef>, SchemaError> {
+fn check_caveats(
+    file: &SchemaFile,
+    checks: Checks,
+) -> Result<BTreeMap<String, CaveatDef>, SchemaError> {
     let mut out = BTreeMap::new();
     for item in &file.items {
         if let Item::Caveat(c) = item {
-            out.insert(c.name.text.clone(), check_caveat(c)?);
+            out.insert(c.name.text.clone(), check_caveat(c, checks)?);
         }
     }
     Ok(out)
 }
 
-fn check_caveat(c: &CaveatAst) -> Result<CaveatDef, SchemaError> {
+fn check_caveat(c: &CaveatAst, checks: Checks) -> Result<CaveatDef, SchemaError> {
     let name = &c.name.text;
     if c.params.is_empty() {
         return Err(SchemaError::parse(
@@ -146,7 +187,7 @@ fn check_caveat(c: &CaveatAst) -> Result<CaveatDef, SchemaError> {
         };
         return Err(SchemaError::parse(message, c.expression_pos));
     }
-    for p in &c.params {
+    for p in c.params.iter().filter(|_| checks != Checks::CompilerOnly) {
         if !c.identifiers.contains(&p.name.text) {
             return Err(SchemaError::type_error(
                 format!("parameter `{}` for caveat `{name}` is unused", p.name.text),
@@ -327,6 +368,10 @@ struct Checker<'f> {
     /// definition names in source order
     order: Vec<&'f str>,
     caveats: HashSet<&'f str>,
+    /// `use typechecking` was written: permission type annotations are checked
+    typechecking: bool,
+    /// check that annotated permissions reach no type their annotation lacks
+    annotations_complete: bool,
     /// definition -> relation -> how it comes to include a wildcard, for every relation that
     /// does (see [`wildcard_paths`])
     wildcards: HashMap<&'f str, HashMap<&'f str, WildcardPath>>,
@@ -389,6 +434,8 @@ impl<'f> Checker<'f> {
             defs,
             order,
             caveats,
+            typechecking: file.uses("typechecking"),
+            annotations_complete: true,
             wildcards,
         })
     }
@@ -401,7 +448,15 @@ impl<'f> Checker<'f> {
             match m {
                 MemberRef::Relation(r) => self.check_relation(table, r)?,
                 MemberRef::Permission(p) => {
-                    for t in &p.annotation {
+                    // Without `use typechecking` SpiceDB drops type annotations unchecked; with
+                    // it, every annotated type must exist, and every type the permission can
+                    // reach must be annotated (checked after the expression's names).
+                    let annotations: &[Name] = if self.typechecking {
+                        &p.annotation
+                    } else {
+                        &[]
+                    };
+                    for t in annotations {
                         if !self.defs.contains_key(t.text.as_str()) {
                             return Err(SchemaError::type_error(
                                 format!(
@@ -413,10 +468,100 @@ impl<'f> Checker<'f> {
                         }
                     }
                     self.check_expr(table, p, &p.expr)?;
+                    if self.annotations_complete && !annotations.is_empty() {
+                        self.check_annotation(table, p)?;
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Refuses an annotated permission that can reach a subject type its annotation lacks, as
+    /// SpiceDB's type system does under `use typechecking`.
+    fn check_annotation(
+        &self,
+        table: &DefTable<'f>,
+        p: &'f PermissionAst,
+    ) -> Result<(), SchemaError> {
+        let def_name = table.ast.name.text.as_str();
+        let reachable = self.terminal_types(def_name, &p.name.text);
+        let annotated: Vec<&str> = p.annotation.iter().map(|n| n.text.as_str()).collect();
+        if let Some(missing) = reachable.iter().find(|t| !annotated.contains(t)) {
+            let set: Vec<String> = annotated.iter().map(|t| format!("`{t}`")).collect();
+            return Err(SchemaError::type_error(
+                format!(
+                    "incomplete type annotation on relation `{}` in definition `{def_name}`: `{missing}` found as reachable type, but not contained in provided set [{}]",
+                    p.name.text,
+                    set.join(", ")
+                ),
+                p.name.pos,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The subject types `def#name` can reach, as SpiceDB's `GetRecursiveTerminalTypesForRelation`
+    /// finds them: a relation's plain and wildcard types, and what its subject relations reach; a
+    /// permission's names and arrows followed (an arrow on every type its left side allows that
+    /// has the right side), all operands of every operation alike. Each member is visited once;
+    /// names that do not resolve reach nothing. Iterative, so long chains cannot overflow.
+    fn terminal_types(&self, def: &'f str, name: &'f str) -> BTreeSet<&'f str> {
+        let mut out = BTreeSet::new();
+        let mut seen: HashSet<(&'f str, &'f str)> = HashSet::new();
+        let mut pending: Vec<(&'f str, &'f str)> = vec![(def, name)];
+        while let Some((def, name)) = pending.pop() {
+            if !seen.insert((def, name)) {
+                continue;
+            }
+            let Some(table) = self.defs.get(def) else {
+                continue;
+            };
+            match table.by_name.get(name).copied() {
+                None => {}
+                Some(MemberRef::Relation(r)) => {
+                    for t in &r.allowed {
+                        match &t.kind {
+                            TypeRefKind::Direct | TypeRefKind::Ellipsis | TypeRefKind::Wildcard => {
+                                out.insert(t.type_name.text.as_str());
+                            }
+                            TypeRefKind::Relation(sub) => {
+                                pending.push((t.type_name.text.as_str(), sub.text.as_str()));
+                            }
+                        }
+                    }
+                }
+                Some(MemberRef::Permission(p)) => {
+                    let mut exprs = vec![&p.expr];
+                    while let Some(e) = exprs.pop() {
+                        match e {
+                            ExprAst::Nil(_) | ExprAst::SelfRef(_) => {}
+                            ExprAst::Ident(n) => pending.push((def, n.text.as_str())),
+                            ExprAst::Arrow {
+                                tupleset, computed, ..
+                            } => {
+                                for t in table
+                                    .relation(&tupleset.text)
+                                    .map(|r| r.allowed.as_slice())
+                                    .unwrap_or_default()
+                                {
+                                    pending
+                                        .push((t.type_name.text.as_str(), computed.text.as_str()));
+                                }
+                            }
+                            ExprAst::Union(items) | ExprAst::Intersection(items) => {
+                                exprs.extend(items);
+                            }
+                            ExprAst::Exclusion(l, r) => {
+                                exprs.push(l);
+                                exprs.push(r);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn check_relation(&self, table: &DefTable<'f>, r: &RelationAst) -> Result<(), SchemaError> {
@@ -470,7 +615,12 @@ impl<'f> Checker<'f> {
                         sub.pos,
                     ));
                 }
-                if let Some(w) = self.wildcard_path(type_name, &sub.text) {
+                // As SpiceDB's type system: a subject relation of the relation's own definition
+                // is only checked to exist; only other definitions' subject relations are
+                // checked for wildcards they include (`pkg/schema/typesystem_validation.go`).
+                if type_name != def_name
+                    && let Some(w) = self.wildcard_path(type_name, &sub.text)
+                {
                     return Err(SchemaError::type_error(
                         format!(
                             "for relation `{rel_name}`: relation/permission `{type_name}#{}` includes wildcard type `{}` via relation `{}`: wildcard relations cannot be transitively included",
@@ -1054,6 +1204,18 @@ mod tests {
             "for relation `lead`: relation/permission `group#member` includes wildcard type `user` via relation `group#member`: wildcard relations cannot be transitively included"
         );
         assert_eq!((e.line(), e.column()), (3, 34));
+        // A subject relation of the same definition is only checked to exist, as SpiceDB does.
+        let same = "definition user {}\ndefinition team {\n relation member: user | user:*\n relation lead: team#member | user\n}";
+        assert!(compile(same).is_ok());
+        // ... but another definition allowing it is refused, through the same-definition link.
+        let e = compile(&format!(
+            "{same}\ndefinition proj {{ relation owner: team#lead }}"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.message(),
+            "for relation `owner`: relation/permission `team#lead` includes wildcard type `user` via relation `team#member`: wildcard relations cannot be transitively included"
+        );
         // A subject relation cycle without wildcards terminates.
         assert!(compile("definition group { relation member: group#member | group }").is_ok());
     }
@@ -1199,9 +1361,46 @@ mod tests {
         );
         assert_eq!(
             type_err(
-                "definition user {}\ndefinition doc { relation aaa: user\n permission perm: user | nope = aaa }"
+                "use typechecking\ndefinition user {}\ndefinition doc { relation aaa: user\n permission perm: user | nope = aaa }"
             ),
             "could not lookup definition `nope` for permission `perm`: object definition `nope` not found"
+        );
+        // under `use typechecking`, every type the permission reaches must be annotated
+        let typed = "use typechecking\ndefinition user {}\ndefinition team {}\ndefinition org { relation member: user | team }\ndefinition doc {\n relation org: org\n relation viewer: user | org#member\n";
+        assert_eq!(
+            type_err(&format!("{typed} permission view: user = viewer\n}}")),
+            "incomplete type annotation on relation `view` in definition `doc`: `team` found as reachable type, but not contained in provided set [`user`]"
+        );
+        assert_eq!(
+            type_err(&format!("{typed} permission view: user = org->member\n}}")),
+            "incomplete type annotation on relation `view` in definition `doc`: `team` found as reachable type, but not contained in provided set [`user`]"
+        );
+        assert!(
+            compile(&format!(
+                "{typed} permission view: user | team = viewer - org->member\n}}"
+            ))
+            .is_ok()
+        );
+        assert!(
+            compile(&format!(
+                "{typed} permission view: team | user = viewer + view\n}}"
+            ))
+            .is_ok()
+        );
+        // an arrow reaches only the types that have its right side; nil reaches nothing
+        assert!(compile(&format!("{typed} relation parent: user | org\n permission view: user | team = parent->member + nil\n}}")).is_ok());
+        // a stored schema (accepted before this check existed) still compiles
+        let incomplete = format!("{typed} permission view: user = viewer\n}}");
+        let toks = tokenize(&incomplete).unwrap();
+        let file = parse(&incomplete, &toks).unwrap();
+        assert!(typecheck_stored(&file, &incomplete).is_ok());
+        assert!(typecheck(&file, &incomplete).is_err());
+        // without `use typechecking` the annotation is not checked, as SpiceDB strips it
+        assert!(
+            compile(
+                "definition user {}\ndefinition doc { relation aaa: user\n permission perm: user | nope = aaa }"
+            )
+            .is_ok()
         );
     }
 

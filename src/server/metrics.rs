@@ -15,11 +15,10 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt as _};
+use futures::Stream;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     Opts, TextEncoder,
@@ -27,8 +26,6 @@ use prometheus::{
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tracing::Span;
 
 /// The header carrying a call's request id, both ways.
@@ -470,17 +467,13 @@ impl<B: Body<Data = Bytes>> Body for MeteredBody<B> {
 
 // ---- the HTTP endpoint ----
 
-/// How many scrape connections are served at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 16;
-
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long one connection is kept (then closed after its current response).
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
-
-/// How long a connection asked to close may take to finish its response.
-const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// The bounds of the scrape listener: a few scrapers, each connection kept for five minutes.
+const LIMITS: super::http::HttpLimits = super::http::HttpLimits {
+    max_connections: 16,
+    header_read_timeout: Duration::from_secs(30),
+    connection_lifetime: Some(Duration::from_secs(300)),
+    close_grace: Duration::from_secs(10),
+};
 
 /// Answers one HTTP request: the metrics at `GET /metrics`, 405 for another method there,
 /// 404 elsewhere.
@@ -522,38 +515,9 @@ fn answer<B>(req: &Request<B>) -> Response<Full<Bytes>> {
     r
 }
 
-/// Serves one HTTP/1.1 connection until the client closes it, it idles past the header
-/// timeout, or it reaches its lifetime.
-async fn serve_connection<IO>(io: IO)
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service =
-        hyper::service::service_fn(|req| async move { Ok::<_, Infallible>(answer(&req)) });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = tokio::time::sleep(CONNECTION_LIFETIME) => {
-            conn.as_mut().graceful_shutdown();
-            match tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await {
-                Ok(r) => r,
-                Err(_) => Ok(()),
-            }
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "metrics connection ended with an error");
-    }
-}
-
 /// Serves `GET /metrics` on every connection `incoming` yields (plain TCP, or streams already
 /// wrapped in TLS) until `shutdown` resolves; then stops accepting and closes the open
-/// connections. At most [`MAX_CONNECTIONS`] are served at once.
+/// connections.
 pub async fn serve<I, IO, E>(incoming: I, shutdown: impl Future<Output = ()>)
 where
     I: Stream<Item = Result<IO, E>>,
@@ -561,36 +525,9 @@ where
     E: Display,
 {
     init_metrics();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut connections = JoinSet::new();
-    tokio::pin!(incoming);
-    tokio::pin!(shutdown);
-    loop {
-        let next = tokio::select! {
-            () = &mut shutdown => break,
-            next = incoming.next() => next,
-        };
-        while connections.try_join_next().is_some() {}
-        match next {
-            None => break,
-            Some(Err(e)) => {
-                // Such as too many open files: wait a little rather than spin.
-                tracing::warn!(error = %e, "metrics listener cannot accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Some(Ok(io)) => match Arc::clone(&permits).try_acquire_owned() {
-                Ok(permit) => {
-                    connections.spawn(async move {
-                        serve_connection(io).await;
-                        drop(permit);
-                    });
-                }
-                Err(_) => tracing::debug!("too many metrics connections; closing a new one"),
-            },
-        }
-    }
-    connections.shutdown().await;
-    tracing::info!("metrics endpoint stopped");
+    let service =
+        hyper::service::service_fn(|req| async move { Ok::<_, Infallible>(answer(&req)) });
+    super::http::serve(incoming, service, LIMITS, "metrics", shutdown).await;
 }
 
 /// [`serve`] on a plain TCP listener.

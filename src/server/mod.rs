@@ -5,6 +5,8 @@
 //! graceful shutdown, and background garbage collection. The listener and the shutdown future
 //! come from outside, so tests can bind port 0.
 
+pub mod gateway;
+mod http;
 pub mod limits;
 pub mod tls;
 
@@ -251,6 +253,27 @@ pub async fn run(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    run_with_gateway(listener, None, api, store, options, shutdown).await
+}
+
+/// The HTTP/JSON gateway's listener, and its TLS if any.
+pub struct GatewayListener {
+    /// where the gateway listens
+    pub listener: TcpListener,
+    /// TLS for it (see [`tls::server_config`]), or plain HTTP
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// [`run`], with the HTTP/JSON gateway ([`gateway`]) on `gateway` if given: the same services,
+/// the same key, as JSON over HTTP.
+pub async fn run_with_gateway(
+    listener: TcpListener,
+    gateway: Option<GatewayListener>,
+    api: Arc<Api>,
+    store: Arc<dyn Datastore>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     let auth = PresharedKeyAuth::new(&options.preshared_keys)?;
     let size = options.max_message_size;
     let permissions = PermissionsApi(Arc::clone(&api))
@@ -286,7 +309,7 @@ pub async fn run(
         shutdown.await;
         api.begin_shutdown();
     };
-    let result = serve(listener, routes, Some(store), &options, shutdown).await;
+    let result = serve(listener, routes, gateway, Some(store), &options, shutdown).await;
     gc.abort();
     result
 }
@@ -306,6 +329,7 @@ pub async fn run_testing(
         listener,
         testing::routes(&tenants, size, false),
         None,
+        None,
         &options,
         stop.cancelled(),
     );
@@ -313,7 +337,7 @@ pub async fn run_testing(
         match readonly {
             Some(listener) => {
                 let routes = testing::routes(&tenants, size, true);
-                serve(listener, routes, None, &options, stop.cancelled()).await
+                serve(listener, routes, None, None, &options, stop.cancelled()).await
             }
             None => Ok(()),
         }
@@ -341,6 +365,7 @@ pub async fn run_testing(
 async fn serve(
     listener: TcpListener,
     routes: tonic::service::Routes,
+    gateway: Option<GatewayListener>,
     store: Option<Arc<dyn Datastore>>,
     options: &ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
@@ -400,6 +425,19 @@ async fn serve(
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
+    // The gateway calls the same routes, health included, and stops with the gRPC listener.
+    let gateway_stop = CancellationToken::new();
+    let gateway_task = match gateway {
+        Some(GatewayListener { listener, tls }) => {
+            let gw = gateway::Gateway::new(routes.clone(), options.max_message_size)?;
+            let stop = gateway_stop.clone();
+            let handshake = options.tls_handshake_timeout;
+            Some(tokio::spawn(async move {
+                gateway::serve(listener, gw, tls, handshake, stop.cancelled()).await;
+            }))
+        }
+        None => None,
+    };
     let serve = tonic::transport::Server::builder()
         // Outermost, so it sees every call, refused ones included.
         .layer(metrics::MetricsLayer)
@@ -444,6 +482,10 @@ async fn serve(
             }
         }
     };
+    gateway_stop.cancel();
+    if let Some(task) = gateway_task {
+        let _ = task.await;
+    }
     if let Some(task) = health_task {
         task.abort();
     }
