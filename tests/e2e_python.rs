@@ -57,10 +57,15 @@ fn make_venv() -> PathBuf {
 }
 
 fn session(py: &Path, phase: &str, port: u16) -> String {
+    session_with(py, phase, port, &[])
+}
+
+fn session_with(py: &Path, phase: &str, port: u16, extra: &[&str]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/session.py");
     let out = Command::new(py)
         .arg(script)
         .args([phase, &port.to_string(), KEY])
+        .args(extra)
         .output()
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -96,12 +101,17 @@ fn python_client_session_survives_kill_and_restart() {
         out.contains("WRITE-ACKED"),
         "write phase did not finish: {out}"
     );
+    let watch_from = out
+        .lines()
+        .find_map(|l| l.strip_prefix("WATCH-FROM "))
+        .expect("the write phase prints the token to watch from")
+        .to_string();
     server.kill().expect("kill -9");
     server.wait().expect("reaped");
 
     let port = free_port();
     let mut server = start(&data, port);
-    session(&py, "verify", port);
+    session_with(&py, "verify", port, &[&watch_from]);
     session(&py, "query", port);
 
     let ok = Command::new("kill")

@@ -603,8 +603,11 @@ async fn health_is_not_serving_while_the_store_cannot_write() {
                     health(ch.clone(), "authzed.api.v1.SchemaService")
                         .await
                         .unwrap(),
+                    health(ch.clone(), "authzed.api.v1.WatchService")
+                        .await
+                        .unwrap(),
                 ];
-                if all == [want, want] {
+                if all == [want, want, want] {
                     return;
                 }
                 assert!(Instant::now() < deadline, "health never became {want:?}");

@@ -129,6 +129,17 @@ pub enum ApiError {
          (--streaming-api-response-delay-timeout)"
     )]
     ReaderStalled(std::time::Duration),
+    /// A Watch stream's client read too slowly: its buffer stayed full past the write
+    /// timeout, and it was disconnected (RESOURCE_EXHAUSTED, SpiceDB's message).
+    #[error(
+        "watch disconnected: watch fell too far behind and was disconnected; consider \
+         increasing watch buffer size via the flag --datastore-watch-buffer-length"
+    )]
+    WatchFellBehind,
+    /// The server is shutting down: a long-lived stream ends (UNAVAILABLE; retry elsewhere or
+    /// later).
+    #[error("the server is shutting down; reconnect and resume")]
+    ShuttingDown,
     /// The client sent nothing on a request stream for longer than the stall timeout
     /// (DEADLINE_EXCEEDED).
     #[error(

@@ -15,6 +15,7 @@ mod schema_service;
 mod status;
 mod stream;
 mod validate;
+mod watch;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub use error::{ApiError, ApiResult, Reason};
 pub use experimental::ExperimentalApi;
 pub use permissions::PermissionsApi;
 pub use schema_service::SchemaApi;
+pub use watch::{WatchApi, init_metrics as init_watch_metrics};
 
 /// The conversions and schema checks a client of the API (`pemba backup import`) applies to
 /// relationships before sending them, the same the server applies on receipt.
@@ -69,6 +71,15 @@ pub struct Limits {
     pub max_request_duration: Duration,
     /// how long a response stream may wait for its reader before it is given up on
     pub stream_stall_timeout: Duration,
+    /// Watch: how often an idle stream that asked for checkpoints gets one
+    pub watch_heartbeat: Duration,
+    /// Watch: responses buffered for a client before it counts as falling behind
+    pub watch_buffer_length: usize,
+    /// Watch: how long the buffer may stay full before the client is disconnected
+    /// (RESOURCE_EXHAUSTED)
+    pub watch_buffer_write_timeout: Duration,
+    /// Watch: the largest revision (its stored changes, in bytes) a stream sends
+    pub watch_change_buffer_max_bytes: usize,
     /// what an `at_least_as_fresh` read does with another datastore's token
     pub mismatched_tokens: MismatchedTokens,
 }
@@ -89,6 +100,10 @@ impl Default for Limits {
             max_datastore_read_page_size: 1000,
             max_request_duration: Duration::from_secs(30),
             stream_stall_timeout: Duration::from_secs(30),
+            watch_heartbeat: Duration::from_secs(1),
+            watch_buffer_length: 128,
+            watch_buffer_write_timeout: Duration::from_secs(1),
+            watch_change_buffer_max_bytes: 128 * 1024 * 1024,
             mismatched_tokens: MismatchedTokens::default(),
         }
     }
@@ -105,6 +120,8 @@ pub struct Api {
     /// serialises schema writes against relationship writes, so a relationship validated
     /// against one schema can never land after a schema change that would orphan it
     write_gate: Mutex<()>,
+    /// cancelled when the server starts shutting down: long-lived streams (Watch) end
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Api {
@@ -116,7 +133,14 @@ impl Api {
             limits,
             schema_cache: Mutex::new(None),
             write_gate: Mutex::new(()),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         })
+    }
+
+    /// Tells long-lived streams (Watch) that the server is shutting down: they end with
+    /// UNAVAILABLE, so the shutdown need not wait for them.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
     }
 
     /// Holds off every other write (schema or relationships) until the guard is dropped.

@@ -101,7 +101,10 @@ fn check_preconditions_count(api: &Api, n: usize) -> ApiResult<()> {
     Ok(())
 }
 
-fn transaction_metadata(m: Option<&prost_types::Struct>) -> ApiResult<()> {
+/// Checks the size of a write's transaction metadata and converts it for the change log.
+fn transaction_metadata(
+    m: Option<&prost_types::Struct>,
+) -> ApiResult<Option<crate::model::TransactionMetadata>> {
     use prost::Message as _;
     if let Some(m) = m {
         let len = m.encoded_len();
@@ -116,7 +119,9 @@ fn transaction_metadata(m: Option<&prost_types::Struct>) -> ApiResult<()> {
             ));
         }
     }
-    Ok(())
+    m.map(|m| convert::struct_to_json(m, "optional_transaction_metadata"))
+        .transpose()
+        .map(|m| m.map(crate::model::TransactionMetadata))
 }
 
 fn convert_preconditions(ps: &[pb::Precondition], path: &str) -> ApiResult<Vec<Precondition>> {
@@ -145,7 +150,7 @@ fn write_relationships(api: &Api, req: pb::WriteRelationshipsRequest) -> ApiResu
         ));
     }
     check_preconditions_count(api, req.optional_preconditions.len())?;
-    transaction_metadata(req.optional_transaction_metadata.as_ref())?;
+    let metadata = transaction_metadata(req.optional_transaction_metadata.as_ref())?;
     let mut updates = Vec::with_capacity(n);
     for (i, u) in req.updates.iter().enumerate() {
         let path = format!("updates[{i}]");
@@ -191,9 +196,12 @@ fn write_relationships(api: &Api, req: pb::WriteRelationshipsRequest) -> ApiResu
     for p in &preconditions {
         validate::filter(&schema, &p.filter)?;
     }
-    Ok(api
-        .store
-        .write_relationships(&preconditions, &updates, now())?)
+    Ok(api.store.write_relationships_with_metadata(
+        &preconditions,
+        &updates,
+        now(),
+        metadata.as_ref(),
+    )?)
 }
 
 fn delete_relationships(
@@ -203,7 +211,7 @@ fn delete_relationships(
     let filter =
         convert::relationship_filter(req.relationship_filter.as_ref(), "relationship_filter")?;
     check_preconditions_count(api, req.optional_preconditions.len())?;
-    transaction_metadata(req.optional_transaction_metadata.as_ref())?;
+    let metadata = transaction_metadata(req.optional_transaction_metadata.as_ref())?;
     let preconditions =
         convert_preconditions(&req.optional_preconditions, "optional_preconditions")?;
     validate::limit(
@@ -218,12 +226,13 @@ fn delete_relationships(
         validate::filter(&schema, &p.filter)?;
     }
     let limit = (req.optional_limit > 0).then_some(u64::from(req.optional_limit));
-    let outcome = api.store.delete_relationships(
+    let outcome = api.store.delete_relationships_with_metadata(
         &filter,
         &preconditions,
         limit,
         req.optional_allow_partial_deletions,
         now(),
+        metadata.as_ref(),
     )?;
     Ok(pb::DeleteRelationshipsResponse {
         deleted_at: Some(convert::zed_token_out(

@@ -60,6 +60,8 @@ impl From<ApiError> for tonic::Status {
             e @ (ApiError::ReaderStalled(_) | ApiError::SenderStalled(_)) => {
                 plain(Code::DeadlineExceeded, e.to_string())
             }
+            e @ ApiError::WatchFellBehind => plain(Code::ResourceExhausted, e.to_string()),
+            e @ ApiError::ShuttingDown => plain(Code::Unavailable, e.to_string()),
             ApiError::Stream(status) => status,
             ApiError::Aborted(m) => plain(Code::Aborted, m),
             e @ ApiError::ServiceReadOnly => with_reason(
@@ -224,6 +226,10 @@ fn store_status(err: &StoreError) -> tonic::Status {
         StoreError::RevisionTooOld { .. } | StoreError::RevisionInFuture { .. } => {
             plain(Code::OutOfRange, format!("invalid revision: {message}"))
         }
+        StoreError::ChangesUnavailable { .. } => {
+            plain(Code::OutOfRange, format!("invalid zedtoken: {message}"))
+        }
+        StoreError::ChangesTooLarge { .. } => plain(Code::ResourceExhausted, message),
         StoreError::Locked { .. } => plain(Code::Unavailable, message),
         StoreError::Corrupt(_) => {
             tracing::error!(error = %message, "corrupt data");

@@ -53,6 +53,8 @@ pub(super) struct Outlet<T> {
     tx: mpsc::Sender<Result<T, Status>>,
     shared: Arc<Shared<T>>,
     stall: Duration,
+    /// the error a stalled reader's stream ends with
+    stalled: fn(Duration) -> ApiError,
 }
 
 /// Why a send did not go through: the producer should stop either way.
@@ -71,7 +73,7 @@ impl<T> Outlet<T> {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Stopped::Gone),
             Err(_) => {
-                let status: Status = ApiError::ReaderStalled(self.stall).into();
+                let status: Status = (self.stalled)(self.stall).into();
                 *self
                     .shared
                     .failure
@@ -83,6 +85,11 @@ impl<T> Outlet<T> {
                 Err(Stopped::Stalled)
             }
         }
+    }
+
+    /// Resolves when the client has gone away (or the stream was given up on).
+    pub(super) async fn closed(&self) {
+        self.tx.closed().await;
     }
 
     /// Sends an error as the stream's last item (if the reader is still there).
@@ -130,7 +137,17 @@ impl<T> Drop for Feed<T> {
 /// A producer's outlet and the response stream it feeds; the producer gives up on a reader
 /// that leaves it waiting for longer than `stall`.
 pub(super) fn channel<T>(stall: Duration) -> (Outlet<T>, Feed<T>) {
-    let (tx, rx) = mpsc::channel(BUFFER);
+    channel_with(BUFFER, stall, ApiError::ReaderStalled)
+}
+
+/// [`channel`] with `buffer` items of room, whose stalled reader's stream ends with
+/// `stalled(stall)`.
+pub(super) fn channel_with<T>(
+    buffer: usize,
+    stall: Duration,
+    stalled: fn(Duration) -> ApiError,
+) -> (Outlet<T>, Feed<T>) {
+    let (tx, rx) = mpsc::channel(buffer.max(1));
     let shared = Arc::new(Shared {
         rx: Mutex::new(Some(rx)),
         failure: Mutex::new(None),
@@ -141,6 +158,7 @@ pub(super) fn channel<T>(stall: Duration) -> (Outlet<T>, Feed<T>) {
             tx,
             shared: Arc::clone(&shared),
             stall,
+            stalled,
         },
         Feed { shared },
     )

@@ -261,6 +261,21 @@ pub struct ServeArgs {
         value_parser = parse_duration
     )]
     pub streaming_api_response_delay_timeout: Duration,
+    /// how often a Watch stream that asked for checkpoints gets one while nothing changes
+    /// (0 = the shortest, 100ms)
+    #[arg(long, env = "PEMBA_WATCH_API_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
+    pub watch_api_heartbeat: Duration,
+    /// Watch responses buffered per stream for a slow client
+    #[arg(long, env = "PEMBA_DATASTORE_WATCH_BUFFER_LENGTH", default_value_t = 128, value_parser = parse_nonzero_usize)]
+    pub datastore_watch_buffer_length: usize,
+    /// how long a Watch stream's buffer may stay full before its client is disconnected with
+    /// RESOURCE_EXHAUSTED
+    #[arg(long, env = "PEMBA_DATASTORE_WATCH_BUFFER_WRITE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub datastore_watch_buffer_write_timeout: Duration,
+    /// the largest revision a Watch stream sends, in bytes of stored changes (a larger one
+    /// ends the stream with RESOURCE_EXHAUSTED)
+    #[arg(long, env = "PEMBA_DATASTORE_WATCH_CHANGE_BUFFER_MAXIMUM_SIZE", default_value_t = 128 * 1024 * 1024, value_parser = parse_nonzero_usize)]
+    pub datastore_watch_change_buffer_maximum_size: usize,
     /// what a read asking `at_least_as_fresh` a token from another datastore (another Pemba
     /// store, or SpiceDB) does: `full-consistency` reads the head, `min-latency` reads what a
     /// `minimize_latency` read would (also the head here), `error` refuses it
@@ -456,6 +471,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.limits.apply(Limits {
             max_request_duration: args.request_timeout,
             stream_stall_timeout: args.streaming_api_response_delay_timeout,
+            watch_heartbeat: args.watch_api_heartbeat,
+            watch_buffer_length: args.datastore_watch_buffer_length,
+            watch_buffer_write_timeout: args.datastore_watch_buffer_write_timeout,
+            watch_change_buffer_max_bytes: args.datastore_watch_change_buffer_maximum_size,
             mismatched_tokens: args.mismatch_zed_token_behavior,
             ..Limits::default()
         }),

@@ -3,10 +3,12 @@
 //! Every later layer (schema, store, engine, consistency, api) speaks it.
 
 pub mod ids;
+pub mod metadata;
 pub mod revision;
 pub mod tuple;
 
 pub use ids::{IdError, validate_object_id, validate_relation, validate_type_name};
+pub use metadata::TransactionMetadata;
 pub use revision::Revision;
 pub use tuple::{
     Caveat, CaveatMatch, Context, ObjectRef, OrphanCheck, ParseRelationshipError, Relationship,

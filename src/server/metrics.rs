@@ -216,7 +216,8 @@ pub fn init_metrics() -> bool {
     let grpc = GRPC_METRICS.is_some();
     let engine = crate::engine::init_metrics();
     let store = crate::store::init_metrics();
-    grpc && engine && store
+    let watch = crate::api::init_watch_metrics();
+    grpc && engine && store && watch
 }
 
 // ---- the tower layer ----

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
 
-use crate::api::{Api, BackupApi, ExperimentalApi, PermissionsApi, SchemaApi};
+use crate::api::{Api, BackupApi, ExperimentalApi, PermissionsApi, SchemaApi, WatchApi};
 use crate::store::Datastore;
 
 pub use tls::{TlsError, TlsFiles};
@@ -176,10 +176,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The names the health service reports: the whole server and each API service.
-const HEALTH_NAMES: [&str; 3] = [
+const HEALTH_NAMES: [&str; 4] = [
     "",
     "authzed.api.v1.PermissionsService",
     "authzed.api.v1.SchemaService",
+    "authzed.api.v1.WatchService",
 ];
 
 /// What the health service says, and why.
@@ -285,6 +286,9 @@ pub async fn run_with_gateway(
     let experimental = ExperimentalApi(Arc::clone(&api))
         .into_server()
         .max_decoding_message_size(size);
+    let watch = WatchApi(Arc::clone(&api))
+        .into_server()
+        .max_decoding_message_size(size);
     let backup = BackupApi {
         api: Arc::clone(&api),
         root: options.backup_dir.clone(),
@@ -294,12 +298,18 @@ pub async fn run_with_gateway(
     let routes = tonic::service::Routes::new(InterceptedService::new(permissions, auth.clone()))
         .add_service(InterceptedService::new(schema, auth.clone()))
         .add_service(InterceptedService::new(experimental, auth.clone()))
+        .add_service(InterceptedService::new(watch, auth.clone()))
         .add_service(InterceptedService::new(backup, auth));
     let gc = tokio::spawn(gc_loop(
         Arc::clone(&store),
         options.gc_window,
         options.gc_interval,
     ));
+    // Watch streams never end on their own: at shutdown they end at once, with UNAVAILABLE.
+    let shutdown = async move {
+        shutdown.await;
+        api.begin_shutdown();
+    };
     let result = serve(listener, routes, gateway, Some(store), &options, shutdown).await;
     gc.abort();
     result
@@ -342,6 +352,8 @@ pub async fn run_testing(
     tokio::select! {
         result = &mut servers => result,
         () = &mut shutdown => {
+            // Watch streams never end on their own: they end now, with UNAVAILABLE.
+            tenants.begin_shutdown();
             stop.cancel();
             servers.await
         }

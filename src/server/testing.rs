@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use tonic::body::Body;
 use tonic::server::NamedService;
 
-use crate::api::{Api, ApiError, ExperimentalApi, Limits, PermissionsApi, SchemaApi};
+use crate::api::{Api, ApiError, ExperimentalApi, Limits, PermissionsApi, SchemaApi, WatchApi};
 use crate::engine::EngineConfig;
 use crate::store::MemoryStore;
 
@@ -50,6 +50,18 @@ impl Tenants {
             )
         });
         Arc::clone(api)
+    }
+
+    /// Tells every store's long-lived streams (Watch) that the server is shutting down.
+    pub fn begin_shutdown(&self) {
+        for api in self
+            .apis
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            api.begin_shutdown();
+        }
     }
 
     /// How many stores have been made.
@@ -183,6 +195,12 @@ pub(crate) fn routes(
                 .into_server()
                 .max_decoding_message_size(size)
         },
+    ))
+    .add_service(per_token(
+        tenants,
+        max_message_size,
+        read_only,
+        |api, size| WatchApi(api).into_server().max_decoding_message_size(size),
     ))
 }
 

@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
+use crate::model::TransactionMetadata;
 use crate::model::{
     CaveatMatch, OrphanCheck, Relationship, RelationshipFilter, RelationshipKey, Revision,
     SubjectFilter, SubjectRelationFilter, Timestamp, parse_relationship,
 };
 use crate::store::encoding::{self, Index};
 use crate::store::{
-    Datastore, Precondition, PreconditionOp, RelationshipUpdate, RocksStore, StoreError, UpdateOp,
+    ChangeOp, Datastore, Precondition, PreconditionOp, RelationshipUpdate, RevisionChanges,
+    RocksStore, StoreError, UpdateOp,
 };
 
 const NOW: Timestamp = Timestamp {
@@ -228,6 +230,13 @@ conformance!(
     import_is_all_or_nothing,
     import_aborted_leaves_nothing,
     relationship_counters_are_kept_by_name,
+    change_log_records_each_revision,
+    change_log_of_delete_by_filter_and_import,
+    change_log_pages_by_whole_revisions,
+    change_log_errors,
+    change_log_is_collected_with_history,
+    change_log_of_failed_import_and_delete_is_empty,
+    subscribe_head_sees_each_commit,
 );
 
 fn relationship_counters_are_kept_by_name(ds: &dyn Datastore) {
@@ -1266,6 +1275,320 @@ fn import_aborted_leaves_nothing(ds: &dyn Datastore) {
     assert_eq!(
         read_at(ds, rev, &key_filter("document:a#viewer@user:ann"), NOW).len(),
         0
+    );
+}
+
+/// Every revision after `after`, read in one go.
+fn changes(ds: &dyn Datastore, after: Revision) -> Vec<RevisionChanges> {
+    ds.read_changes(after, usize::MAX, usize::MAX).unwrap()
+}
+
+/// A revision's changes as sorted `TOUCH text` / `DELETE text` lines.
+fn change_lines(r: &RevisionChanges) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .changes
+        .iter()
+        .map(|c| {
+            let op = match c.op {
+                ChangeOp::Touch => "TOUCH",
+                ChangeOp::Delete => "DELETE",
+            };
+            format!("{op} {}", c.relationship)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn lines(v: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = v
+        .iter()
+        .map(|l| {
+            let (op, r) = l.split_once(' ').unwrap();
+            format!("{op} {}", rel(r))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn change_log_records_each_revision(ds: &dyn Datastore) {
+    let base = ds.head_revision().unwrap();
+    let ann = "document:a#viewer@user:ann";
+    let meta = TransactionMetadata(
+        serde_json::json!({"request": "r-1", "nested": {"n": [1, 2.5, true, null]}})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    let r1 = ds
+        .write_relationships_with_metadata(
+            &[],
+            &[
+                create(ann),
+                touch(r#"document:b#viewer@user:bob[c1:{"x":1}][expiration:2100-01-01T00:00:00Z]"#),
+            ],
+            NOW,
+            Some(&meta),
+        )
+        .unwrap();
+    let r2 = write(ds, &[touch(ann)]); // changes nothing
+    let r3 = write(ds, &[touch(&format!("{ann}[c2]"))]); // changes the caveat
+    let r4 = write(
+        ds,
+        &[
+            delete(r#"document:b#viewer@user:bob"#),
+            delete("document:z#viewer@user:nobody"),
+        ],
+    );
+    let r5 = ds.write_schema("definition user {}", &[], NOW).unwrap();
+    let r6 = write(
+        ds,
+        &[
+            create("document:c#viewer@user:cid"),
+            delete("document:c#viewer@user:cid"),
+        ],
+    );
+    // An expired relationship is already gone: deleting it is no change, touching it is one.
+    let r7 = write(
+        ds,
+        &[create(
+            "document:e#viewer@user:old[expiration:2000-01-01T00:00:00Z]",
+        )],
+    );
+    let r8 = write(ds, &[delete("document:e#viewer@user:old")]);
+    let log = changes(ds, base);
+    let revs: Vec<Revision> = log.iter().map(|r| r.revision).collect();
+    assert_eq!(
+        revs,
+        vec![r1, r2, r3, r4, r5, r6, r7, r8],
+        "one entry per revision, in order"
+    );
+    assert_eq!(
+        change_lines(&log[0]),
+        lines(&[
+            "TOUCH document:a#viewer@user:ann",
+            r#"TOUCH document:b#viewer@user:bob[c1:{"x":1}][expiration:2100-01-01T00:00:00Z]"#,
+        ])
+    );
+    assert_eq!(
+        log[0].metadata.as_ref(),
+        Some(&meta),
+        "metadata round-trips"
+    );
+    assert!(!log[0].schema_changed);
+    assert!(
+        log[1].changes.is_empty(),
+        "a TOUCH that changes nothing is no change"
+    );
+    assert_eq!(log[1].metadata, None);
+    assert_eq!(
+        change_lines(&log[2]),
+        lines(&["TOUCH document:a#viewer@user:ann[c2]"])
+    );
+    assert_eq!(
+        change_lines(&log[3]),
+        lines(&[
+            r#"DELETE document:b#viewer@user:bob[c1:{"x":1}][expiration:2100-01-01T00:00:00Z]"#
+        ]),
+        "a DELETE carries the deleted relationship; deleting a missing one is no change"
+    );
+    assert!(log[4].schema_changed && log[4].changes.is_empty());
+    assert!(
+        log[5].changes.is_empty(),
+        "created and deleted in one write: no change"
+    );
+    assert_eq!(
+        change_lines(&log[6]),
+        lines(&["TOUCH document:e#viewer@user:old[expiration:2000-01-01T00:00:00Z]"])
+    );
+    assert!(log[7].changes.is_empty());
+    // Read after any revision: the rest, exactly.
+    for (i, r) in revs.iter().enumerate() {
+        let rest: Vec<Revision> = changes(ds, *r).iter().map(|c| c.revision).collect();
+        assert_eq!(rest, revs[i + 1..].to_vec());
+    }
+    // Metadata on a delete by filter.
+    let r9 = ds
+        .delete_relationships_with_metadata(
+            &filter(Some("document"), Some("a"), None, None, None),
+            &[],
+            None,
+            false,
+            NOW,
+            Some(&meta),
+        )
+        .unwrap()
+        .revision;
+    let log = changes(ds, r8);
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].revision, r9);
+    assert_eq!(log[0].metadata.as_ref(), Some(&meta));
+    assert_eq!(
+        change_lines(&log[0]),
+        lines(&["DELETE document:a#viewer@user:ann[c2]"])
+    );
+}
+
+fn change_log_of_delete_by_filter_and_import(ds: &dyn Datastore) {
+    let n = 4_500;
+    let id = ds.begin_import().unwrap();
+    let all: Vec<Relationship> = (0..n)
+        .map(|i| rel(&format!("document:d{i}#viewer@user:u{}", i % 7)))
+        .collect();
+    for chunk in all.chunks(1000) {
+        ds.stage_import(id, chunk).unwrap();
+    }
+    let before = ds.head_revision().unwrap();
+    let (imported, _) = ds.commit_import(id, NOW).unwrap();
+    ds.abort_import(id).unwrap();
+    let log = changes(ds, before);
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].revision, imported);
+    assert_eq!(log[0].changes.len(), n);
+    assert!(log[0].changes.iter().all(|c| c.op == ChangeOp::Touch));
+    let mut got: Vec<String> = log[0]
+        .changes
+        .iter()
+        .map(|c| c.relationship.to_string())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = all.iter().map(ToString::to_string).collect();
+    want.sort();
+    assert_eq!(got, want, "each imported relationship once");
+
+    let out = ds
+        .delete_relationships(
+            &filter(Some("document"), None, None, None, None),
+            &[],
+            None,
+            false,
+            NOW,
+        )
+        .unwrap();
+    let log = changes(ds, imported);
+    assert_eq!(log.len(), 1, "a delete in many chunks is one revision");
+    assert_eq!(log[0].revision, out.revision);
+    assert_eq!(log[0].changes.len(), n);
+    let mut got: Vec<String> = log[0]
+        .changes
+        .iter()
+        .map(|c| c.relationship.to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, want, "each deleted relationship once");
+    assert!(log[0].changes.iter().all(|c| c.op == ChangeOp::Delete));
+}
+
+fn change_log_pages_by_whole_revisions(ds: &dyn Datastore) {
+    let base = ds.head_revision().unwrap();
+    let mut sizes = Vec::new();
+    for i in 0..20usize {
+        let k = i % 4; // 0..3 changes per revision
+        let ups: Vec<RelationshipUpdate> = (0..k)
+            .map(|j| create(&format!("document:p{i}#viewer@user:u{j}")))
+            .collect();
+        write(ds, &ups);
+        sizes.push(k);
+    }
+    let whole = changes(ds, base);
+    for max in [1usize, 2, 3, 5, 100] {
+        let mut after = base;
+        let mut seen = Vec::new();
+        loop {
+            let page = ds.read_changes(after, max, usize::MAX).unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.revision;
+            let counted: usize = page.iter().map(|r| r.changes.len().max(1)).sum();
+            let without_last = counted - page.last().unwrap().changes.len().max(1);
+            assert!(without_last < max, "stops at the revision reaching {max}");
+            seen.extend(page);
+        }
+        assert_eq!(seen, whole, "paging by {max} neither skips nor repeats");
+    }
+}
+
+fn change_log_errors(ds: &dyn Datastore) {
+    let r1 = write(ds, &[create("document:a#viewer@user:ann")]);
+    assert!(matches!(
+        ds.read_changes(r1.next(), 10, usize::MAX),
+        Err(StoreError::RevisionInFuture { .. })
+    ));
+    assert!(ds.read_changes(r1, 10, usize::MAX).unwrap().is_empty());
+    let big: Vec<RelationshipUpdate> = (0..100)
+        .map(|i| create(&format!("document:big{i}#viewer@user:u{i}")))
+        .collect();
+    let r2 = write(ds, &big);
+    assert!(matches!(
+        ds.read_changes(r1, 10, 1_000),
+        Err(StoreError::ChangesTooLarge { revision, limit: 1_000 }) if revision == r2
+    ));
+    assert_eq!(ds.read_changes(r1, 10, 100_000).unwrap().len(), 1);
+}
+
+fn change_log_is_collected_with_history(ds: &dyn Datastore) {
+    let r1 = write(ds, &[create("document:a#viewer@user:ann")]);
+    let r2 = write(ds, &[create("document:b#viewer@user:bob")]);
+    // r3 is committed after the cutoff.
+    let r3 = ds
+        .write_relationships(&[], &[create("document:c#viewer@user:cid")], at(100))
+        .unwrap();
+    let stats = ds.gc(at(50), Duration::ZERO).unwrap();
+    assert_eq!(stats.horizon, r2);
+    assert!(matches!(
+        ds.read_changes(r1, 10, usize::MAX),
+        Err(StoreError::ChangesUnavailable { requested, oldest }) if requested == r1 && oldest == r2
+    ));
+    let log = changes(ds, r2);
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].revision, r3);
+}
+
+fn change_log_of_failed_import_and_delete_is_empty(ds: &dyn Datastore) {
+    write(ds, &[create("document:d3#viewer@user:u3")]);
+    let head = ds.head_revision().unwrap();
+    let id = ds.begin_import().unwrap();
+    let all: Vec<Relationship> = (0..5_000)
+        .map(|i| rel(&format!("document:d{i}#viewer@user:u{i}")))
+        .collect();
+    ds.stage_import(id, &all).unwrap();
+    assert!(ds.commit_import(id, NOW).is_err());
+    ds.abort_import(id).unwrap();
+    let next = write(ds, &[create("document:x#viewer@user:x")]);
+    let log = changes(ds, head);
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].revision, next);
+    assert_eq!(
+        change_lines(&log[0]),
+        lines(&["TOUCH document:x#viewer@user:x"])
+    );
+}
+
+fn subscribe_head_sees_each_commit(ds: &dyn Datastore) {
+    let mut rx = ds.subscribe_head().unwrap();
+    assert_eq!(*rx.borrow_and_update(), ds.head_revision().unwrap());
+    let r1 = write(ds, &[create("document:a#viewer@user:ann")]);
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow_and_update(), r1);
+    assert!(!rx.has_changed().unwrap());
+    let r2 = ds.write_schema("definition user {}", &[], NOW).unwrap();
+    assert_eq!(*rx.borrow_and_update(), r2);
+}
+
+#[test]
+fn rocks_change_log_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let r1 = {
+        let ds = RocksStore::open(dir.path()).unwrap();
+        write(&ds, &[create("document:a#viewer@user:ann")])
+    };
+    let ds = RocksStore::open(dir.path()).unwrap();
+    let log = changes(&ds, Revision::ZERO);
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].revision, r1);
+    assert_eq!(
+        change_lines(&log[0]),
+        lines(&["TOUCH document:a#viewer@user:ann"])
     );
 }
 

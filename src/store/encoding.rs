@@ -12,7 +12,13 @@
 //! | `by-subject`  | `04` stype 0 sid 0 srel-or-empty 0 rtype 0 rel 0 rid 0 !created(u64 BE) | [`VersionValue`] |
 //! | `schema`      | `05` !rev(u64 BE)                                                    | schema text (UTF-8) |
 //! | `staged`      | `06` import(u64 BE) then a `by-resource` version key with created 0 | [`VersionValue`] |
+//! | `gc-due`      | `07` (see [`GC_DUE`])                                                | empty |
+//! | `changes`     | `08` rev(u64 BE) `00`                                                | [`ChangeHeader`] |
+//! |               | `08` rev(u64 BE) `01` a `by-resource` tuple prefix                   | op(u8) then a [`VersionValue`] |
 //!
+//! The `changes` keyspace is the change log Watch reads: for every committed revision a header
+//! (written with the revision's commit, so a header exists exactly for the revisions at or
+//! below the head) and one entry per relationship the revision created, replaced or deleted.
 //! The `staged` keyspace holds the relationships of bulk imports that have not committed yet;
 //! it is emptied when a store opens.
 //! Types, relations and ids never contain `0x00` (the API validates them), so splitting on it is
@@ -26,10 +32,14 @@ use crate::model::{
 use crate::store::{StoreError, StoreResult};
 
 /// The version of this layout, stored under [`META_FORMAT`]. Version 1 had no [`GC_DUE`]
-/// keyspace; opening it builds that keyspace and moves the store to version 2.
-pub(crate) const FORMAT_VERSION: u32 = 2;
-/// The older layout this build still opens (and upgrades).
+/// keyspace; opening it builds that keyspace. Version 2 had no [`CHANGES`] keyspace; opening
+/// it (or version 1) starts the change log at the head ([`META_LOG_START`]). Either moves the
+/// store to version 3.
+pub(crate) const FORMAT_VERSION: u32 = 3;
+/// The oldest layout this build still opens (and upgrades).
 pub(crate) const FORMAT_VERSION_NO_GC_DUE: u32 = 1;
+/// The layout before the change log, which this build opens and upgrades.
+pub(crate) const FORMAT_VERSION_NO_CHANGES: u32 = 2;
 
 /// Prefix of the `meta` keyspace.
 pub(crate) const META: u8 = 0x01;
@@ -56,6 +66,17 @@ pub(crate) const GC_DUE: u8 = 0x07;
 const DUE_DELETED: u8 = 0x00;
 const DUE_EXPIRED: u8 = 0x01;
 
+/// Prefix of the `changes` keyspace (the change log).
+pub(crate) const CHANGES: u8 = 0x08;
+/// The marker of a revision's header in the `changes` keyspace.
+const CHANGE_HEADER: u8 = 0x00;
+/// The marker of a relationship change in the `changes` keyspace.
+const CHANGE_ENTRY: u8 = 0x01;
+/// The operation byte of a change entry: the relationship was created or replaced.
+pub(crate) const CHANGE_TOUCH: u8 = 0x01;
+/// The operation byte of a change entry: the relationship was deleted.
+pub(crate) const CHANGE_DELETE: u8 = 0x02;
+
 /// Meta key of the layout version (u32 BE).
 pub(crate) const META_FORMAT: &str = "format";
 /// Meta key of the store's unique id (UTF-8).
@@ -64,6 +85,10 @@ pub(crate) const META_ID: &str = "id";
 pub(crate) const META_HEAD: &str = "head";
 /// Meta key of the GC horizon, the oldest readable revision (u64 BE).
 pub(crate) const META_HORIZON: &str = "horizon";
+/// Meta key of the first revision whose changes the log holds (u64 BE): 0 for a store made
+/// with the change log, the head at the upgrade for an older one. Watches from before it (or
+/// from before the GC horizon) cannot be served.
+pub(crate) const META_LOG_START: &str = "log-start";
 /// Meta key only ever deleted: the write probe of `Mvcc::check_writable` (never holds a value).
 pub(crate) const META_PROBE: &str = "probe";
 
@@ -216,6 +241,136 @@ pub(crate) fn due_version_key(entry: &[u8]) -> StoreResult<&[u8]> {
         _ => return Err(corrupt("bad gc-due key")),
     };
     entry.get(skip..).ok_or_else(|| corrupt("bad gc-due key"))
+}
+
+/// The key of revision `rev`'s header in the change log.
+pub(crate) fn change_header_key(rev: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10);
+    k.push(CHANGES);
+    k.extend_from_slice(&rev.to_be_bytes());
+    k.push(CHANGE_HEADER);
+    k
+}
+
+/// The first key of revision `rev` in the change log: the log of revisions `a..b` lies in
+/// `[changes_from(a), changes_from(b))`.
+pub(crate) fn changes_from(rev: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(CHANGES);
+    k.extend_from_slice(&rev.to_be_bytes());
+    k
+}
+
+/// The key of the change of `key` at revision `rev`: one per tuple and revision.
+pub(crate) fn change_entry_key(rev: u64, key: &RelationshipKey) -> Vec<u8> {
+    let mut k = change_header_key(rev);
+    if let Some(last) = k.last_mut() {
+        *last = CHANGE_ENTRY;
+    }
+    k.extend_from_slice(&tuple_prefix(Index::ByResource, key));
+    k
+}
+
+/// One record of the change log, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ChangeRecord {
+    /// the header of a revision
+    Header(ChangeHeader),
+    /// a relationship change: [`CHANGE_TOUCH`] or [`CHANGE_DELETE`], the relationship's key
+    /// and its (new, or deleted) caveat and expiration
+    Entry(u8, RelationshipKey, VersionValue),
+}
+
+/// Decodes a change-log record: its revision and what it holds.
+pub(crate) fn decode_change(k: &[u8], v: &[u8]) -> StoreResult<(u64, ChangeRecord)> {
+    let bad = || corrupt("bad change-log key");
+    let rest = match k.split_first() {
+        Some((&CHANGES, rest)) => rest,
+        _ => return Err(bad()),
+    };
+    let (rev, rest) = rest.split_at_checked(8).ok_or_else(bad)?;
+    let rev = be_u64(rev)?;
+    match rest.split_first() {
+        Some((&CHANGE_HEADER, [])) => Ok((rev, ChangeRecord::Header(ChangeHeader::decode(v)?))),
+        Some((&CHANGE_ENTRY, tuple)) => {
+            // The tuple prefix with a zero revision appended is a version key.
+            let mut version = tuple.to_vec();
+            version.extend_from_slice(&(!0u64).to_be_bytes());
+            let (key, _) = decode_version_key(Index::ByResource, &version)?;
+            let (op, value) = v
+                .split_first()
+                .ok_or_else(|| corrupt("bad change-log entry"))?;
+            if *op != CHANGE_TOUCH && *op != CHANGE_DELETE {
+                return Err(corrupt("bad change-log operation"));
+            }
+            Ok((
+                rev,
+                ChangeRecord::Entry(*op, key, VersionValue::decode(value)?),
+            ))
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Encodes a change entry's value: the operation, then the version's value.
+pub(crate) fn encode_change_entry(op: u8, value: &VersionValue) -> StoreResult<Vec<u8>> {
+    let enc = value.encode()?;
+    let mut v = Vec::with_capacity(1 + enc.len());
+    v.push(op);
+    v.extend_from_slice(&enc);
+    Ok(v)
+}
+
+const HEADER_SCHEMA: u8 = 1;
+const HEADER_METADATA: u8 = 2;
+
+/// A revision's header in the change log: `flags(u8) [metadata JSON]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct ChangeHeader {
+    /// the revision wrote the schema
+    pub(crate) schema: bool,
+    /// the transaction metadata its writer sent
+    pub(crate) metadata: Option<Context>,
+}
+
+impl ChangeHeader {
+    /// Encodes the header.
+    pub(crate) fn encode(&self) -> StoreResult<Vec<u8>> {
+        let mut flags = 0u8;
+        if self.schema {
+            flags |= HEADER_SCHEMA;
+        }
+        if self.metadata.is_some() {
+            flags |= HEADER_METADATA;
+        }
+        let mut v = vec![flags];
+        if let Some(m) = &self.metadata {
+            serde_json::to_writer(&mut v, m)
+                .map_err(|e| StoreError::Engine(format!("encoding transaction metadata: {e}")))?;
+        }
+        Ok(v)
+    }
+
+    /// Decodes [`ChangeHeader::encode`].
+    pub(crate) fn decode(b: &[u8]) -> StoreResult<ChangeHeader> {
+        let (flags, rest) = b
+            .split_first()
+            .ok_or_else(|| corrupt("bad change-log header"))?;
+        let metadata = if flags & HEADER_METADATA != 0 {
+            Some(
+                serde_json::from_slice(rest)
+                    .map_err(|e| StoreError::Corrupt(format!("bad transaction metadata: {e}")))?,
+            )
+        } else if rest.is_empty() {
+            None
+        } else {
+            return Err(corrupt("bad change-log header"));
+        };
+        Ok(ChangeHeader {
+            schema: flags & HEADER_SCHEMA != 0,
+            metadata,
+        })
+    }
 }
 
 /// The key of the schema written at `rev`.

@@ -58,6 +58,30 @@ pub enum StoreError {
         /// the newest committed revision
         head: Revision,
     },
+    /// The changes after a revision are no longer kept (collected with the history older than
+    /// the GC window) or were never kept (before the change log started).
+    #[error(
+        "the changes after revision {requested} are no longer available: the change log \
+         starts after revision {oldest} (older changes were garbage-collected, or predate the \
+         change log)"
+    )]
+    ChangesUnavailable {
+        /// the revision after which changes were asked for
+        requested: Revision,
+        /// the oldest revision after which changes can be read
+        oldest: Revision,
+    },
+    /// One revision's changes are larger than a reader accepts.
+    #[error(
+        "maximum changes byte size of {limit} exceeded by revision {revision}; adjust \
+         --datastore-watch-change-buffer-maximum-size accordingly"
+    )]
+    ChangesTooLarge {
+        /// the revision
+        revision: Revision,
+        /// the reader's limit, in bytes
+        limit: usize,
+    },
     /// The data dir is locked by another process.
     #[error("the data directory `{path}` is locked by another process")]
     Locked {

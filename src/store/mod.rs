@@ -22,6 +22,7 @@ pub use rocks::RocksStore;
 
 use crate::model::{
     OrphanCheck, Relationship, RelationshipFilter, RelationshipKey, Revision, Timestamp,
+    TransactionMetadata,
 };
 
 /// What a write does to one relationship.
@@ -91,6 +92,38 @@ pub struct GcStats {
     pub schemas: u64,
     /// the oldest revision still readable after the pass
     pub horizon: Revision,
+}
+
+/// What a revision did to one relationship, as the change log records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeOp {
+    /// created, or replaced with a new caveat or expiration (a CREATE, a TOUCH that changed
+    /// something, an imported relationship)
+    Touch,
+    /// deleted (by a DELETE or a delete by filter); expiry is not a deletion
+    Delete,
+}
+
+/// One relationship change of a revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// what happened
+    pub op: ChangeOp,
+    /// the relationship with its new (for `Touch`) or last (for `Delete`) caveat and expiration
+    pub relationship: Relationship,
+}
+
+/// Everything one committed revision changed, from the change log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionChanges {
+    /// the revision
+    pub revision: Revision,
+    /// the revision wrote the schema
+    pub schema_changed: bool,
+    /// what the writer attached to the write, if anything
+    pub metadata: Option<TransactionMetadata>,
+    /// the relationships it changed, each once, in no particular order
+    pub changes: Vec<Change>,
 }
 
 /// A page of relationships in index order, and where the next page starts.
@@ -193,6 +226,19 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         now: Timestamp,
     ) -> StoreResult<Revision>;
 
+    /// [`Datastore::write_relationships`], keeping `metadata` with the revision in the change
+    /// log. The default drops the metadata.
+    fn write_relationships_with_metadata(
+        &self,
+        preconditions: &[Precondition],
+        updates: &[RelationshipUpdate],
+        now: Timestamp,
+        metadata: Option<&TransactionMetadata>,
+    ) -> StoreResult<Revision> {
+        let _ = metadata;
+        self.write_relationships(preconditions, updates, now)
+    }
+
     /// Atomically: check the preconditions, then delete live relationships matching `filter`.
     /// With `limit = Some(n)` and more than `n` matches: if `allow_partial` delete the first `n`
     /// and report `partial`, else fail with `TooManyToDelete` and delete nothing.
@@ -204,6 +250,49 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         allow_partial: bool,
         now: Timestamp,
     ) -> StoreResult<DeleteOutcome>;
+
+    /// [`Datastore::delete_relationships`], keeping `metadata` with the revision in the change
+    /// log. The default drops the metadata.
+    fn delete_relationships_with_metadata(
+        &self,
+        filter: &RelationshipFilter,
+        preconditions: &[Precondition],
+        limit: Option<u64>,
+        allow_partial: bool,
+        now: Timestamp,
+        metadata: Option<&TransactionMetadata>,
+    ) -> StoreResult<DeleteOutcome> {
+        let _ = metadata;
+        self.delete_relationships(filter, preconditions, limit, allow_partial, now)
+    }
+
+    /// A receiver that sees every new head revision as it is published (it may skip
+    /// intermediate ones: read them with [`Datastore::read_changes`]). A store without a
+    /// change log answers [`StoreError::Unsupported`] (the default).
+    fn subscribe_head(&self) -> StoreResult<tokio::sync::watch::Receiver<Revision>> {
+        Err(StoreError::Unsupported(
+            "this datastore keeps no change log".to_string(),
+        ))
+    }
+
+    /// The change log after `after`, up to the head: every revision in order (with no
+    /// relationship changes too), each whole. Stops after the revision that brings the
+    /// count (changes, and at least one per revision) to `max_changes`. Fails with
+    /// [`StoreError::ChangesTooLarge`] for a revision whose log exceeds `max_revision_bytes`,
+    /// [`StoreError::ChangesUnavailable`] when the changes right after `after` are no longer
+    /// (or were never) kept, and [`StoreError::RevisionInFuture`] past the head. A store
+    /// without a change log answers [`StoreError::Unsupported`] (the default).
+    fn read_changes(
+        &self,
+        after: Revision,
+        max_changes: usize,
+        max_revision_bytes: usize,
+    ) -> StoreResult<Vec<RevisionChanges>> {
+        let _ = (after, max_changes, max_revision_bytes);
+        Err(StoreError::Unsupported(
+            "this datastore keeps no change log".to_string(),
+        ))
+    }
 
     /// Starts a bulk import, whose relationships are staged with [`Datastore::stage_import`]
     /// and created together, at one revision, by [`Datastore::commit_import`]. An import

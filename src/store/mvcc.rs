@@ -19,17 +19,20 @@ use std::collections::btree_map::Entry;
 
 use crate::model::{
     OrphanCheck, Relationship, RelationshipFilter, RelationshipKey, Revision, Timestamp,
+    TransactionMetadata,
 };
 use crate::store::encoding::{
-    self, BY_RESOURCE, FORMAT_VERSION, Index, LIVE, META_FORMAT, META_HEAD, META_HORIZON, META_ID,
+    self, BY_RESOURCE, CHANGE_DELETE, CHANGE_TOUCH, CHANGES, ChangeHeader, ChangeRecord,
+    FORMAT_VERSION, Index, LIVE, META_FORMAT, META_HEAD, META_HORIZON, META_ID, META_LOG_START,
     META_PROBE, REV_TIME, SCHEMA, STAGED, VersionValue,
 };
 use crate::store::graph::{Graph, GraphChange};
 use crate::store::kv::{Batch, Kv};
 use crate::store::metrics::{self, signed};
 use crate::store::{
-    DeleteOutcome, GcStats, Page, Precondition, PreconditionOp, RelationshipUpdate, StoreError,
-    StoreResult, StoredSchema, UpdateOp, WriteFailure,
+    Change, ChangeOp, DeleteOutcome, GcStats, Page, Precondition, PreconditionOp,
+    RelationshipUpdate, RevisionChanges, StoreError, StoreResult, StoredSchema, UpdateOp,
+    WriteFailure,
 };
 
 /// The visitor of a GC range: queues the deletions for one entry.
@@ -71,6 +74,10 @@ pub(crate) struct Mvcc<K: Kv> {
     head: AtomicU64,
     /// the oldest readable revision (raised by GC)
     horizon: AtomicU64,
+    /// the first revision after which the change log is complete (see `META_LOG_START`)
+    log_start: AtomicU64,
+    /// tells Watch streams about each new head
+    head_tx: tokio::sync::watch::Sender<Revision>,
     /// serializes writers (single node): read head → check → commit → publish
     write_lock: Mutex<()>,
     /// serializes GC passes
@@ -210,7 +217,26 @@ fn init_batch(id: &str) -> Batch {
         encoding::meta_key(META_HORIZON),
         0u64.to_be_bytes().to_vec(),
     );
+    b.put(
+        encoding::meta_key(META_LOG_START),
+        0u64.to_be_bytes().to_vec(),
+    );
     b
+}
+
+/// Puts the change-log entry of `key` at `rev`: `op` with the version's caveat and expiration.
+fn put_change(
+    batch: &mut Batch,
+    rev: u64,
+    key: &RelationshipKey,
+    op: u8,
+    value: &VersionValue,
+) -> StoreResult<()> {
+    batch.put(
+        encoding::change_entry_key(rev, key),
+        encoding::encode_change_entry(op, value)?,
+    );
+    Ok(())
 }
 
 /// `t - d`, saturating.
@@ -228,10 +254,10 @@ impl<K: Kv> Mvcc<K> {
     pub(crate) fn fresh(make: impl FnOnce(Batch) -> K) -> Mvcc<K> {
         let id = new_unique_id();
         let kv = make(init_batch(&id));
-        Mvcc::from_parts(kv, id, 0, 0)
+        Mvcc::from_parts(kv, id, 0, 0, 0)
     }
 
-    fn from_parts(kv: K, unique_id: String, head: u64, horizon: u64) -> Mvcc<K> {
+    fn from_parts(kv: K, unique_id: String, head: u64, horizon: u64, log_start: u64) -> Mvcc<K> {
         if let Some(m) = metrics::get() {
             m.head_revision.set(signed(head));
         }
@@ -240,6 +266,8 @@ impl<K: Kv> Mvcc<K> {
             unique_id,
             head: AtomicU64::new(head),
             horizon: AtomicU64::new(horizon),
+            log_start: AtomicU64::new(log_start),
+            head_tx: tokio::sync::watch::Sender::new(Revision(head)),
             write_lock: Mutex::new(()),
             gc_lock: Mutex::new(()),
             graph: Graph::new(),
@@ -289,8 +317,9 @@ impl<K: Kv> Mvcc<K> {
     }
 
     /// Loads every stored relationship version into the in-memory graph, and the newest
-    /// schema; with `upgrade`, also writes the `gc-due` entries a version-1 store lacks.
-    fn load_graph(self, upgrade: bool) -> StoreResult<Mvcc<K>> {
+    /// schema; with `upgrade`, also writes the `gc-due` entries a version-1 store lacks; with
+    /// `start_log`, starts the change log (which a version-1 or -2 store lacks) at the head.
+    fn load_graph(self, upgrade: bool, start_log: bool) -> StoreResult<Mvcc<K>> {
         let started = std::time::Instant::now();
         let newest = self.scan_schema(self.head())?;
         *self
@@ -357,6 +386,12 @@ impl<K: Kv> Mvcc<K> {
             self.clear_range(&start, Some(&encoding::due_deleted_from(LIVE)), true)?;
         }
         self.clear_staged(&[STAGED], Some(&[STAGED + 1]))?;
+        // The change-log entries of an import or delete interrupted before it committed.
+        self.clear_range(
+            &encoding::changes_from(head.saturating_add(1)),
+            Some(&[CHANGES + 1]),
+            true,
+        )?;
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis(),
             "store open: repairs done"
@@ -369,7 +404,24 @@ impl<K: Kv> Mvcc<K> {
                 FORMAT_VERSION.to_be_bytes().to_vec(),
             );
             self.kv.commit(due)?;
-            tracing::info!("upgraded the data directory to storage format {FORMAT_VERSION}");
+        }
+        if start_log {
+            let mut b = Batch::default();
+            b.put(
+                encoding::meta_key(META_LOG_START),
+                head.to_be_bytes().to_vec(),
+            );
+            b.put(
+                encoding::meta_key(META_FORMAT),
+                FORMAT_VERSION.to_be_bytes().to_vec(),
+            );
+            self.kv.commit(b)?;
+            self.log_start.store(head, Ordering::Release);
+            tracing::info!(
+                log_start = head,
+                "upgraded the data directory to storage format {FORMAT_VERSION}: the change log \
+                 (Watch) starts at the head"
+            );
         }
         self.count_live(signed(live));
         Ok(self)
@@ -391,12 +443,13 @@ impl<K: Kv> Mvcc<K> {
                 }
                 let id = new_unique_id();
                 kv.commit(init_batch(&id))?;
-                Ok(Mvcc::from_parts(kv, id, 0, 0))
+                Ok(Mvcc::from_parts(kv, id, 0, 0, 0))
             }
             Some(v) => {
                 let version = encoding::decode_u32(&v)?;
                 let upgrade = version == encoding::FORMAT_VERSION_NO_GC_DUE;
-                if version != FORMAT_VERSION && !upgrade {
+                let start_log = upgrade || version == encoding::FORMAT_VERSION_NO_CHANGES;
+                if version != FORMAT_VERSION && !start_log {
                     return Err(StoreError::Corrupt(format!(
                         "unsupported storage format version {version} (this build reads {FORMAT_VERSION})"
                     )));
@@ -409,7 +462,12 @@ impl<K: Kv> Mvcc<K> {
                     .map_err(|_| StoreError::Corrupt("non-UTF-8 store id".to_string()))?;
                 let head = encoding::decode_u64(&get(META_HEAD)?)?;
                 let horizon = encoding::decode_u64(&get(META_HORIZON)?)?;
-                Mvcc::from_parts(kv, id, head, horizon).load_graph(upgrade)
+                let log_start = if start_log {
+                    head
+                } else {
+                    encoding::decode_u64(&get(META_LOG_START)?)?
+                };
+                Mvcc::from_parts(kv, id, head, horizon, log_start).load_graph(upgrade, start_log)
             }
         }
     }
@@ -707,21 +765,24 @@ impl<K: Kv> Mvcc<K> {
         Ok(())
     }
 
-    /// Adds the new head revision and its commit time, commits, replays `changes` on the
-    /// graph, then publishes the head.
+    /// Adds the new head revision, its commit time and its change-log header, commits,
+    /// replays `changes` on the graph, then publishes the head.
     fn commit_revision(
         &self,
         mut batch: Batch,
         rev: u64,
         now: Timestamp,
         changes: &[GraphChange],
+        header: &ChangeHeader,
     ) -> StoreResult<Revision> {
         let started = Instant::now();
         batch.put(encoding::rev_time_key(rev), encoding::encode_time(now));
         batch.put(encoding::meta_key(META_HEAD), rev.to_be_bytes().to_vec());
+        batch.put(encoding::change_header_key(rev), header.encode()?);
         self.commit(batch)?;
         self.graph.apply(changes);
         self.head.store(rev, Ordering::Release);
+        self.head_tx.send_replace(Revision(rev));
         // Every `Close` ends a version live at the head, every `Add` starts one.
         let delta = changes.iter().fold(0i64, |n, c| match c {
             GraphChange::Close { .. } => n - 1,
@@ -748,6 +809,18 @@ impl<K: Kv> Mvcc<K> {
         preconditions: &[Precondition],
         updates: &[RelationshipUpdate],
         now: Timestamp,
+    ) -> StoreResult<Revision> {
+        self.write_relationships_with_metadata(preconditions, updates, now, None)
+    }
+
+    /// Writes `updates` (after checking `preconditions`) at a new revision whose change-log
+    /// header keeps `metadata`.
+    pub(crate) fn write_relationships_with_metadata(
+        &self,
+        preconditions: &[Precondition],
+        updates: &[RelationshipUpdate],
+        now: Timestamp,
+        metadata: Option<&TransactionMetadata>,
     ) -> StoreResult<Revision> {
         let _guard = lock(&self.write_lock);
         self.writable()?;
@@ -806,9 +879,15 @@ impl<K: Kv> Mvcc<K> {
                 && stored.deleted == LIVE
             {
                 let created = stored.created;
+                let visible = stored.expires_at.is_none_or(|e| e > now);
                 let mut old = stored;
                 old.deleted = rev;
                 Self::put_version(&mut batch, &key, &old)?;
+                // The change log records a deletion of what readers saw: an expired
+                // relationship was already gone for them.
+                if p.result.is_none() && visible {
+                    put_change(&mut batch, rev, &key, CHANGE_DELETE, &old)?;
+                }
                 changes.push(GraphChange::Close {
                     key: key.clone(),
                     created,
@@ -823,10 +902,15 @@ impl<K: Kv> Mvcc<K> {
                     expires_at: r.expires_at,
                 };
                 Self::put_version(&mut batch, &key, &new)?;
+                put_change(&mut batch, rev, &key, CHANGE_TOUCH, &new)?;
                 changes.push(GraphChange::Add { key, value: new });
             }
         }
-        self.commit_revision(batch, rev, now, &changes)
+        let header = ChangeHeader {
+            schema: false,
+            metadata: metadata.map(|m| m.0.clone()),
+        };
+        self.commit_revision(batch, rev, now, &changes, &header)
     }
 
     /// Deletes the live relationships matching `filter`, all at one new revision, in chunks of
@@ -845,6 +929,26 @@ impl<K: Kv> Mvcc<K> {
         limit: Option<u64>,
         allow_partial: bool,
         now: Timestamp,
+    ) -> StoreResult<DeleteOutcome> {
+        self.delete_relationships_with_metadata(
+            filter,
+            preconditions,
+            limit,
+            allow_partial,
+            now,
+            None,
+        )
+    }
+
+    /// [`Mvcc::delete_relationships`] at a revision whose change-log header keeps `metadata`.
+    pub(crate) fn delete_relationships_with_metadata(
+        &self,
+        filter: &RelationshipFilter,
+        preconditions: &[Precondition],
+        limit: Option<u64>,
+        allow_partial: bool,
+        now: Timestamp,
+        metadata: Option<&TransactionMetadata>,
     ) -> StoreResult<DeleteOutcome> {
         let _guard = lock(&self.write_lock);
         self.writable()?;
@@ -901,12 +1005,17 @@ impl<K: Kv> Mvcc<K> {
                     old.deleted = rev;
                     let key = m.rel.key();
                     Self::put_version(&mut batch, &key, &old)?;
+                    put_change(&mut batch, rev, &key, CHANGE_DELETE, &old)?;
                     changes.push(GraphChange::Close { key, created, rev });
                 }
                 deleted += changes.len();
                 if last {
                     let earlier = deleted - changes.len();
-                    let revision = self.commit_revision(batch, rev, now, &changes)?;
+                    let header = ChangeHeader {
+                        schema: false,
+                        metadata: metadata.map(|m| m.0.clone()),
+                    };
+                    let revision = self.commit_revision(batch, rev, now, &changes, &header)?;
                     self.count_live(-signed(u64::try_from(earlier).unwrap_or(u64::MAX)));
                     return Ok(Some(revision));
                 }
@@ -977,8 +1086,19 @@ impl<K: Kv> Mvcc<K> {
             self.commit_unsynced(batch)?;
             self.graph.apply(&changes);
         }
+        self.clear_changes_at(rev)?;
         // Durable before any later write reuses `rev`.
         self.commit(Batch::default())
+    }
+
+    /// Removes the change-log entries written at `rev` by an import or delete that failed
+    /// before it committed (unsynced: the caller's next synced commit makes it durable).
+    fn clear_changes_at(&self, rev: u64) -> StoreResult<()> {
+        self.clear_range(
+            &encoding::changes_from(rev),
+            Some(&encoding::changes_from(rev.saturating_add(1))),
+            false,
+        )
     }
 
     /// [`Kv::commit_unsynced`], remembering a failure (a success proves nothing durable).
@@ -1133,6 +1253,7 @@ impl<K: Kv> Mvcc<K> {
                     }
                     value.created = rev;
                     Self::put_version(&mut batch, &key, &value)?;
+                    put_change(&mut batch, rev, &key, CHANGE_TOUCH, &value)?;
                     changes.push(GraphChange::Add { key, value });
                     created += 1;
                 }
@@ -1140,7 +1261,9 @@ impl<K: Kv> Mvcc<K> {
                 self.graph.apply(&changes);
                 Ok(())
             })
-            .and_then(|()| self.commit_revision(Batch::default(), rev, now, &[]));
+            .and_then(|()| {
+                self.commit_revision(Batch::default(), rev, now, &[], &ChangeHeader::default())
+            });
         match written {
             Ok(revision) => {
                 self.count_live(signed(created) - signed(closed));
@@ -1187,6 +1310,7 @@ impl<K: Kv> Mvcc<K> {
             self.graph.apply(&changes);
             Ok(())
         })?;
+        self.clear_changes_at(rev)?;
         // Durable before any later write reuses `rev`.
         self.commit(Batch::default())
     }
@@ -1235,7 +1359,11 @@ impl<K: Kv> Mvcc<K> {
             .latest_schema
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let revision = self.commit_revision(batch, rev, now, &[])?;
+        let header = ChangeHeader {
+            schema: true,
+            metadata: None,
+        };
+        let revision = self.commit_revision(batch, rev, now, &[], &header)?;
         *latest = Some(StoredSchema {
             text: text.to_string(),
             revision,
@@ -1424,11 +1552,137 @@ impl<K: Kv> Mvcc<K> {
             m.gc_transactions.inc_by(transactions);
         }
 
+        // 5. The change log of revisions at or below the horizon: a watch may resume after
+        //    the horizon, never before it.
+        self.gc_range(
+            &[CHANGES],
+            &encoding::changes_from(horizon.saturating_add(1)),
+            &mut |k, _, batch| {
+                batch.delete(k.to_vec());
+                Ok(())
+            },
+        )?;
+
         Ok(GcStats {
             relationships,
             schemas,
             horizon: Revision(horizon),
         })
+    }
+
+    /// A receiver of every new head revision.
+    pub(crate) fn subscribe_head(&self) -> tokio::sync::watch::Receiver<Revision> {
+        self.head_tx.subscribe()
+    }
+
+    /// Fails unless the change log holds every revision after `after`, up to `head`.
+    fn check_changes_after(&self, after: u64, head: u64) -> StoreResult<()> {
+        if after > head {
+            return Err(StoreError::RevisionInFuture {
+                requested: Revision(after),
+                head: Revision(head),
+            });
+        }
+        let oldest = self
+            .horizon
+            .load(Ordering::Acquire)
+            .max(self.log_start.load(Ordering::Acquire));
+        if after < oldest {
+            return Err(StoreError::ChangesUnavailable {
+                requested: Revision(after),
+                oldest: Revision(oldest),
+            });
+        }
+        Ok(())
+    }
+
+    /// The change log after `after`, up to the head, whole revisions only (see
+    /// [`Datastore::read_changes`](crate::store::Datastore::read_changes)). Reads one KV scan
+    /// and takes no lock a writer waits for (beyond the memory map's read lock for the scan).
+    pub(crate) fn read_changes(
+        &self,
+        after: Revision,
+        max_changes: usize,
+        max_revision_bytes: usize,
+    ) -> StoreResult<Vec<RevisionChanges>> {
+        let head = self.head();
+        self.check_changes_after(after.0, head)?;
+        let mut out: Vec<RevisionChanges> = Vec::new();
+        if after.0 >= head {
+            return Ok(out);
+        }
+        let start = encoding::changes_from(after.0.saturating_add(1));
+        let end = encoding::changes_from(head.saturating_add(1));
+        let mut current: Option<RevisionChanges> = None;
+        let mut bytes = 0usize;
+        let mut count = 0usize;
+        self.kv.scan(&start, Some(&end), &mut |k, v| {
+            let (rev, record) = encoding::decode_change(k, v)?;
+            match record {
+                ChangeRecord::Header(h) => {
+                    if let Some(done) = current.take() {
+                        count = count.saturating_add(done.changes.len().max(1));
+                        out.push(done);
+                        if count >= max_changes {
+                            return Ok(false);
+                        }
+                    }
+                    bytes = 0;
+                    current = Some(RevisionChanges {
+                        revision: Revision(rev),
+                        schema_changed: h.schema,
+                        metadata: h.metadata.map(TransactionMetadata),
+                        changes: Vec::new(),
+                    });
+                }
+                ChangeRecord::Entry(op, key, value) => {
+                    let Some(cur) = current.as_mut().filter(|c| c.revision.0 == rev) else {
+                        return Err(StoreError::Corrupt(format!(
+                            "change-log entry of revision {rev} without its header"
+                        )));
+                    };
+                    bytes = bytes.saturating_add(k.len() + v.len());
+                    if bytes > max_revision_bytes {
+                        return Err(StoreError::ChangesTooLarge {
+                            revision: Revision(rev),
+                            limit: max_revision_bytes,
+                        });
+                    }
+                    cur.changes.push(Change {
+                        op: if op == CHANGE_DELETE {
+                            ChangeOp::Delete
+                        } else {
+                            ChangeOp::Touch
+                        },
+                        relationship: Relationship {
+                            resource: key.resource,
+                            relation: key.relation,
+                            subject: key.subject,
+                            caveat: value.caveat,
+                            expires_at: value.expires_at,
+                        },
+                    });
+                }
+            }
+            Ok(true)
+        })?;
+        if let Some(done) = current.take() {
+            out.push(done);
+        }
+        // GC publishes its horizon before it deletes: if it moved past `after` meanwhile, the
+        // scan may have missed part of what it deleted.
+        self.check_changes_after(after.0, head)?;
+        // Every revision up to the last one read has a header: a gap means a lost record.
+        let mut expect = after.0;
+        for r in &out {
+            expect = expect.saturating_add(1);
+            if r.revision.0 != expect {
+                return Err(StoreError::Corrupt(format!(
+                    "the change log has no header for revision {expect}"
+                )));
+            }
+        }
+        Ok(out)
     }
 
     /// Every key and value (tests: inspect what GC left).
@@ -1551,6 +1805,53 @@ macro_rules! delegate_datastore {
                 now: $crate::model::Timestamp,
             ) -> $crate::store::StoreResult<$crate::model::Revision> {
                 self.inner.write_relationships(preconditions, updates, now)
+            }
+
+            fn write_relationships_with_metadata(
+                &self,
+                preconditions: &[$crate::store::Precondition],
+                updates: &[$crate::store::RelationshipUpdate],
+                now: $crate::model::Timestamp,
+                metadata: Option<&$crate::model::TransactionMetadata>,
+            ) -> $crate::store::StoreResult<$crate::model::Revision> {
+                self.inner
+                    .write_relationships_with_metadata(preconditions, updates, now, metadata)
+            }
+
+            fn delete_relationships_with_metadata(
+                &self,
+                filter: &$crate::model::RelationshipFilter,
+                preconditions: &[$crate::store::Precondition],
+                limit: Option<u64>,
+                allow_partial: bool,
+                now: $crate::model::Timestamp,
+                metadata: Option<&$crate::model::TransactionMetadata>,
+            ) -> $crate::store::StoreResult<$crate::store::DeleteOutcome> {
+                self.inner.delete_relationships_with_metadata(
+                    filter,
+                    preconditions,
+                    limit,
+                    allow_partial,
+                    now,
+                    metadata,
+                )
+            }
+
+            fn subscribe_head(
+                &self,
+            ) -> $crate::store::StoreResult<tokio::sync::watch::Receiver<$crate::model::Revision>>
+            {
+                Ok(self.inner.subscribe_head())
+            }
+
+            fn read_changes(
+                &self,
+                after: $crate::model::Revision,
+                max_changes: usize,
+                max_revision_bytes: usize,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::RevisionChanges>> {
+                self.inner
+                    .read_changes(after, max_changes, max_revision_bytes)
             }
 
             fn delete_relationships(
@@ -1682,7 +1983,7 @@ mod tests {
         assert_eq!(m.raw_count(BY_SUBJECT).unwrap(), 1);
         assert_eq!(m.raw_count(REV_TIME).unwrap(), 1);
         assert_eq!(m.raw_count(SCHEMA).unwrap(), 1);
-        assert_eq!(m.raw_count(META).unwrap(), 4);
+        assert_eq!(m.raw_count(META).unwrap(), 5);
         // The expiration in 2100 is not due yet.
         assert_eq!(m.raw_count(GC_DUE).unwrap(), 1);
     }
@@ -1725,6 +2026,64 @@ mod tests {
         assert_eq!(stats.relationships, 1);
         assert_eq!(m.raw_count(BY_RESOURCE).unwrap(), 0);
         assert_eq!(m.raw_count(GC_DUE).unwrap(), 0);
+    }
+
+    /// A store written before the change log existed gets it at its first open: the log
+    /// starts at the head, so a watch from before it is refused and one from the head works.
+    #[test]
+    fn rocks_format_2_store_starts_its_change_log_at_the_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = "document:a#viewer@user:ann";
+        let head = {
+            let ds = RocksStore::open(dir.path()).unwrap();
+            let m = &ds.inner;
+            m.write_relationships(&[], &[update(UpdateOp::Create, a)], NOW)
+                .unwrap();
+            // Back to format 2: no change log.
+            let mut batch = Batch::default();
+            m.kv.scan(&[CHANGES], Some(&[CHANGES + 1]), &mut |k, _| {
+                batch.delete(k.to_vec());
+                Ok(true)
+            })
+            .unwrap();
+            batch.delete(encoding::meta_key(META_LOG_START));
+            batch.put(
+                encoding::meta_key(META_FORMAT),
+                encoding::FORMAT_VERSION_NO_CHANGES.to_be_bytes().to_vec(),
+            );
+            m.kv.commit(batch).unwrap();
+            m.head_revision().unwrap()
+        };
+        let ds = RocksStore::open(dir.path()).unwrap();
+        let m = &ds.inner;
+        assert_eq!(
+            m.kv.get(&encoding::meta_key(META_FORMAT)).unwrap(),
+            Some(FORMAT_VERSION.to_be_bytes().to_vec())
+        );
+        assert!(matches!(
+            m.read_changes(Revision::ZERO, 10, usize::MAX),
+            Err(StoreError::ChangesUnavailable { oldest, .. }) if oldest == head
+        ));
+        assert!(m.read_changes(head, 10, usize::MAX).unwrap().is_empty());
+        let next = m
+            .write_relationships(&[], &[update(UpdateOp::Delete, a)], NOW)
+            .unwrap();
+        let log = m.read_changes(head, 10, usize::MAX).unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].revision, next);
+        assert_eq!(log[0].changes.len(), 1);
+        drop(ds);
+        // The start is kept across opens.
+        let ds = RocksStore::open(dir.path()).unwrap();
+        assert!(
+            ds.inner
+                .read_changes(Revision::ZERO, 10, usize::MAX)
+                .is_err()
+        );
+        assert_eq!(
+            ds.inner.read_changes(head, 10, usize::MAX).unwrap().len(),
+            1
+        );
     }
 
     fn live_texts(ds: &crate::store::RocksStore, rev: Revision) -> Vec<String> {
@@ -1814,9 +2173,13 @@ mod tests {
             );
             batch.put(encoding::version_key(Index::BySubject, &a, head), enc);
             batch.put(encoding::staged_key(7, &k), v.encode().unwrap());
+            // And its change-log entries, written with the chunks.
+            put_change(&mut batch, head + 1, &k, CHANGE_TOUCH, &v).unwrap();
+            put_change(&mut batch, head + 1, &a, CHANGE_DELETE, &closed).unwrap();
             ds.inner.kv.commit(batch).unwrap();
         }
         let ds = RocksStore::open(dir.path()).unwrap();
+        let before = ds.inner.head_revision().unwrap();
         let next = ds
             .inner
             .write_relationships(
@@ -1844,6 +2207,17 @@ mod tests {
             )
             .unwrap();
         assert_eq!(staged, 0);
+        // The change log of the next revision (which reuses the interrupted one's number)
+        // holds only its own change.
+        let log = ds.inner.read_changes(before, 10, usize::MAX).unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].revision, next);
+        let changed: Vec<String> = log[0]
+            .changes
+            .iter()
+            .map(|c| format!("{:?} {}", c.op, c.relationship))
+            .collect();
+        assert_eq!(changed, ["Touch document:c#viewer@user:cid"]);
         drop(ds);
         // And the repair itself was durable.
         let ds = RocksStore::open(dir.path()).unwrap();
@@ -2256,7 +2630,7 @@ mod tests {
         assert_eq!(m.kv.commits.load(Ordering::SeqCst), after_probe);
         assert_eq!(
             m.raw_count(crate::store::encoding::META).unwrap(),
-            4,
+            5,
             "the probe leaves nothing behind"
         );
     }

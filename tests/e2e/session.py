@@ -1,8 +1,10 @@
 """A first session with the official Python client (PyPI `authzed`) against a real Pemba server.
 
-Usage: session.py PHASE PORT KEY
-  write   - write a schema and 2000 relationships, page through them, provoke every documented error
-  verify  - after a restart (or kill -9): the schema and every acknowledged write are still there
+Usage: session.py PHASE PORT KEY [WATCH_FROM]
+  write   - write a schema and 2000 relationships, page through them, provoke every documented error;
+            prints `WATCH-FROM token` (the schema write's token)
+  verify  - after a restart (or kill -9): the schema and every acknowledged write are still there, and
+            a Watch from WATCH_FROM streams every write made after it
   query   - check, bulk check, expand and lookups agree on a small document-sharing data set
 Exits non-zero with a message on the first failed expectation.
 """
@@ -31,8 +33,10 @@ from authzed.api.v1 import (
     RelationshipUpdate,
     SubjectFilter,
     SubjectReference,
+    WatchRequest,
     WriteRelationshipsRequest,
     WriteSchemaRequest,
+    ZedToken,
 )
 from google.rpc import error_details_pb2, status_pb2
 
@@ -141,6 +145,7 @@ def phase_write(client, bad_key_client, no_key_client):
     )
     resp = client.WriteSchema(WriteSchemaRequest(schema=SCHEMA))
     expect(resp.written_at.token, "WriteSchema returns a token")
+    print(f"WATCH-FROM {resp.written_at.token}")
     got = client.ReadSchema(ReadSchemaRequest())
     expect(got.schema_text == SCHEMA, "ReadSchema returns the schema written")
 
@@ -214,7 +219,7 @@ def DeleteRelationshipsResponsePartial():
     return DeleteRelationshipsResponse.DELETION_PROGRESS_PARTIAL
 
 
-def phase_verify(client):
+def phase_verify(client, watch_from=None):
     got = client.ReadSchema(ReadSchemaRequest())
     expect(got.schema_text == SCHEMA, "schema survived the restart")
     req = ReadRelationshipsRequest(
@@ -224,6 +229,35 @@ def phase_verify(client):
     expect(len(ids) == N_DOCS - 100 + 1, f"after restart: {len(ids)} viewer relationships, wanted {N_DOCS - 100 + 1}")
     expect("lastdoc" in ids, "the last acknowledged write survived kill -9")
     print("ok: data and schema survived the restart")
+    if watch_from:
+        verify_watch(client, watch_from)
+
+
+def verify_watch(client, watch_from):
+    """Every acknowledged write after the schema, from the change log, across the kill -9."""
+    T, D = RelationshipUpdate.OPERATION_TOUCH, RelationshipUpdate.OPERATION_DELETE
+    stream = client.Watch(WatchRequest(optional_start_cursor=ZedToken(token=watch_from)), timeout=60)
+    touched, deleted, messages = set(), [], 0
+    for resp in stream:
+        messages += 1
+        expect(resp.changes_through.token, "a watch message carries changes_through")
+        for u in resp.updates:
+            doc = u.relationship.resource.object_id
+            if u.operation == T:
+                touched.add(doc)
+            elif u.operation == D:
+                deleted.append(doc)
+            else:
+                fail(f"unexpected watch operation {u.operation}")
+        if "lastdoc" in touched:
+            stream.cancel()
+            break
+    expect(len(touched) == N_DOCS + 1, f"watch: {len(touched)} documents touched, wanted {N_DOCS + 1}")
+    expect(len(deleted) == 100 and len(set(deleted)) == 100 and all(d.startswith("doc19") for d in deleted),
+           f"watch: deletes {len(deleted)}, wanted the 100 of doc19*, each once")
+    # two batches, the TOUCH of doc0000 changed nothing, two deletes, the last write
+    expect(messages == 5, f"watch: {messages} messages, wanted one per changing revision (5)")
+    print("ok: Watch streamed every write after the schema across the restart")
 
 
 def phase_query(client):
@@ -286,7 +320,7 @@ def main():
     if phase == "write":
         phase_write(client, InsecureClient(target, key + "-wrong"), client_without_key(target))
     elif phase == "verify":
-        phase_verify(client)
+        phase_verify(client, sys.argv[4] if len(sys.argv) > 4 else None)
     elif phase == "query":
         phase_query(client)
     else:

@@ -5,6 +5,7 @@
 //! `at_least_as_fresh` reads of the last write, and prints a table and a JSON line. Every request loop is bounded in count and in time, and only
 //! the given loopback (or unix-socket) endpoint is contacted.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::workload;
 use pb::permissions_service_client::PermissionsServiceClient;
 use pb::schema_service_client::SchemaServiceClient;
+use pb::watch_service_client::WatchServiceClient;
 use pemba::api::proto::authzed::api::v1 as pb;
 use pemba::model::{ObjectRef, Relationship, SubjectRef};
 
@@ -117,6 +119,10 @@ pub struct BenchArgs {
     /// concurrent phases then keep neither side busy (half the throughput at concurrency 64)
     #[arg(long)]
     pub client_threads: Option<usize>,
+    /// run a Watch stream during the `load` phase and report the relationship updates it
+    /// received per second and its largest lag behind the writes' acknowledgements
+    #[arg(long)]
+    pub watch: bool,
     /// name of the target in the report (e.g. `pemba-rocksdb`, `spicedb-memdb`)
     #[arg(long, default_value = "")]
     pub label: String,
@@ -230,8 +236,89 @@ struct Report {
     connections: usize,
     bulk_size: usize,
     phases: Vec<PhaseReport>,
+    /// the watcher of the load phase, with `--watch`
+    watch: Option<WatchReport>,
     server_vm_hwm_kib: Option<u64>,
     server_vm_rss_kib: Option<u64>,
+}
+
+/// What the watcher of the load phase saw.
+#[derive(Debug, Clone, Serialize)]
+struct WatchReport {
+    /// relationship updates received
+    updates: u64,
+    /// messages received
+    messages: u64,
+    /// from the watch's start to the last update expected
+    elapsed_s: f64,
+    updates_per_s: f64,
+    /// the largest delay between a write's acknowledgement and its revision's arrival on the
+    /// watch, milliseconds (0 when the watch got it first)
+    max_lag_ms: f64,
+    /// the mean of that delay over the writes, milliseconds
+    mean_lag_ms: f64,
+    /// updates per second of a second watch started after the load from the schema write's
+    /// token: how fast the change log is streamed when nothing else runs
+    replay_updates_per_s: Option<f64>,
+}
+
+/// When each write was acknowledged, by its token.
+type Acks = Arc<std::sync::Mutex<HashMap<String, Instant>>>;
+
+/// Opens a Watch stream after `from` (at the head without it) and follows it on a task until
+/// `expected` updates came.
+async fn start_watcher(
+    target: &Target,
+    acks: Acks,
+    expected: u64,
+    from: Option<pb::ZedToken>,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<WatchReport>>> {
+    let mut stream = target
+        .watch
+        .clone()
+        .watch(target.request(pb::WatchRequest {
+            optional_start_cursor: from,
+            ..Default::default()
+        }))
+        .await
+        .context("Watch failed")?
+        .into_inner();
+    let start = Instant::now();
+    Ok(tokio::spawn(async move {
+        let (mut updates, mut messages) = (0u64, 0u64);
+        let (mut max_lag, mut lag_sum, mut lags) = (Duration::ZERO, Duration::ZERO, 0u32);
+        while updates < expected {
+            let m = tokio::time::timeout(Duration::from_secs(30), stream.message())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("no watch message for 30 s ({updates} of {expected} updates)")
+                })?
+                .context("the watch stream failed")?
+                .context("the watch stream ended")?;
+            let now = Instant::now();
+            updates += m.updates.len() as u64;
+            messages += 1;
+            let acked = m.changes_through.and_then(|t| {
+                acks.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&t.token)
+            });
+            let lag = acked.map_or(Duration::ZERO, |a| now.saturating_duration_since(a));
+            max_lag = max_lag.max(lag);
+            lag_sum += lag;
+            lags += 1;
+        }
+        let elapsed = start.elapsed();
+        Ok(WatchReport {
+            updates,
+            messages,
+            elapsed_s: elapsed.as_secs_f64(),
+            updates_per_s: updates as f64 / elapsed.as_secs_f64().max(1e-9),
+            max_lag_ms: max_lag.as_secs_f64() * 1e3,
+            mean_lag_ms: (lag_sum / lags.max(1)).as_secs_f64() * 1e3,
+            replay_updates_per_s: None,
+        })
+    }))
 }
 
 /// The clients and what every request carries.
@@ -239,6 +326,7 @@ struct Report {
 struct Target {
     permissions: Vec<PermissionsServiceClient<Channel>>,
     schema: SchemaServiceClient<Channel>,
+    watch: WatchServiceClient<Channel>,
     auth: Option<MetadataValue<Ascii>>,
 }
 
@@ -283,6 +371,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let pid = args.server_pid;
 
     let mut reports = Vec::new();
+    let mut watch_report = None;
     let mut token: Option<pb::ZedToken> = None;
     let pairs = Arc::new(workload::check_pairs(args.scale, args.seed, QUERY_IDS));
 
@@ -291,8 +380,37 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let outcome = match phase {
             Phase::Load if args.skip_load => continue,
             Phase::Load => {
-                let (outcome, written) = load(&target, &args, &rels).await?;
+                let acks: Acks = Arc::default();
+                let watcher = match args.watch {
+                    true => Some(
+                        start_watcher(&target, Arc::clone(&acks), rels.len() as u64, None).await?,
+                    ),
+                    false => None,
+                };
+                let (outcome, written, schema_written) = load(&target, &args, &rels, &acks).await?;
                 token = written.or(token);
+                if let Some(w) = watcher {
+                    let mut w = w.await.context("the watcher failed")??;
+                    // The same changes again, read back from the log as fast as they come.
+                    if let Some(from) = schema_written {
+                        let replay =
+                            start_watcher(&target, Arc::default(), rels.len() as u64, Some(from))
+                                .await?
+                                .await
+                                .context("the replaying watcher failed")??;
+                        w.replay_updates_per_s = Some(replay.updates_per_s);
+                    }
+                    eprintln!(
+                        "  watch    done: {} updates in {:.2}s, {:.0} updates/s, lag max {:.1} ms, mean {:.1} ms",
+                        w.updates, w.elapsed_s, w.updates_per_s, w.max_lag_ms, w.mean_lag_ms
+                    );
+                    if let Some(r) = w.replay_updates_per_s {
+                        eprintln!(
+                            "  watch    replayed from the log after the load: {r:.0} updates/s"
+                        );
+                    }
+                    watch_report = Some(w);
+                }
                 outcome
             }
             _ => {
@@ -367,6 +485,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         connections: args.connections,
         bulk_size: args.bulk_size,
         phases: reports,
+        watch: watch_report,
         server_vm_hwm_kib: end.hwm_kib,
         server_vm_rss_kib: end.rss_kib,
     };
@@ -425,9 +544,12 @@ async fn connect(args: &BenchArgs) -> anyhow::Result<Target> {
         .map(|c| PermissionsServiceClient::new(c.clone()).max_decoding_message_size(64 << 20))
         .collect();
     let schema = SchemaServiceClient::new(channels[0].clone());
+    let last = channels.last().context("no connection")?.clone();
+    let watch = WatchServiceClient::new(last).max_decoding_message_size(256 << 20);
     Ok(Target {
         permissions,
         schema,
+        watch,
         auth,
     })
 }
@@ -465,9 +587,11 @@ async fn load(
     target: &Target,
     args: &BenchArgs,
     rels: &[Relationship],
-) -> anyhow::Result<(Outcome, Option<pb::ZedToken>)> {
+    acks: &Acks,
+) -> anyhow::Result<(Outcome, Option<pb::ZedToken>, Option<pb::ZedToken>)> {
+    let mut schema_written = None;
     if !args.skip_schema {
-        target
+        schema_written = target
             .schema
             .clone()
             .write_schema(target.request(pb::WriteSchemaRequest {
@@ -476,7 +600,9 @@ async fn load(
             .await
             .context(
                 "WriteSchema failed (use --skip-schema if the endpoint has no schema service)",
-            )?;
+            )?
+            .into_inner()
+            .written_at;
     }
     let batches: Vec<Vec<pb::RelationshipUpdate>> = rels
         .chunks(WRITE_BATCH)
@@ -512,6 +638,11 @@ async fn load(
     .buffer_unordered(concurrency);
     while let Some(done) = writes.next().await {
         let (n, latency, written_at) = done?;
+        if let Some(t) = &written_at {
+            acks.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(t.token.clone(), Instant::now());
+        }
         outcome.latencies.push(latency);
         outcome.items += n;
         token = written_at.or(token);
@@ -521,7 +652,7 @@ async fn load(
         // Which write committed last is unknown: read a token after all of them.
         token = Some(fresh_token(target).await?);
     }
-    Ok((outcome, token))
+    Ok((outcome, token, schema_written))
 }
 
 async fn check_phase(
@@ -882,6 +1013,15 @@ fn print_table(report: &Report) {
                 p.allowed,
                 p.items.max(p.allowed)
             );
+        }
+    }
+    if let Some(w) = &report.watch {
+        println!(
+            "watch    {} updates in {} messages, {:.2}s, {:.0} updates/s, lag max {:.1} ms, mean {:.1} ms",
+            w.updates, w.messages, w.elapsed_s, w.updates_per_s, w.max_lag_ms, w.mean_lag_ms
+        );
+        if let Some(r) = w.replay_updates_per_s {
+            println!("watch    replayed from the log after the load: {r:.0} updates/s");
         }
     }
     match (report.server_vm_hwm_kib, report.server_vm_rss_kib) {
