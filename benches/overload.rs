@@ -2,7 +2,8 @@
 //!
 //! Check latency while garbage collection sweeps, while a LookupResources walks a million
 //! candidates beside a writer, and while 1000 response streams are stalled, and the server's
-//! memory through an ImportBulk of two million relationships. `cargo bench --bench overload`;
+//! memory through an ImportBulk of two million relationships, and the cost of paging through a
+//! LookupResources of a million results (`paging`). `cargo bench --bench overload`;
 //! the workload's scale is `PEMBA_OVERLOAD_SCALE` (10 by default), the checkers in flight
 //! `PEMBA_OVERLOAD_CONCURRENCY` (8 by default), the lookup's candidates
 //! `PEMBA_OVERLOAD_CANDIDATES` (1,000,000 by default).
@@ -444,6 +445,68 @@ async fn lookup_timed(server: &Server, user: &str) -> (usize, Duration, Duration
     (found, started.elapsed(), first)
 }
 
+/// Pages through a LookupResources of a million results with `optional_limit` 1000, each page
+/// resuming from the last one's cursor: the time to the first result, per page, and in all
+/// (`PEMBA_OVERLOAD_PAGES` pages at most, 1000 by default: all of them), and the server's
+/// peak resident memory.
+async fn paging_a_million() {
+    let candidates = env_or("PEMBA_OVERLOAD_CANDIDATES", 1_000_000);
+    let max_pages = env_or("PEMBA_OVERLOAD_PAGES", 1000);
+    let server = Server::start(&["--request-timeout", "10m"]);
+    let channel = server.channel().await;
+    load_workload(&channel, 1).await;
+    import(&channel, candidates, |i| {
+        format!("document:big{i:07}#viewer@group:everyone#member")
+    })
+    .await;
+    import(&channel, 1, |_| {
+        "group:everyone#member@user:bigreader".into()
+    })
+    .await;
+    let before = server.memory_mib("VmRSS");
+    let mut client = PermissionsServiceClient::new(channel.clone());
+    let started = Instant::now();
+    let mut cursor: Option<pb::Cursor> = None;
+    let (mut pages, mut found) = (0usize, 0usize);
+    let mut first_result = None;
+    let mut slowest = Duration::ZERO;
+    while pages < max_pages {
+        let page_started = Instant::now();
+        let mut stream = client
+            .lookup_resources(pb::LookupResourcesRequest {
+                consistency: fully_consistent(),
+                resource_object_type: "document".into(),
+                permission: "view".into(),
+                subject: Some(subj("user", "bigreader", "")),
+                optional_limit: 1000,
+                optional_cursor: cursor.take(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut in_page = 0;
+        while let Some(r) = stream.message().await.unwrap() {
+            first_result.get_or_insert_with(|| started.elapsed());
+            cursor = r.after_result_cursor;
+            in_page += 1;
+        }
+        slowest = slowest.max(page_started.elapsed());
+        pages += 1;
+        found += in_page;
+        if in_page < 1000 {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    println!(
+        "LookupResources over {candidates} results in pages of 1000: {found} results in {pages} pages, {took:.1?} ({:.1?} a page, slowest {slowest:.1?}); first result after {:.1?}; server resident memory {before:.0} MiB before, peak {:.0} MiB",
+        took / u32::try_from(pages.max(1)).unwrap(),
+        first_result.unwrap_or_default(),
+        server.memory_mib("VmHWM"),
+    );
+}
+
 /// Write and Check latency while 1000 ReadRelationships streams are stalled by their readers.
 async fn with_stalled_streams(scale: u32, concurrency: usize) {
     let server = Server::start(&[]);
@@ -569,6 +632,9 @@ fn main() {
         }
         if wanted("import") {
             import_memory().await;
+        }
+        if wanted("paging") {
+            paging_a_million().await;
         }
     });
 }
