@@ -94,8 +94,9 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
-/// The revision a query reads at, and the schema there.
-fn snapshot_parts(
+/// The revision a query (or a schema question) reads at, and the schema there (empty if none
+/// was written).
+pub(super) fn snapshot_parts(
     api: &Api,
     consistency_req: Option<&pb::Consistency>,
 ) -> ApiResult<(Revision, Arc<CompiledSchema>)> {

@@ -5,12 +5,11 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, now};
-use super::error::{ApiError, ApiResult};
+use super::error::ApiError;
 use super::proto::authzed::api::v1 as pb;
-use super::{Api, blocking, reflect};
+use super::{Api, blocking, query, reflect};
 use crate::consistency::choose_revision;
-use crate::model::Revision;
-use crate::schema::{self, CompiledSchema, diff, reachability};
+use crate::schema::{self, diff, reachability};
 
 /// The tonic `SchemaService`.
 #[derive(Debug, Clone)]
@@ -121,7 +120,7 @@ impl pb::schema_service_server::SchemaService for SchemaApi {
         let req = request.into_inner();
         let api = Arc::clone(&self.0);
         let out = blocking(move || {
-            let (rev, compiled) = schema_for(&api, req.consistency.as_ref())?;
+            let (rev, compiled) = query::snapshot_parts(&api, req.consistency.as_ref())?;
             let relation = Some(req.relation_name.as_str()).filter(|r| !r.is_empty());
             let found = reachability::computable_permissions(
                 &compiled,
@@ -145,7 +144,7 @@ impl pb::schema_service_server::SchemaService for SchemaApi {
         let req = request.into_inner();
         let api = Arc::clone(&self.0);
         let out = blocking(move || {
-            let (rev, compiled) = schema_for(&api, req.consistency.as_ref())?;
+            let (rev, compiled) = query::snapshot_parts(&api, req.consistency.as_ref())?;
             let found = reachability::dependent_relations(
                 &compiled,
                 &req.definition_name,
@@ -167,7 +166,7 @@ impl pb::schema_service_server::SchemaService for SchemaApi {
         let req = request.into_inner();
         let api = Arc::clone(&self.0);
         let out = blocking(move || {
-            let (rev, existing) = schema_for(&api, req.consistency.as_ref())?;
+            let (rev, existing) = query::snapshot_parts(&api, req.consistency.as_ref())?;
             // As SpiceDB: the comparison is compiled, not type checked.
             let comparison = schema::compile_without_type_checks(&req.comparison_schema)?;
             let changes = diff::diff_schemas(&existing, &comparison);
@@ -179,18 +178,4 @@ impl pb::schema_service_server::SchemaService for SchemaApi {
         .await?;
         Ok(Response::new(out))
     }
-}
-
-/// The revision a schema question reads at, and the schema there (empty if none was written).
-fn schema_for(
-    api: &Api,
-    consistency: Option<&pb::Consistency>,
-) -> ApiResult<(Revision, Arc<CompiledSchema>)> {
-    let requirement = convert::consistency(consistency)?;
-    let rev = choose_revision(
-        api.store.as_ref(),
-        &requirement,
-        api.limits.mismatched_tokens,
-    )?;
-    Ok((rev, api.schema_at(rev)?))
 }
