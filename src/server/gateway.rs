@@ -149,7 +149,7 @@ type Body = BoxBody<Bytes, Infallible>;
 
 /// One route's gRPC method.
 #[derive(Debug)]
-struct Method_ {
+struct GrpcMethod {
     /// `/package.Service/Method`
     path: String,
     input: MessageDescriptor,
@@ -161,7 +161,7 @@ struct Method_ {
 /// The gateway: its routes and the gRPC services it calls.
 #[derive(Debug)]
 pub struct Gateway {
-    methods: std::collections::HashMap<&'static str, Method_>,
+    methods: std::collections::HashMap<&'static str, GrpcMethod>,
     grpc: tonic::service::Routes,
     max_body: usize,
 }
@@ -185,7 +185,7 @@ impl Gateway {
                 })?;
             methods.insert(
                 *route,
-                Method_ {
+                GrpcMethod {
                     path: format!("/{service}/{method}"),
                     input: found.input(),
                     output: found.output(),
@@ -226,18 +226,29 @@ impl Gateway {
             Ok(f) => f,
             Err(status) => return error_response(&status),
         };
+        let Ok(uri) = method.path.parse() else {
+            return error_response(&tonic::Status::internal("bad gateway route"));
+        };
+        let response = self.call(uri, frames, &parts.headers).await;
+        relay(method, response).await
+    }
+
+    /// Calls gRPC method `uri` of this process's routes with `frames` as the request body,
+    /// keeping what of `headers` a gRPC call keeps (see [`forward_headers`]).
+    async fn call(
+        &self,
+        uri: http::Uri,
+        frames: Bytes,
+        headers: &http::HeaderMap,
+    ) -> Response<tonic::body::Body> {
         let mut grpc_request = Request::new(tonic::body::Body::new(Full::new(frames)));
         *grpc_request.method_mut() = Method::POST;
-        *grpc_request.uri_mut() = match method.path.parse() {
-            Ok(uri) => uri,
-            Err(_) => return error_response(&tonic::Status::internal("bad gateway route")),
-        };
-        forward_headers(&parts.headers, grpc_request.headers_mut());
-        let response = match self.grpc.clone().oneshot(grpc_request).await {
+        *grpc_request.uri_mut() = uri;
+        forward_headers(headers, grpc_request.headers_mut());
+        match self.grpc.clone().oneshot(grpc_request).await {
             Ok(r) => r,
             Err(never) => match never {},
-        };
-        relay(method, response).await
+        }
     }
 
     /// `GET /healthz[?service=NAME]`: the gRPC health check of `NAME` (the whole server by
@@ -252,17 +263,8 @@ impl Gateway {
         let check = tonic_health::pb::HealthCheckRequest { service };
         let mut framed = BytesMut::new();
         frame(&mut framed, &check.encode_to_vec());
-        let mut grpc_request = Request::new(tonic::body::Body::new(Full::new(framed.freeze())));
-        *grpc_request.method_mut() = Method::POST;
-        *grpc_request.uri_mut() = http::Uri::from_static("/grpc.health.v1.Health/Check");
-        grpc_request.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        let response = match self.grpc.clone().oneshot(grpc_request).await {
-            Ok(r) => r,
-            Err(never) => match never {},
-        };
+        let uri = http::Uri::from_static("/grpc.health.v1.Health/Check");
+        let response = self.call(uri, framed.freeze(), req.headers()).await;
         let (messages, status) = read_grpc(response).await;
         if status.code() != Code::Ok {
             return error_response(&status);
@@ -286,7 +288,7 @@ impl Gateway {
 
 /// The request body as gRPC frames: one message, or for a client stream a sequence of JSON
 /// objects (usually one per line), each one message. An empty body is `{}`.
-fn request_frames(method: &Method_, body: &[u8]) -> Result<Bytes, tonic::Status> {
+fn request_frames(method: &GrpcMethod, body: &[u8]) -> Result<Bytes, tonic::Status> {
     let bad = |e: &dyn std::fmt::Display| {
         tonic::Status::invalid_argument(format!("cannot read the request body: {e}"))
     };
@@ -477,7 +479,7 @@ fn write_unset_messages(descriptor: &MessageDescriptor, json: &mut serde_json::V
 /// Turns the gRPC response into the HTTP one: a unary call's message (or error) whole, a
 /// stream's messages as `{"result": ...}` lines, its error as a last `{"error": ...}` line (or
 /// as the whole response, with the error's HTTP status, if it comes first).
-async fn relay(method: &Method_, response: Response<tonic::body::Body>) -> Response<Body> {
+async fn relay(method: &GrpcMethod, response: Response<tonic::body::Body>) -> Response<Body> {
     if !method.server_streaming {
         let (messages, status) = read_grpc(response).await;
         if status.code() != Code::Ok {
@@ -509,9 +511,6 @@ async fn relay(method: &Method_, response: Response<tonic::body::Body>) -> Respo
             Ok(Frame::data(Bytes::from(text)))
         };
         let mut next = first.map(Event::Message);
-        if next.is_none() {
-            return;
-        }
         while let Some(event) = next.take() {
             let out = match event {
                 Event::Message(m) => match message_json(&output, m) {
