@@ -702,7 +702,9 @@ async fn lookup_resources_pages_return_each_resource_once() {
         .filter(|i| i % 50 != 7)
         .map(|i| format!("d{i:04}"))
         .collect();
-    for size in [1u32, 7, 100, 999, 1000] {
+    let kept_before = resumes("kept");
+    // 0: no limit, the whole answer in one stream (sent a batch of results at a time)
+    for size in [0u32, 1, 7, 100, 999, 1000] {
         let mut cursor: Option<pb::Cursor> = None;
         let mut got = Vec::new();
         loop {
@@ -728,7 +730,7 @@ async fn lookup_resources_pages_return_each_resource_once() {
                 .await
                 .unwrap();
             got.extend(page.iter().map(|r| r.resource_object_id.clone()));
-            if page.len() < size as usize {
+            if size == 0 || page.len() < size as usize {
                 break;
             }
             cursor = page.last().unwrap().after_result_cursor.clone();
@@ -739,6 +741,53 @@ async fn lookup_resources_pages_return_each_resource_once() {
             "page size {size}: each resource once, in order"
         );
     }
+    // The pages after the first took up the walk kept by the page before (1179 results: 1178
+    // such pages of 1 alone; a page ending on the last candidate keeps nothing, so the empty
+    // page after it walks again).
+    let kept = resumes("kept") - kept_before;
+    assert!(kept >= 1100, "{kept}");
+
+    // A cursor pins its revision: a resource shared after the first page is not in the rest.
+    let page = |cursor: Option<pb::Cursor>| pb::LookupResourcesRequest {
+        consistency: if cursor.is_none() {
+            fresh(&token)
+        } else {
+            None
+        },
+        resource_object_type: "document".into(),
+        permission: "view".into(),
+        subject: Some(subj("user", "ann", "")),
+        optional_limit: 500,
+        optional_cursor: cursor,
+        ..Default::default()
+    };
+    let mut got: Vec<String> = Vec::new();
+    let mut cursor = None;
+    loop {
+        let part: Vec<pb::LookupResourcesResponse> = s
+            .permissions
+            .lookup_resources(page(cursor.clone()))
+            .await
+            .unwrap()
+            .into_inner()
+            .try_collect()
+            .await
+            .unwrap();
+        if got.is_empty() {
+            s.write(vec![create("document:z9999#viewer@user:ann")])
+                .await
+                .unwrap();
+        }
+        got.extend(part.iter().map(|r| r.resource_object_id.clone()));
+        if part.len() < 500 {
+            break;
+        }
+        cursor = part.last().unwrap().after_result_cursor.clone();
+    }
+    assert_eq!(
+        got, expected,
+        "pages after a write still read the first revision"
+    );
     // a cursor from another request is refused
     let first = s
         .permissions
@@ -767,6 +816,17 @@ async fn lookup_resources_pages_return_each_resource_once() {
         .await
         .unwrap_err();
     assert_eq!(reason(&err), "ERROR_REASON_INVALID_CURSOR");
+}
+
+/// `pemba_lookup_resources_resumes_total{walk}` in this process (the server runs in it).
+fn resumes(walk: &str) -> u64 {
+    prometheus::gather()
+        .iter()
+        .filter(|f| f.name() == "pemba_lookup_resources_resumes_total")
+        .flat_map(|f| f.get_metric())
+        .filter(|m| m.get_label().iter().any(|l| l.value() == walk))
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
 }
 
 /// gRPC server reflection, v1 and v1alpha, as grpcurl uses it: with no key, even when the

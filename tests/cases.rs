@@ -1487,7 +1487,11 @@ proptest::proptest! {
             }
         }
         // The general checker alone (the fast path off) must agree with the fast path.
-        let general = Engine::new(EngineConfig { max_depth: 500, fast_path: false });
+        let general = Engine::new(EngineConfig {
+            max_depth: 500,
+            fast_path: false,
+            ..EngineConfig::default()
+        });
         let general_world = World::new(&general, snap, &schema, &relationships);
         // Check against the naive evaluator, for every object and subject of the universe.
         for s in &extra.subjects {

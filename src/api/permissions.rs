@@ -331,13 +331,58 @@ fn stream_relationships<T: Send + 'static>(
     Box::pin(feed)
 }
 
-/// Streams already computed responses, giving up on a reader that stops reading.
-fn stream_items<T: Send + 'static>(api: &Api, items: Vec<T>) -> ResponseStream<T> {
+/// Streams computed results, each turned into its response only as it goes out (so the
+/// answer is not held twice), giving up on a reader that stops reading.
+fn stream_items<S: Send + 'static, T: Send + 'static>(
+    api: &Api,
+    items: Vec<S>,
+    out: impl Fn(S) -> T + Send + 'static,
+) -> ResponseStream<T> {
     let (outlet, feed) = stream::channel::<T>(api.limits.stream_stall_timeout);
     tokio::spawn(async move {
         for item in items {
-            if outlet.send(Ok(item)).await.is_err() {
+            if outlet.send(Ok(out(item))).await.is_err() {
                 return;
+            }
+        }
+    });
+    Box::pin(feed)
+}
+
+/// Streams a LookupResources answer a batch of results at a time, as they are resolved: each
+/// batch on the blocking pool, handed to the transport by an async task, so no thread is held
+/// while the client reads. A client that goes away while a batch is resolved cancels it.
+fn stream_lookup_resources(
+    api: Arc<Api>,
+    control: query::Control,
+    start: query::LookupStart,
+) -> ResponseStream<pb::LookupResourcesResponse> {
+    let (outlet, feed) = stream::channel(api.limits.stream_stall_timeout);
+    tokio::spawn(async move {
+        let start = Arc::new(start);
+        let (mut from, mut remaining) = (start.from, start.limit);
+        while remaining > 0 && from < start.lookup.len() {
+            let batch = blocking({
+                let (api, start, control) = (Arc::clone(&api), Arc::clone(&start), control.clone());
+                move || query::lookup_resources_batch(&api, &start, from, remaining, &control)
+            });
+            // Dropped on return while the batch runs: marks it cancelled.
+            let guard = control.guard();
+            let batch = tokio::select! {
+                batch = batch => batch,
+                () = outlet.closed() => return,
+            };
+            guard.finish();
+            let (items, next) = match batch {
+                Ok(b) => b,
+                Err(e) => return outlet.fail(e).await,
+            };
+            from = next;
+            remaining = remaining.saturating_sub(items.len());
+            for item in items {
+                if outlet.send(Ok(item)).await.is_err() {
+                    return;
+                }
             }
         }
     });
@@ -377,10 +422,19 @@ async fn run_query<R: Send + 'static, T: Send + 'static>(
     request: Request<R>,
     query: fn(&Api, R, &query::Control) -> ApiResult<T>,
 ) -> Result<T, Status> {
-    let api = Arc::clone(api);
     let control = query::Control::for_request(request.metadata(), api.limits.max_request_duration);
+    run_query_with(api, control, request.into_inner(), query).await
+}
+
+/// [`run_query`] with the control already made (a streaming query goes on using it).
+async fn run_query_with<R: Send + 'static, T: Send + 'static>(
+    api: &Arc<Api>,
+    control: query::Control,
+    req: R,
+    query: fn(&Api, R, &query::Control) -> ApiResult<T>,
+) -> Result<T, Status> {
+    let api = Arc::clone(api);
     let guard = control.guard();
-    let req = request.into_inner();
     let out = blocking(move || query(&api, req, &control)).await;
     guard.finish();
     Ok(out?)
@@ -598,16 +652,24 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::LookupResourcesRequest>,
     ) -> Result<Response<Self::LookupResourcesStream>, Status> {
-        let items = run_query(&self.0, request, query::lookup_resources).await?;
-        Ok(Response::new(stream_items(&self.0, items)))
+        let api = Arc::clone(&self.0);
+        let control =
+            query::Control::for_request(request.metadata(), api.limits.max_request_duration);
+        let req = request.into_inner();
+        let start =
+            run_query_with(&api, control.clone(), req, query::start_lookup_resources).await?;
+        Ok(Response::new(stream_lookup_resources(api, control, start)))
     }
 
     async fn lookup_subjects(
         &self,
         request: Request<pb::LookupSubjectsRequest>,
     ) -> Result<Response<Self::LookupSubjectsStream>, Status> {
-        let items = run_query(&self.0, request, query::lookup_subjects).await?;
-        Ok(Response::new(stream_items(&self.0, items)))
+        let answer = run_query(&self.0, request, query::lookup_subjects).await?;
+        let (token, subjects) = (answer.token, answer.subjects);
+        Ok(Response::new(stream_items(&self.0, subjects, move |s| {
+            query::lookup_subjects_response(&token, &s)
+        })))
     }
 
     async fn import_bulk_relationships(

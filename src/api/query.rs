@@ -13,13 +13,14 @@ use super::proto::authzed::api::v1 as pb;
 use super::{Api, validate};
 use crate::consistency::{self, Cursor, choose_revision};
 use crate::engine::{
-    CheckRequest, CheckResult, CheckTrace, ExpandTree, Permissionship, SetOperation, Snapshot,
+    CheckRequest, CheckResult, CheckTrace, ExpandTree, Permissionship, ResolvedSubject,
+    ResourceLookup, SetOperation, Snapshot,
 };
 use crate::model::{Revision, SubjectRef};
 use crate::schema::CompiledSchema;
 
 /// How long a query may run and whether its caller is still there.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Control {
     /// stop once this instant has passed (the request's `grpc-timeout`, capped by the
     /// server's maximum request duration)
@@ -382,13 +383,28 @@ pub fn expand(
     })
 }
 
-/// LookupResources: every resource of the type on which the subject has the permission, in id
-/// order, resumable with a cursor pinned to the revision of the first page.
-pub fn lookup_resources(
+/// A LookupResources answer ready to be streamed: the walk, where the page starts in it, how
+/// many results it may have, and what its cursors are bound to.
+pub struct LookupStart {
+    /// the walk's candidates (at the page's revision)
+    pub lookup: Arc<ResourceLookup>,
+    /// the schema at that revision
+    pub schema: Arc<CompiledSchema>,
+    /// the position of the first candidate after the request's cursor
+    pub from: usize,
+    /// how many results the page may have (`usize::MAX`: no limit)
+    pub limit: usize,
+    /// the request's hash, which its cursors carry
+    pub hash: u64,
+}
+
+/// LookupResources, first half: validates the request, picks the revision (the cursor's, if
+/// it has one) and walks from the subject, or takes up the walk kept for the cursor.
+pub fn start_lookup_resources(
     api: &Api,
     req: pb::LookupResourcesRequest,
     control: &Control,
-) -> ApiResult<Vec<pb::LookupResourcesResponse>> {
+) -> ApiResult<LookupStart> {
     let resource_type = convert::type_name(&req.resource_object_type, "resource_object_type")?;
     let permission = convert::relation_name(&req.permission, "permission")?;
     let subject = convert::subject_ref(req.subject.as_ref(), "subject")?;
@@ -437,22 +453,57 @@ pub fn lookup_resources(
     };
     let schema = api.schema_at(rev)?;
     let snap = control.apply(Snapshot::new(api.store.as_ref(), &schema, rev, now()));
-    let limit = if req.optional_limit == 0 {
-        usize::MAX
-    } else {
-        req.optional_limit as usize
-    };
-    let results = api.engine.lookup_resources_page(
+    let lookup = api.engine.start_lookup_resources(
         &snap,
         &resource_type,
         &permission,
         &subject,
         &context,
-        after.as_deref(),
-        limit,
+        after.is_some(),
     )?;
+    let from = lookup.position_after(after.as_deref());
+    let limit = if req.optional_limit == 0 {
+        usize::MAX
+    } else {
+        req.optional_limit as usize
+    };
+    Ok(LookupStart {
+        lookup,
+        schema,
+        from,
+        limit,
+        hash,
+    })
+}
+
+/// How many LookupResources results are resolved and streamed at a time.
+const LOOKUP_BATCH: usize = 1000;
+
+/// LookupResources, second half, one batch: resolves candidates from position `from` until
+/// a batch of results is found (or the candidates end) and returns at most `remaining`
+/// responses, each with the cursor that resumes after it, and the position to go on from.
+/// When the batch completes the page's limit with candidates left, the walk is kept for the
+/// cursor before the responses go out.
+pub fn lookup_resources_batch(
+    api: &Api,
+    start: &LookupStart,
+    from: usize,
+    remaining: usize,
+    control: &Control,
+) -> ApiResult<(Vec<pb::LookupResourcesResponse>, usize)> {
+    let rev = start.lookup.revision();
+    let snap = control.apply(Snapshot::new(api.store.as_ref(), &start.schema, rev, now()));
+    let want = remaining.min(LOOKUP_BATCH);
+    let (mut results, next) =
+        api.engine
+            .resolve_lookup_resources(&snap, &start.lookup, from, want)?;
+    let cut = results.len() > remaining;
+    results.truncate(remaining);
+    if results.len() == remaining && (cut || next < start.lookup.len()) {
+        api.engine.keep_lookup(Arc::clone(&start.lookup));
+    }
     let token = convert::zed_token_out(rev, api.store.unique_id());
-    Ok(results
+    let responses = results
         .into_iter()
         .map(|r| {
             let cursor = consistency::encode_cursor(
@@ -461,7 +512,7 @@ pub fn lookup_resources(
                     position: r.resource_id.clone().into_bytes(),
                 },
                 api.store.unique_id(),
-                hash,
+                start.hash,
             );
             pb::LookupResourcesResponse {
                 looked_up_at: Some(token.clone()),
@@ -471,21 +522,28 @@ pub fn lookup_resources(
                 after_result_cursor: Some(pb::Cursor { token: cursor }),
             }
         })
-        .collect())
+        .collect();
+    Ok((responses, next))
+}
+
+/// A LookupSubjects answer: the subjects found, sorted by id (without the wildcard if the
+/// request excluded it), and the token of the revision they were found at.
+pub struct LookupSubjectsAnswer {
+    /// the subjects
+    pub subjects: Vec<ResolvedSubject>,
+    /// `looked_up_at`
+    pub token: pb::ZedToken,
 }
 
 /// LookupSubjects: every subject of the type with the permission on the resource; a wildcard
-/// result carries the subjects it excludes. The deprecated fields are filled too, because older
-/// clients read them.
-#[allow(
-    deprecated,
-    reason = "older clients read the deprecated LookupSubjectsResponse fields"
-)]
+/// result carries the subjects it excludes. As in SpiceDB, the whole answer is found before
+/// it is sent (an exclusion or an intersection further down can remove any subject), and the
+/// request has no limit or cursor.
 pub fn lookup_subjects(
     api: &Api,
     req: pb::LookupSubjectsRequest,
     control: &Control,
-) -> ApiResult<Vec<pb::LookupSubjectsResponse>> {
+) -> ApiResult<LookupSubjectsAnswer> {
     let resource = convert::resource_ref(req.resource.as_ref(), "resource")?;
     let permission = convert::relation_name(&req.permission, "permission")?;
     let subject_type = convert::type_name(&req.subject_object_type, "subject_object_type")?;
@@ -505,7 +563,7 @@ pub fn lookup_subjects(
         req.wildcard_option != pb::lookup_subjects_request::WildcardOption::ExcludeWildcards as i32;
     let (rev, schema) = snapshot_parts(api, req.consistency.as_ref())?;
     let snap = control.apply(Snapshot::new(api.store.as_ref(), &schema, rev, now()));
-    let results = api.engine.lookup_subjects(
+    let mut subjects = api.engine.lookup_subjects(
         &snap,
         &resource,
         &permission,
@@ -513,33 +571,44 @@ pub fn lookup_subjects(
         subject_relation.as_deref(),
         &context,
     )?;
-    let token = convert::zed_token_out(rev, api.store.unique_id());
-    Ok(results
-        .into_iter()
-        .filter(|s| include_wildcards || s.subject_id != "*")
-        .map(|s| {
-            let resolved = |r: &crate::engine::ResolvedSubject| pb::ResolvedSubject {
-                subject_object_id: r.subject_id.clone(),
-                permissionship: lookup_permissionship_out(r.permissionship),
-                partial_caveat_info: partial_caveat(&r.missing_context),
-            };
-            let excluded: Vec<pb::ResolvedSubject> =
-                s.excluded_subjects.iter().map(resolved).collect();
-            pb::LookupSubjectsResponse {
-                looked_up_at: Some(token.clone()),
-                subject_object_id: s.subject_id.clone(),
-                excluded_subject_ids: excluded
-                    .iter()
-                    .map(|e| e.subject_object_id.clone())
-                    .collect(),
-                permissionship: lookup_permissionship_out(s.permissionship),
-                partial_caveat_info: partial_caveat(&s.missing_context),
-                subject: Some(resolved(&s)),
-                excluded_subjects: excluded,
-                after_result_cursor: None,
-            }
-        })
-        .collect())
+    if !include_wildcards {
+        subjects.retain(|s| s.subject_id != "*");
+    }
+    Ok(LookupSubjectsAnswer {
+        subjects,
+        token: convert::zed_token_out(rev, api.store.unique_id()),
+    })
+}
+
+/// One LookupSubjects response. The deprecated fields are filled too, because older clients
+/// read them.
+#[allow(
+    deprecated,
+    reason = "older clients read the deprecated LookupSubjectsResponse fields"
+)]
+pub fn lookup_subjects_response(
+    token: &pb::ZedToken,
+    s: &ResolvedSubject,
+) -> pb::LookupSubjectsResponse {
+    let resolved = |r: &ResolvedSubject| pb::ResolvedSubject {
+        subject_object_id: r.subject_id.clone(),
+        permissionship: lookup_permissionship_out(r.permissionship),
+        partial_caveat_info: partial_caveat(&r.missing_context),
+    };
+    let excluded: Vec<pb::ResolvedSubject> = s.excluded_subjects.iter().map(resolved).collect();
+    pb::LookupSubjectsResponse {
+        looked_up_at: Some(token.clone()),
+        subject_object_id: s.subject_id.clone(),
+        excluded_subject_ids: excluded
+            .iter()
+            .map(|e| e.subject_object_id.clone())
+            .collect(),
+        permissionship: lookup_permissionship_out(s.permissionship),
+        partial_caveat_info: partial_caveat(&s.missing_context),
+        subject: Some(resolved(s)),
+        excluded_subjects: excluded,
+        after_result_cursor: None,
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ const ORDER: &[(&str, &[&str])] = &[
             "validate",
         ],
     ),
+    ("lookup_cache", &["lookup_resources"]),
     (
         "lookup_subjects",
         &["caveats", "dispatch", "error", "subject_set", "validate"],
@@ -61,6 +62,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("check", include_str!("check.rs")),
     ("expand", include_str!("expand.rs")),
     ("lookup_resources", include_str!("lookup_resources.rs")),
+    ("lookup_cache", include_str!("lookup_cache.rs")),
     ("lookup_subjects", include_str!("lookup_subjects.rs")),
 ];
 

@@ -29,14 +29,14 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use crate::engine::caveats::{self, CaveatExpr, CaveatOutcome, Cond};
 use crate::engine::check;
 use crate::engine::dispatch::{Dispatcher, Pager, parallel_chunks};
-use crate::engine::error::EngineResult;
+use crate::engine::error::{EngineError, EngineResult};
 use crate::engine::memo::{CheckMemo, EvalMode};
 use crate::engine::outcome::Outcome;
 use crate::engine::{Engine, LookupResult, Permissionship, Snapshot};
 use crate::engine::{fast, validate};
 use crate::model::{
-    Caveat, Context, ObjectRef, RelationshipFilter, SubjectFilter, SubjectRef,
-    SubjectRelationFilter,
+    Caveat, Context, ObjectRef, RelationshipFilter, Revision, SubjectFilter, SubjectRef,
+    SubjectRelationFilter, Timestamp,
 };
 use crate::schema::{AllowedKind, ArrowKind, CompiledSchema, Expr};
 
@@ -524,28 +524,118 @@ fn by_subject(
     }
 }
 
-/// Runs LookupResources: the results sorted by id, only those after `after` (by id), at most
-/// `limit` of them. Candidates are checked in id order, a window at a time, until `limit`
-/// results are found: a page of a long answer checks about a page of candidates, not all of
-/// them.
-#[allow(clippy::too_many_arguments, reason = "the request's parts, named")]
-pub(crate) fn lookup_resources(
+/// The candidates of one LookupResources walk, pinned to the revision and the clock it ran
+/// at: the resources of the wanted type and permission the walk reached, sorted by id, each
+/// exact (a member as it is) or to be checked. Results are resolved from it a window at a
+/// time ([`resolve`]), so a caller streams them and a cursor resumes in it without walking
+/// again.
+pub struct ResourceLookup {
+    pub(crate) key: LookupKey,
+    pub(crate) subject: SubjectRef,
+    pub(crate) context: Context,
+    /// the clock of the walk: the windows are checked at the same instant
+    pub(crate) now: Timestamp,
+    pub(crate) candidates: Vec<(String, bool)>,
+}
+
+impl std::fmt::Debug for ResourceLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceLookup")
+            .field("key", &self.key)
+            .field("candidates", &self.candidates.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What identifies a LookupResources walk: the request's parts and the revision.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct LookupKey {
+    pub(crate) revision: Revision,
+    pub(crate) resource_type: String,
+    pub(crate) permission: String,
+    /// the subject as text
+    pub(crate) subject: String,
+    /// the request context as JSON
+    pub(crate) context: String,
+}
+
+impl LookupKey {
+    pub(crate) fn new(
+        revision: Revision,
+        resource_type: &str,
+        permission: &str,
+        subject: &SubjectRef,
+        context: &Context,
+    ) -> LookupKey {
+        LookupKey {
+            revision,
+            resource_type: resource_type.to_string(),
+            permission: permission.to_string(),
+            subject: subject.to_string(),
+            context: serde_json::Value::Object(context.clone()).to_string(),
+        }
+    }
+}
+
+impl ResourceLookup {
+    /// The revision the walk read.
+    pub fn revision(&self) -> Revision {
+        self.key.revision
+    }
+
+    /// How many candidates the walk found (an upper bound on the results).
+    pub fn len(&self) -> usize {
+        self.candidates.len()
+    }
+
+    /// Whether the walk found no candidate.
+    pub fn is_empty(&self) -> bool {
+        self.candidates.is_empty()
+    }
+
+    /// The position of the first candidate whose id sorts after `after` (0 for `None`).
+    pub fn position_after(&self, after: Option<&str>) -> usize {
+        after.map_or(0, |a| {
+            self.candidates.partition_point(|(id, _)| id.as_str() <= a)
+        })
+    }
+
+    /// Memory held by the candidates, roughly.
+    pub(crate) fn bytes(&self) -> usize {
+        let per = std::mem::size_of::<(String, bool)>();
+        self.candidates
+            .iter()
+            .map(|(id, _)| id.len() + per)
+            .sum::<usize>()
+            + std::mem::size_of::<ResourceLookup>()
+    }
+}
+
+/// Phases 1 to 3 and the first half of phase 4: walks from the subject and returns the
+/// candidates, pinned to the snapshot's revision and clock.
+pub(crate) fn walk(
     engine: &Engine,
     snap: &Snapshot<'_>,
     resource_type: &str,
     permission: &str,
     subject: &SubjectRef,
     context: &Context,
-    after: Option<&str>,
-    limit: usize,
-) -> EngineResult<Vec<LookupResult>> {
+) -> EngineResult<ResourceLookup> {
     let schema = snap.schema;
     validate::resource_member(schema, resource_type, permission)?;
     validate::check_subject(schema, subject)?;
+    let key = LookupKey::new(snap.revision, resource_type, permission, subject, context);
+    let lookup = |candidates| ResourceLookup {
+        key,
+        subject: subject.clone(),
+        context: context.clone(),
+        now: snap.now,
+        candidates,
+    };
     let mut d = Dispatcher::new(engine, snap);
     // Phase 1: what of the schema can lead from the subject to the wanted permission.
     let Some(mut walk) = plan(schema, resource_type, permission, subject, d.max_depth()) else {
-        return Ok(Vec::new());
+        return Ok(lookup(Vec::new()));
     };
     let mut checker = AtomChecker {
         d: &mut d,
@@ -563,32 +653,45 @@ pub(crate) fn lookup_resources(
     walk_from_subject(&mut walk, &mut checker, &mut probe, subject)?;
     // Phase 3: the caveats met on the way to the target.
     evaluate_met_caveats(&mut walk, engine, schema, context)?;
-    // Phase 4: the candidates of the wanted type and permission after `after`, resolved a
-    // window at a time until `limit` results are found.
-    let candidates = candidates(walk, resource_type, permission);
-    let start = after.map_or(0, |a| {
-        candidates.partition_point(|(id, _)| id.as_str() <= a)
-    });
-    let mut rest = candidates.get(start..).unwrap_or_default();
+    // Phase 4, first half: the candidates of the wanted type and permission.
+    Ok(lookup(candidates(walk, resource_type, permission)))
+}
+
+/// Phase 4, second half, from position `from` of the lookup's candidates: resolves a window
+/// of candidates at a time until at least `want` results are found or the candidates end,
+/// and returns the results (sorted by id, possibly more than `want`) and the position after
+/// the last candidate resolved. The snapshot must be at the lookup's revision; the lookup's
+/// clock is used.
+pub(crate) fn resolve(
+    engine: &Engine,
+    snap: &Snapshot<'_>,
+    lookup: &ResourceLookup,
+    from: usize,
+    want: usize,
+) -> EngineResult<(Vec<LookupResult>, usize)> {
+    if snap.revision != lookup.key.revision {
+        return Err(EngineError::internal(format!(
+            "a lookup walked at revision {} resolved at revision {}",
+            lookup.key.revision.0, snap.revision.0
+        )));
+    }
+    let snap = Snapshot {
+        now: lookup.now,
+        ..*snap
+    };
+    let mut rest = lookup.candidates.get(from..).unwrap_or_default();
+    let mut at = from;
     let mut out = Vec::new();
-    let mut window = limit.clamp(RESOLVE_WINDOW_MIN, RESOLVE_WINDOW_MAX);
-    while out.len() < limit && !rest.is_empty() {
+    let mut window = want.clamp(RESOLVE_WINDOW_MIN, RESOLVE_WINDOW_MAX);
+    while out.len() < want && !rest.is_empty() {
         let (now, later) = rest.split_at(window.min(rest.len()));
-        out.extend(resolve_all(
-            engine,
-            snap,
-            &mut checker,
-            now,
-            resource_type,
-            permission,
-            context,
-        )?);
+        out.extend(resolve_all(engine, &snap, lookup, now)?);
+        at += now.len();
         rest = later;
         // Few candidates were results: look further ahead at once next time.
         window = window.saturating_mul(2).min(RESOLVE_WINDOW_MAX);
     }
-    out.truncate(limit);
-    Ok(out)
+    Ok((out, at))
 }
 
 /// The fewest candidates LookupResources resolves at once (enough to spread over the cores).
@@ -854,44 +957,21 @@ fn candidates(walk: ReverseWalk<'_>, resource_type: &str, permission: &str) -> V
     candidates.into_iter().collect()
 }
 
-/// Phase 4, second half: exact candidates are members; the others are checked for their
-/// permissionship and missing context, on the calling thread or, when there are many, spread
-/// over the cores, each chunk with its own dispatcher and memo (chunks are contiguous, so the
-/// results stay sorted by id).
+/// Phase 4, second half, for one window: exact candidates are members; the others are
+/// checked for their permissionship and missing context, on the calling thread or, when there
+/// are many, spread over the cores, each chunk with its own dispatcher and memo (chunks are
+/// contiguous, so the results stay sorted by id).
 fn resolve_all(
     engine: &Engine,
     snap: &Snapshot<'_>,
-    checker: &mut AtomChecker<'_, '_>,
+    lookup: &ResourceLookup,
     candidates: &[(String, bool)],
-    resource_type: &str,
-    permission: &str,
-    context: &Context,
 ) -> EngineResult<Vec<LookupResult>> {
-    let subject = checker.subject;
     let needs_check = |(_, exact): &(String, bool)| usize::from(!*exact);
-    if candidates.iter().map(needs_check).sum::<usize>() < PARALLEL_CHECKS_MIN {
-        return resolve_candidates(
-            checker.d,
-            &mut checker.memo,
-            candidates,
-            resource_type,
-            permission,
-            subject,
-            context,
-        );
-    }
     let chunks = parallel_chunks(candidates, needs_check, PARALLEL_CHECKS_MIN, |chunk| {
         let mut d = Dispatcher::new(engine, snap);
         let mut memo = CheckMemo::new(EvalMode::CHECK);
-        resolve_candidates(
-            &mut d,
-            &mut memo,
-            chunk,
-            resource_type,
-            permission,
-            subject,
-            context,
-        )
+        resolve_candidates(&mut d, &mut memo, lookup, chunk)
     })?;
     let mut out = Vec::with_capacity(candidates.len());
     for chunk in chunks {
@@ -907,12 +987,11 @@ const PARALLEL_CHECKS_MIN: usize = 64;
 fn resolve_candidates(
     d: &mut Dispatcher<'_>,
     memo: &mut CheckMemo,
+    lookup: &ResourceLookup,
     candidates: &[(String, bool)],
-    resource_type: &str,
-    permission: &str,
-    subject: &SubjectRef,
-    context: &Context,
 ) -> EngineResult<Vec<LookupResult>> {
+    let (resource_type, permission) = (&lookup.key.resource_type, &lookup.key.permission);
+    let (subject, context) = (&lookup.subject, &lookup.context);
     // The fast path's answers first, for every candidate to check (its graph view is
     // dropped before any general check reads the store).
     let fast = if d.engine.config.fast_path {

@@ -1,6 +1,7 @@
 //! The engine's Prometheus metrics, as handles resolved once in the default registry.
 //!
-//! Sub-problems dispatched, the fast path's hit rate and the answers of Check and CheckBulk.
+//! Sub-problems dispatched, the fast path's hit rate, the answers of Check and CheckBulk, and
+//! how LookupResources pages resumed.
 
 use std::sync::LazyLock;
 
@@ -73,6 +74,10 @@ pub(crate) struct EngineMetrics {
     pub(crate) check: Answers,
     /// `spicedb_v1_check_permissionship_total{method="CheckBulkPermissions"}`
     pub(crate) check_bulk: Answers,
+    /// `pemba_lookup_resources_resumes_total{walk="kept"}`
+    resume_kept: IntCounter,
+    /// `pemba_lookup_resources_resumes_total{walk="redone"}`
+    resume_redone: IntCounter,
 }
 
 impl EngineMetrics {
@@ -85,6 +90,16 @@ impl EngineMetrics {
         self.dispatches.inc_by(n);
         // Counts are far below 2^53: the conversion is exact.
         self.per_evaluation.observe(n as f64);
+    }
+
+    /// Counts one LookupResources page resumed from a cursor, which found its walk kept or
+    /// had to walk again.
+    pub(crate) fn lookup_resume(&self, kept: bool) {
+        if kept {
+            self.resume_kept.inc();
+        } else {
+            self.resume_redone.inc();
+        }
     }
 }
 
@@ -116,11 +131,20 @@ fn build() -> Result<EngineMetrics, prometheus::Error> {
         ),
         &["method", "permissionship"],
     )?;
+    let resumes = IntCounterVec::new(
+        Opts::new(
+            "pemba_lookup_resources_resumes_total",
+            "LookupResources pages resumed from a cursor, by whether the walk was kept from \
+             the previous page or had to be done again.",
+        ),
+        &["walk"],
+    )?;
     for c in [
         Box::new(dispatches.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(per_evaluation.clone()),
         Box::new(fast.clone()),
         Box::new(answers.clone()),
+        Box::new(resumes.clone()),
     ] {
         prometheus::register(c)?;
     }
@@ -131,6 +155,8 @@ fn build() -> Result<EngineMetrics, prometheus::Error> {
         fast_gave_up: fast.with_label_values(&["gave_up"]),
         check: Answers::new(&answers, "CheckPermission"),
         check_bulk: Answers::new(&answers, "CheckBulkPermissions"),
+        resume_kept: resumes.with_label_values(&["kept"]),
+        resume_redone: resumes.with_label_values(&["redone"]),
     })
 }
 
@@ -173,6 +199,7 @@ mod tests {
             "pemba_dispatches_per_evaluation",
             "pemba_check_fast_path_total",
             "spicedb_v1_check_permissionship_total",
+            "pemba_lookup_resources_resumes_total",
         ] {
             assert!(names.iter().any(|n| n == name), "{name} missing: {names:?}");
         }

@@ -26,7 +26,9 @@
 //!   rules run over store reads to outcomes, with the memo and the trace; Check and CheckBulk;
 //! - `expand` (caveats, dispatch, error); `lookup_resources` (check and what it uses) — reverse
 //!   walk from the subject, then checks where intersections, exclusions or caveats require
-//!   them; `lookup_subjects` (caveats, dispatch, error, subject_set, validate) — forward walk;
+//!   them, a window of candidates at a time; `lookup_cache` (lookup_resources) — the walks
+//!   kept for cursors; `lookup_subjects` (caveats, dispatch, error, subject_set, validate) —
+//!   forward walk;
 //! - this root: the public types and the `Engine` methods, which may use everything.
 //!
 //! Semantics where SpiceDB's behaviour is timing-dependent or unspecified (checked against the
@@ -60,6 +62,7 @@ mod dispatch;
 mod error;
 mod expand;
 mod fast;
+mod lookup_cache;
 mod lookup_resources;
 mod lookup_subjects;
 mod memo;
@@ -80,6 +83,7 @@ pub use cel::{CelCaveatEvaluator, check_context_types};
 pub use check::{CheckTrace, PermissionType};
 pub use error::{EngineError, EngineResult};
 pub use expand::{ExpandTree, SetOperation};
+pub use lookup_resources::ResourceLookup;
 pub use metrics::init_metrics;
 
 use crate::model::{Context, ObjectRef, Revision, SubjectRef, Timestamp};
@@ -98,25 +102,36 @@ pub struct EngineConfig {
     /// plain subject, no tracing, no caveat or expiration on the way; see `engine::fast`).
     /// On by default; off, every check takes the general path (for tests that compare them).
     pub fast_path: bool,
+    /// How many bytes of LookupResources candidates may be kept for cursors (see
+    /// `engine::lookup_cache`); 0 keeps none.
+    pub lookup_cache_bytes: usize,
 }
+
+/// The default of [`EngineConfig::lookup_cache_bytes`]: 256 MiB, about four walks of a million
+/// candidates.
+pub const DEFAULT_LOOKUP_CACHE_BYTES: usize = 256 << 20;
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             max_depth: DEFAULT_MAX_DEPTH,
             fast_path: true,
+            lookup_cache_bytes: DEFAULT_LOOKUP_CACHE_BYTES,
         }
     }
 }
 
-/// The query engine: stateless between requests apart from its configuration, so one instance
-/// serves every request concurrently.
+/// The query engine: stateless between requests apart from its configuration and the
+/// LookupResources walks it keeps for cursors, so one instance serves every request
+/// concurrently (clones share the kept walks).
 #[derive(Debug, Clone)]
 pub struct Engine {
     /// the configuration
     pub(crate) config: EngineConfig,
     /// decides caveats at the end of a request
     pub(crate) caveats: Arc<dyn CaveatEvaluator>,
+    /// LookupResources walks kept for their cursors
+    lookups: Arc<lookup_cache::LookupCache>,
 }
 
 /// What a request reads: the store at one revision, the schema at that revision, and the time
@@ -239,6 +254,7 @@ impl Engine {
     /// An engine with `config` and the [`CelCaveatEvaluator`].
     pub fn new(config: EngineConfig) -> Engine {
         Engine {
+            lookups: Arc::new(lookup_cache::LookupCache::new(config.lookup_cache_bytes)),
             config,
             caveats: Arc::new(CelCaveatEvaluator::new()),
         }
@@ -325,8 +341,7 @@ impl Engine {
     }
 
     /// One page of [`Engine::lookup_resources`]: the results whose id sorts after `after`, at
-    /// most `limit` of them. Only about a page of candidates is checked, so reading a long
-    /// answer page by page does not check every candidate again for every page.
+    /// most `limit` of them. Only about a page of candidates is checked.
     #[allow(clippy::too_many_arguments, reason = "the request's parts, named")]
     pub fn lookup_resources_page(
         &self,
@@ -338,16 +353,67 @@ impl Engine {
         after: Option<&str>,
         limit: usize,
     ) -> EngineResult<Vec<LookupResult>> {
-        lookup_resources::lookup_resources(
-            self,
-            snap,
-            resource_type,
-            permission,
-            subject,
-            context,
-            after,
-            limit,
-        )
+        let lookup =
+            self.start_lookup_resources(snap, resource_type, permission, subject, context, false)?;
+        let from = lookup.position_after(after);
+        let (mut results, _) = self.resolve_lookup_resources(snap, &lookup, from, limit)?;
+        results.truncate(limit);
+        Ok(results)
+    }
+
+    /// The first half of LookupResources: the walk from the subject, which finds every
+    /// candidate (sorted by id) before any can be resolved. With `resume` (the request came
+    /// with a cursor), a walk kept by [`Engine::keep_lookup`] for the same request at the
+    /// snapshot's revision is taken up instead of walking again; it keeps the clock it ran at,
+    /// so that every page of one answer hides the same expired relationships.
+    pub fn start_lookup_resources(
+        &self,
+        snap: &Snapshot<'_>,
+        resource_type: &str,
+        permission: &str,
+        subject: &SubjectRef,
+        context: &Context,
+        resume: bool,
+    ) -> EngineResult<Arc<ResourceLookup>> {
+        if resume {
+            let key = lookup_resources::LookupKey::new(
+                snap.revision,
+                resource_type,
+                permission,
+                subject,
+                context,
+            );
+            let kept = self.lookups.get(&key);
+            if let Some(m) = metrics::get() {
+                m.lookup_resume(kept.is_some());
+            }
+            if let Some(kept) = kept {
+                return Ok(kept);
+            }
+        }
+        let lookup =
+            lookup_resources::walk(self, snap, resource_type, permission, subject, context)?;
+        Ok(Arc::new(lookup))
+    }
+
+    /// The second half of LookupResources: resolves the candidates from position `from` (see
+    /// [`ResourceLookup::position_after`]), a window at a time, until at least `want` results
+    /// are found or the candidates end. Returns the results, sorted by id (there may be more
+    /// than `want`), and the position to go on from. `snap` must be at the lookup's revision.
+    pub fn resolve_lookup_resources(
+        &self,
+        snap: &Snapshot<'_>,
+        lookup: &ResourceLookup,
+        from: usize,
+        want: usize,
+    ) -> EngineResult<(Vec<LookupResult>, usize)> {
+        lookup_resources::resolve(self, snap, lookup, from, want)
+    }
+
+    /// Keeps a walk whose answer was cut short by a page's limit, so that the cursor of the
+    /// next page resumes it (bounded: see `engine::lookup_cache`).
+    pub fn keep_lookup(&self, lookup: Arc<ResourceLookup>) {
+        self.lookups.keep(lookup);
     }
 
     /// Every subject of `subject_type` (with `subject_relation`, if given) that has

@@ -1115,3 +1115,93 @@ fn lookup_resources_pages_are_slices_of_the_whole_answer() {
         assert_eq!(paged, whole, "page size {page}");
     }
 }
+
+/// A walk kept for a cursor is taken up by the next page of the same request at the same
+/// revision, with the clock it ran at: every page of one answer hides the same expired
+/// relationships, even when some expire while the client pages. Another request walks anew.
+#[test]
+fn a_kept_lookup_resumes_with_its_own_clock() {
+    let rels: Vec<String> = (0..20)
+        .map(|i| format!("document:d{i:02}#viewer@user:ann[expiration:2200-01-01T00:00:00Z]"))
+        .collect();
+    let f = Fixture::new(
+        "use expiration
+        definition user {}
+        definition document {
+            relation viewer: user with expiration
+            permission view = viewer
+            permission read = viewer
+        }",
+        &rels.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let engine = Engine::new(EngineConfig::default());
+    let ann = SubjectRef::object("user", "ann");
+    let ctx = Context::new();
+    let first = f.snap();
+    let later = Snapshot {
+        now: Timestamp {
+            seconds: 7_258_118_400, // 2200-01-01T00:00:00Z: every relationship has expired
+            nanos: 0,
+        },
+        ..f.snap()
+    };
+    let fresh_later = engine
+        .lookup_resources(&later, "document", "view", &ann, &ctx)
+        .unwrap();
+    assert!(fresh_later.is_empty(), "{fresh_later:?}");
+
+    // First page: 5 results, the walk kept.
+    let walk = engine
+        .start_lookup_resources(&first, "document", "view", &ann, &ctx, false)
+        .unwrap();
+    assert_eq!(walk.len(), 20);
+    let (page, next) = engine
+        .resolve_lookup_resources(&first, &walk, 0, 5)
+        .unwrap();
+    assert!(page.len() >= 5 && next >= 5, "{} {next}", page.len());
+    engine.keep_lookup(Arc::clone(&walk));
+
+    // The next page, after expiry: the same walk, answered at its own clock.
+    let resumed = engine
+        .start_lookup_resources(&later, "document", "view", &ann, &ctx, true)
+        .unwrap();
+    assert!(Arc::ptr_eq(&resumed, &walk));
+    let from = resumed.position_after(Some("d04"));
+    let (rest, end) = engine
+        .resolve_lookup_resources(&later, &resumed, from, 100)
+        .unwrap();
+    let ids: Vec<&str> = rest.iter().map(|r| r.resource_id.as_str()).collect();
+    assert_eq!(ids.len(), 15, "{ids:?}");
+    assert_eq!(ids.first(), Some(&"d05"));
+    assert_eq!(end, 20);
+
+    // Another permission, or no cursor: walked again, at the later clock.
+    for (permission, resume) in [("read", true), ("view", false)] {
+        let other = engine
+            .start_lookup_resources(&later, "document", permission, &ann, &ctx, resume)
+            .unwrap();
+        assert!(!Arc::ptr_eq(&other, &walk));
+        assert!(other.is_empty(), "{permission}: {other:?}");
+    }
+}
+
+/// A walk is resolved only at its own revision: anything else is an internal error, not an
+/// answer.
+#[test]
+fn a_lookup_resolved_at_another_revision_is_an_internal_error() {
+    let f = Fixture::new(DOCS, &["document:d1#viewer@user:ann"]);
+    let engine = Engine::new(EngineConfig::default());
+    let ann = SubjectRef::object("user", "ann");
+    let snap = f.snap();
+    let walk = engine
+        .start_lookup_resources(&snap, "document", "view", &ann, &Context::new(), false)
+        .unwrap();
+    let elsewhere = Snapshot {
+        revision: Revision(f.rev.0 + 1),
+        ..snap
+    };
+    assert!(matches!(
+        engine.resolve_lookup_resources(&elsewhere, &walk, 0, 10),
+        Err(EngineError::Internal(_))
+    ));
+}
