@@ -147,7 +147,7 @@ mod tests {
             subject,
             context,
             now: Timestamp::now(),
-            candidates: (0..n).map(|i| (format!("d{i:06}"), true)).collect(),
+            candidates: (0..n).map(|i| (format!("d{i:06}"), None)).collect(),
         })
     }
 

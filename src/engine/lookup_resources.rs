@@ -250,7 +250,8 @@ impl<'s> ReverseIndex<'s> {
 
 /// "The subject is in `object_type:object_id#relation`" (`relation` `None`: the subject is
 /// that plain object).
-type Atom = (String, String, Option<String>);
+/// The type and relation are the schema's names, only the id is the walk's own.
+type Atom<'s> = (&'s str, String, Option<&'s str>);
 
 /// How the walk reached an atom.
 #[derive(Debug, Clone, Copy)]
@@ -282,8 +283,8 @@ struct AtomChecker<'c, 's> {
 
 impl AtomChecker<'_, '_> {
     /// Is the subject in the atom's `type:id#permission`, with `depth` budget?
-    fn check(&mut self, atom: &Atom, depth: u32) -> EngineResult<Outcome> {
-        let Some(permission) = &atom.2 else {
+    fn check(&mut self, atom: &Atom<'_>, depth: u32) -> EngineResult<Outcome> {
+        let Some(permission) = atom.2 else {
             return Ok(Outcome::No);
         };
         if let Some(memo) = &mut self.fast
@@ -292,7 +293,7 @@ impl AtomChecker<'_, '_> {
                 memo,
                 depth,
                 self.subject,
-                &atom.0,
+                atom.0,
                 permission,
                 std::iter::once(atom.1.as_str()),
             )
@@ -300,7 +301,7 @@ impl AtomChecker<'_, '_> {
         {
             return Ok(if yes { Outcome::yes(None) } else { Outcome::No });
         }
-        let resource = ObjectRef::new(atom.0.as_str(), atom.1.as_str());
+        let resource = ObjectRef::new(atom.0, atom.1.as_str());
         let (outcome, _) = check::check_outcome_at(
             self.d,
             &mut self.memo,
@@ -320,19 +321,26 @@ struct ReverseWalk<'s> {
     /// the nodes from which the target can be reached along what SpiceDB's walk follows
     walk_relevant: HashSet<Node<'s>>,
     /// atom -> its index in `atoms`
-    index: HashMap<Atom, usize>,
+    index: HashMap<Atom<'s>, usize>,
     /// atoms reached, and whether through unions and uncaveated relationships only
-    atoms: Vec<(Atom, bool)>,
+    atoms: Vec<(Atom<'s>, bool)>,
     /// for each atom, the atoms it led to
     edges: Vec<Vec<usize>>,
     /// (atom index, exact, level)
     queue: VecDeque<(usize, bool, u32)>,
+    /// the wanted `resource_type#permission`
+    target: Node<'s>,
+    /// the subject's node: its type, and its relation for a subject set
+    start: Node<'s>,
+    /// target atoms reached through an intersection, an exclusion or an `.all()` arrow, whose
+    /// check is left to phase 4 (atom index -> depth budget left for it)
+    deferred: HashMap<usize, u32>,
     /// the caveats met on the way: of caveated relationships followed (keyed by name and
     /// context, each once), and the conditions of conditional entry checks
     met: BTreeMap<String, CaveatExpr>,
     /// caveated relationships followed where SpiceDB's walk goes: (type, relation of the atom
     /// they lead to, caveat)
-    pending: Vec<(String, Option<String>, Caveat)>,
+    pending: Vec<(&'s str, Option<&'s str>, Caveat)>,
     max_depth: u32,
 }
 
@@ -349,25 +357,28 @@ impl<'s> ReverseWalk<'s> {
         &mut self,
         checker: &mut AtomChecker<'_, '_>,
         from: usize,
-        atom: Atom,
+        atom: Atom<'s>,
         entry: ReachedBy,
         via: Option<&Caveat>,
         level: u32,
     ) -> EngineResult<()> {
-        if !self.is_relevant(&atom.0, atom.2.as_deref()) {
+        if !self.is_relevant(atom.0, atom.2) {
             return Ok(());
         }
         // The relationship's caveat, where SpiceDB evaluates it: also for an entry it checks
         // (through an intersection, an exclusion or an `.all()` arrow), before the check and
         // whether or not the check keeps the atom (probed).
         if let Some(c) = via {
-            self.pending
-                .push((atom.0.clone(), atom.2.clone(), c.clone()));
+            self.pending.push((atom.0, atom.2, c.clone()));
         }
         let exact_entry = matches!(entry, ReachedBy::Direct { exact: true });
         let (i, requeue, exact) = match self.index.get(&atom) {
             Some(i) => {
                 let i = *i;
+                if matches!(entry, ReachedBy::Direct { .. }) {
+                    // a path of unions reaches it: checked with the whole budget, if at all
+                    self.deferred.remove(&i);
+                }
                 match self.atoms.get_mut(i) {
                     Some((_, prev)) if !*prev && exact_entry => {
                         *prev = true;
@@ -377,8 +388,18 @@ impl<'s> ReverseWalk<'s> {
                 }
             }
             None => {
+                let mut defer = None;
                 let exact = match entry {
                     ReachedBy::Direct { exact } => exact,
+                    // The target itself, leading nowhere else: its check waits for phase 4,
+                    // which checks a page's window of candidates, not every candidate first.
+                    ReachedBy::Checked
+                        if (atom.0, atom.2) == self.target
+                            && !self.leads_further(atom.0, atom.2) =>
+                    {
+                        defer = Some(self.max_depth.saturating_sub(level));
+                        false
+                    }
                     ReachedBy::Checked => {
                         match checker.check(&atom, self.max_depth.saturating_sub(level))? {
                             Outcome::No => return Ok(()),
@@ -388,7 +409,7 @@ impl<'s> ReverseWalk<'s> {
                             } => {
                                 // SpiceDB checks (with the context) only where its walk goes
                                 // on to the target; Pemba also keeps atoms off that walk.
-                                if self.walked_to_target(&atom.0, atom.2.as_deref()) {
+                                if self.walked_to_target(atom.0, atom.2) {
                                     self.met.insert(format!("check {}", self.met.len()), e);
                                 }
                                 false
@@ -399,6 +420,9 @@ impl<'s> ReverseWalk<'s> {
                     }
                 };
                 let i = self.atoms.len();
+                if let Some(depth) = defer {
+                    self.deferred.insert(i, depth);
+                }
                 self.index.insert(atom.clone(), i);
                 self.atoms.push((atom, exact));
                 self.edges.push(Vec::new());
@@ -524,6 +548,10 @@ fn by_subject(
     }
 }
 
+/// A candidate of a walk: its id, and `None` if it is a member as it is, or the depth budget to
+/// check it with.
+pub(crate) type Candidate = (String, Option<u32>);
+
 /// The candidates of one LookupResources walk, pinned to the revision and the clock it ran
 /// at: the resources of the wanted type and permission the walk reached, sorted by id, each
 /// exact (a member as it is) or to be checked. Results are resolved from it a window at a
@@ -535,7 +563,7 @@ pub struct ResourceLookup {
     pub(crate) context: Context,
     /// the clock of the walk: the windows are checked at the same instant
     pub(crate) now: Timestamp,
-    pub(crate) candidates: Vec<(String, bool)>,
+    pub(crate) candidates: Vec<Candidate>,
 }
 
 impl std::fmt::Debug for ResourceLookup {
@@ -602,7 +630,7 @@ impl ResourceLookup {
 
     /// Memory held by the candidates, roughly.
     pub(crate) fn bytes(&self) -> usize {
-        let per = std::mem::size_of::<(String, bool)>();
+        let per = std::mem::size_of::<Candidate>();
         self.candidates
             .iter()
             .map(|(id, _)| id.len() + per)
@@ -714,9 +742,13 @@ fn plan<'s>(
     let target_def = schema.definition(resource_type)?;
     let target_member = target_def.member(permission)?;
     let subject_def = schema.definition(&subject.object.object_type)?;
-    let target: Node<'_> = (target_def.name.as_str(), Some(target_member.name()));
+    let target: Node<'s> = (target_def.name.as_str(), Some(target_member.name()));
     let relevant = ix.relevant(target, subject_def.name.as_str(), false);
     let walk_relevant = ix.relevant(target, subject_def.name.as_str(), true);
+    let start_relation = match &subject.relation {
+        None => None,
+        Some(r) => Some(subject_def.member(r)?.name()),
+    };
     Some(ReverseWalk {
         ix,
         relevant,
@@ -725,6 +757,9 @@ fn plan<'s>(
         atoms: Vec::new(),
         edges: Vec::new(),
         queue: VecDeque::new(),
+        target,
+        start: (subject_def.name.as_str(), start_relation),
+        deferred: HashMap::default(),
         met: BTreeMap::new(),
         pending: Vec::new(),
         max_depth,
@@ -774,11 +809,7 @@ fn walk_from_subject(
     subject: &SubjectRef,
 ) -> EngineResult<()> {
     // The subject itself (a subject set is in itself).
-    let start: Atom = (
-        subject.object.object_type.clone(),
-        subject.object.object_id.clone(),
-        subject.relation.clone(),
-    );
+    let start: Atom<'_> = (walk.start.0, subject.object.object_id.clone(), walk.start.1);
     walk.index.insert(start.clone(), 0);
     walk.atoms.push((start, true));
     walk.edges.push(Vec::new());
@@ -810,7 +841,7 @@ fn walk_from_subject(
         while let Some(page) = pager.next_page(checker.d)? {
             for rel in page {
                 let exact = rel.caveat.is_none();
-                let atom = (t.to_string(), rel.resource.object_id, Some(r.to_string()));
+                let atom = (t, rel.resource.object_id, Some(r));
                 let via = rel.caveat.as_ref();
                 if probe.is_false(via) {
                     continue;
@@ -826,14 +857,14 @@ fn walk_from_subject(
             continue;
         };
         // Going further from here is a dispatch: with no depth budget left, SpiceDB fails.
-        if level >= walk.max_depth && walk.leads_further(&x, rel.as_deref()) {
+        if level >= walk.max_depth && walk.leads_further(x, rel) {
             return Err(checker.d.depth_error());
         }
         // Relations holding this object or subject set as a subject.
         let direct = walk
             .ix
             .direct
-            .get(&(x.as_str(), rel.as_deref()))
+            .get(&(x, rel))
             .cloned()
             // (this and the index lookups below are legitimate defaults: the reverse index
             // has no entry where no relation, permission or arrow uses the node)
@@ -842,17 +873,17 @@ fn walk_from_subject(
             if !walk.is_relevant(t, Some(r)) {
                 continue;
             }
-            let subject_relation = match &rel {
+            let subject_relation = match rel {
                 None => SubjectRelationFilter::Ellipsis,
-                Some(sr) => SubjectRelationFilter::Relation(sr.clone()),
+                Some(sr) => SubjectRelationFilter::Relation(sr.to_string()),
             };
-            let mut pager = Pager::new(by_subject(t, r, &x, &id, subject_relation));
+            let mut pager = Pager::new(by_subject(t, r, x, &id, subject_relation));
             while let Some(page) = pager.next_page(checker.d)? {
                 for found in page {
                     let entry = ReachedBy::Direct {
                         exact: exact && found.caveat.is_none(),
                     };
-                    let atom = (t.to_string(), found.resource.object_id, Some(r.to_string()));
+                    let atom = (t, found.resource.object_id, Some(r));
                     let via = found.caveat.as_ref();
                     if probe.is_false(via) {
                         continue;
@@ -861,44 +892,32 @@ fn walk_from_subject(
                 }
             }
         }
-        match &rel {
+        match rel {
             Some(r) => {
                 // Permissions of the same object naming this relation or permission.
-                let computed = walk
-                    .ix
-                    .computed
-                    .get(&(x.as_str(), r.as_str()))
-                    .cloned()
-                    .unwrap_or_default();
+                let computed = walk.ix.computed.get(&(x, r)).cloned().unwrap_or_default();
                 for (p, unions_only) in computed {
-                    let atom = (x.clone(), id.clone(), Some(p.to_string()));
+                    let atom = (x, id.clone(), Some(p));
                     let entry = ReachedBy::new(unions_only, exact);
                     walk.offer(checker, i, atom, entry, None, level + 1)?;
                 }
                 // Arrows whose tupleset points at this object.
-                let arrows = walk
-                    .ix
-                    .arrows
-                    .get(&(x.as_str(), r.as_str()))
-                    .cloned()
-                    .unwrap_or_default();
+                let arrows = walk.ix.arrows.get(&(x, r)).cloned().unwrap_or_default();
                 for (t, tupleset, p, unions_only) in arrows {
                     if !walk.is_relevant(t, Some(p)) {
                         continue;
                     }
                     let mut pager =
-                        Pager::new(by_subject(t, tupleset, &x, &id, SubjectRelationFilter::Any));
+                        Pager::new(by_subject(t, tupleset, x, &id, SubjectRelationFilter::Any));
                     while let Some(page) = pager.next_page(checker.d)? {
                         for found in page {
                             let entry =
                                 ReachedBy::new(unions_only, exact && found.caveat.is_none());
-                            let atom =
-                                (t.to_string(), found.resource.object_id, Some(p.to_string()));
-                            let via = found.caveat.as_ref().filter(|_| {
-                                walk.ix
-                                    .walked_arrows
-                                    .contains(&(t, tupleset, r.as_str(), p))
-                            });
+                            let atom = (t, found.resource.object_id, Some(p));
+                            let via = found
+                                .caveat
+                                .as_ref()
+                                .filter(|_| walk.ix.walked_arrows.contains(&(t, tupleset, r, p)));
                             if probe.is_false(via) {
                                 continue;
                             }
@@ -908,9 +927,9 @@ fn walk_from_subject(
                 }
             }
             None => {
-                let selfs = walk.ix.selfs.get(x.as_str()).cloned().unwrap_or_default();
+                let selfs = walk.ix.selfs.get(x).cloned().unwrap_or_default();
                 for (p, unions_only) in selfs {
-                    let atom = (x.clone(), id.clone(), Some(p.to_string()));
+                    let atom = (x, id.clone(), Some(p));
                     let entry = ReachedBy::new(unions_only, exact);
                     walk.offer(checker, i, atom, entry, None, level + 1)?;
                 }
@@ -935,7 +954,7 @@ fn evaluate_met_caveats(
     context: &Context,
 ) -> EngineResult<()> {
     for (t, r, c) in std::mem::take(&mut walk.pending) {
-        if walk.walked_to_target(&t, r.as_deref()) {
+        if walk.walked_to_target(t, r) {
             walk.meet(&c);
         }
     }
@@ -947,11 +966,12 @@ fn evaluate_met_caveats(
 
 /// Phase 4, first half: the atoms of the wanted type and permission, sorted by id, each with
 /// whether it is exact (a member as it is) or went through caveats (to be checked).
-fn candidates(walk: ReverseWalk<'_>, resource_type: &str, permission: &str) -> Vec<(String, bool)> {
-    let mut candidates: BTreeMap<String, bool> = BTreeMap::new();
-    for ((t, id, r), exact) in walk.atoms {
-        if t == resource_type && r.as_deref() == Some(permission) {
-            candidates.insert(id, exact);
+fn candidates(walk: ReverseWalk<'_>, resource_type: &str, permission: &str) -> Vec<Candidate> {
+    let mut candidates: BTreeMap<String, Option<u32>> = BTreeMap::new();
+    for (i, ((t, id, r), exact)) in walk.atoms.into_iter().enumerate() {
+        if t == resource_type && r == Some(permission) {
+            let check = (!exact).then(|| walk.deferred.get(&i).copied().unwrap_or(walk.max_depth));
+            candidates.insert(id, check);
         }
     }
     candidates.into_iter().collect()
@@ -965,9 +985,9 @@ fn resolve_all(
     engine: &Engine,
     snap: &Snapshot<'_>,
     lookup: &ResourceLookup,
-    candidates: &[(String, bool)],
+    candidates: &[Candidate],
 ) -> EngineResult<Vec<LookupResult>> {
-    let needs_check = |(_, exact): &(String, bool)| usize::from(!*exact);
+    let needs_check = |(_, check): &Candidate| usize::from(check.is_some());
     let chunks = parallel_chunks(candidates, needs_check, PARALLEL_CHECKS_MIN, |chunk| {
         let mut d = Dispatcher::new(engine, snap);
         let mut memo = CheckMemo::new(EvalMode::CHECK);
@@ -988,36 +1008,47 @@ fn resolve_candidates(
     d: &mut Dispatcher<'_>,
     memo: &mut CheckMemo,
     lookup: &ResourceLookup,
-    candidates: &[(String, bool)],
+    candidates: &[Candidate],
 ) -> EngineResult<Vec<LookupResult>> {
     let (resource_type, permission) = (&lookup.key.resource_type, &lookup.key.permission);
     let (subject, context) = (&lookup.subject, &lookup.context);
-    // The fast path's answers first, for every candidate to check (its graph view is
-    // dropped before any general check reads the store).
-    let fast = if d.engine.config.fast_path {
-        let to_check = candidates.iter().filter(|(_, exact)| !*exact);
-        fast::check_ids(
-            d.snap,
-            &mut fast::FastMemo::default(),
-            d.max_depth(),
-            subject,
-            resource_type,
-            permission,
-            to_check.map(|(id, _)| id.as_str()),
-        )
-        // `None`: the fast path cannot run at all (a subject set, no graph), and every
-        // candidate goes to the general checker, as when it is off
-        .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    let mut fast = fast.into_iter();
+    // The fast path's answers first, for every candidate to check, by depth budget (its graph
+    // view is dropped before any general check reads the store). `None`: the general checker
+    // decides, as when the fast path is off or cannot run at all (a subject set, no graph).
+    let mut fast: Vec<Option<bool>> = vec![None; candidates.len()];
+    if d.engine.config.fast_path {
+        let mut depths: Vec<u32> = candidates.iter().filter_map(|(_, c)| *c).collect();
+        depths.sort_unstable();
+        depths.dedup();
+        for depth in depths {
+            let group = || {
+                candidates
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, (_, c))| *c == Some(depth))
+            };
+            let answers = fast::check_ids(
+                d.snap,
+                &mut fast::FastMemo::default(),
+                depth,
+                subject,
+                resource_type,
+                permission,
+                group().map(|(_, (id, _))| id.as_str()),
+            )
+            .unwrap_or_default();
+            for ((k, _), answer) in group().zip(answers) {
+                if let Some(slot) = fast.get_mut(k) {
+                    *slot = answer;
+                }
+            }
+        }
+    }
     let mut out = Vec::with_capacity(candidates.len());
-    for (id, exact) in candidates {
-        let plain = if *exact {
-            Some(true)
-        } else {
-            fast.next().flatten()
+    for (k, (id, check)) in candidates.iter().enumerate() {
+        let plain = match check {
+            None => Some(true),
+            Some(_) => fast.get(k).copied().flatten(),
         };
         match plain {
             Some(true) => {
@@ -1031,8 +1062,8 @@ fn resolve_candidates(
             Some(false) => continue,
             None => {}
         }
-        let resource = ObjectRef::new(resource_type, id.as_str());
-        let depth = d.max_depth();
+        let resource = ObjectRef::new(resource_type.as_str(), id.as_str());
+        let depth = check.unwrap_or(d.max_depth());
         let (outcome, _) = check::check_outcome_at(d, memo, &resource, permission, subject, depth)?;
         if outcome == Outcome::No {
             continue;
