@@ -13,7 +13,18 @@ fn main() -> std::process::ExitCode {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
 
-    let cli = pemba::cli::Cli::parse();
+    let cli = match pemba::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors
+            return if e.use_stderr() {
+                std::process::ExitCode::from(pemba::cli::EXIT_USAGE)
+            } else {
+                std::process::ExitCode::SUCCESS
+            };
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PEMBA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer()
@@ -44,10 +55,10 @@ fn main() -> std::process::ExitCode {
     #[cfg(not(feature = "otel"))]
     registry.init();
     match pemba::cli::run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(pemba::cli::EXIT_ERROR)
         }
     }
 }

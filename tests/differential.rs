@@ -149,3 +149,41 @@ fn answers_like_spicedb_on_random_schemas() {
         "no summary line:\n{stdout}\n{stderr}"
     );
 }
+
+/// The worked examples' assertions (`schema/*.yaml`, which `pemba validate` checks against
+/// Pemba in `tests/cli.rs`) hold in SpiceDB too.
+#[test]
+#[ignore = "needs the reference SpiceDB: run tests/oracle/install.sh, then --ignored"]
+fn worked_examples_hold_in_spicedb() {
+    let py = python().expect("a Python venv with the official client");
+    let has_yaml = Command::new(&py)
+        .args(["-c", "import yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_yaml {
+        let ok = Command::new(&py)
+            .args(["-m", "pip", "install", "--quiet", "pyyaml==6.0.2"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "pip install pyyaml failed");
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("schema"))
+        .expect("schema/")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    let status = Command::new(&py)
+        .arg(root.join("tests/oracle/examples.py"))
+        .args(&files)
+        .status()
+        .expect("python runs");
+    assert!(
+        status.success(),
+        "an example's assertion differs in SpiceDB (see above)"
+    );
+}

@@ -31,7 +31,8 @@ pub use watch::{WatchApi, init_metrics as init_watch_metrics};
 /// relationships before sending them, the same the server applies on receipt.
 pub mod client {
     pub use super::convert::{
-        relationship as relationship_from_proto, relationship_out as relationship_to_proto,
+        json_to_struct as struct_from_json, relationship as relationship_from_proto,
+        relationship_out as relationship_to_proto, struct_to_json,
     };
     pub use super::validate::relationship_for_write;
 }

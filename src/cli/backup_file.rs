@@ -795,9 +795,10 @@ mod tests {
             },
         ));
         let client = Client::connect(&ClientArgs {
-            endpoint: addr.to_string(),
+            endpoint: Some(addr.to_string()),
             preshared_key: None,
             ca_cert: None,
+            insecure: true,
         })
         .await
         .unwrap();

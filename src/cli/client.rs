@@ -1,6 +1,8 @@
-//! The connection flags the client commands (`pemba backup create|export|import`) share.
+//! The connection flags every client command shares (`pemba schema`, `relationship`,
+//! `permission`, `watch`, `import`, `export`, `backup`).
 //!
-//! The endpoint, the preshared key and, for TLS, the CA certificate to trust.
+//! The endpoint, the preshared key and, for TLS, the CA certificate to trust. A flag not given
+//! is taken from the current named context (`pemba context use`), then from the defaults.
 
 use std::path::PathBuf;
 
@@ -12,16 +14,45 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// the server's gRPC address: `host:port` (plaintext, or TLS when --ca-cert is given),
-    /// `http://host:port` or `https://host:port`
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    pub endpoint: String,
-    /// the server's preshared key
+    /// `http://host:port` or `https://host:port` [default: the current context's, else
+    /// 127.0.0.1:50051]
+    #[arg(long, env = "PEMBA_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// the server's preshared key (sent as `authorization: Bearer KEY`)
     #[arg(long, alias = "token", env = "PEMBA_TOKEN", hide_env_values = true)]
     pub preshared_key: Option<String>,
     /// PEM file of the CA certificate(s) that signed the server's certificate: connect with
     /// TLS and trust only these
-    #[arg(long)]
+    #[arg(long, conflicts_with = "insecure")]
     pub ca_cert: Option<PathBuf>,
+    /// connect in plaintext (the default for a `host:port` endpoint without --ca-cert)
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// The address a client connects to when neither a flag nor a context names one.
+pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:50051";
+
+impl ClientArgs {
+    /// These flags, or, when they name no endpoint, the current named context's endpoint, CA
+    /// certificate and token (a `--token` given still wins). A context's token is never sent
+    /// to an endpoint the flags name.
+    pub fn resolved(&self) -> anyhow::Result<ClientArgs> {
+        let mut out = self.clone();
+        if out.endpoint.is_some() {
+            return Ok(out);
+        }
+        if let Some(ctx) = super::context::current()? {
+            out.endpoint = Some(ctx.endpoint.clone());
+            if out.ca_cert.is_none() && !out.insecure {
+                out.ca_cert = ctx.ca_cert.clone();
+            }
+            if out.preshared_key.is_none() {
+                out.preshared_key = ctx.token.clone();
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A connected client: the channel and the `authorization` header value, if any.
@@ -35,13 +66,18 @@ pub struct Client {
 impl Client {
     /// Connects to the server `args` name (TLS for `https://` or with `--ca-cert`).
     pub async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
-        let uri = match (args.endpoint.contains("://"), &args.ca_cert) {
-            (true, _) => args.endpoint.clone(),
-            (false, Some(_)) => format!("https://{}", args.endpoint),
-            (false, None) => format!("http://{}", args.endpoint),
+        let args = args.resolved()?;
+        let address = args.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT);
+        let uri = match (address.contains("://"), &args.ca_cert) {
+            (true, _) => address.to_string(),
+            (false, Some(_)) => format!("https://{address}"),
+            (false, None) => format!("http://{address}"),
         };
+        if args.insecure && uri.starts_with("https://") {
+            bail!("--insecure asks for plaintext, but the endpoint is `{uri}`");
+        }
         let mut endpoint = Endpoint::from_shared(uri.clone())
-            .with_context(|| format!("bad endpoint `{}`", args.endpoint))?;
+            .with_context(|| format!("bad endpoint `{address}`"))?;
         match (&args.ca_cert, uri.starts_with("https://")) {
             (Some(path), true) => {
                 let pem = std::fs::read(path)
@@ -60,7 +96,7 @@ impl Client {
         let channel = endpoint
             .connect()
             .await
-            .with_context(|| format!("cannot connect to {}", args.endpoint))?;
+            .with_context(|| format!("cannot connect to {address}"))?;
         let bearer = match args.preshared_key.as_deref().filter(|k| !k.is_empty()) {
             Some(key) => Some(
                 format!("Bearer {key}")

@@ -1,13 +1,20 @@
-//! The `pemba` command line: `pemba serve` and `pemba backup`.
+//! The `pemba` command line: the servers, the client verbs, validation and contexts.
 //!
 //! `pemba serve` and its flags (with `PEMBA_*` environment equivalents), turned into a running
-//! server; `pemba backup` in [`backup`].
+//! server; `pemba backup` in [`backup`]; the client verbs (`schema`, `relationship`,
+//! `permission`, `watch`, `import`, `export`) in [`verbs`]; `pemba validate` in [`validate`];
+//! `pemba context` in [`context`].
 
 pub mod backup;
 pub mod backup_file;
 pub mod client;
+pub mod context;
 #[cfg(feature = "otel")]
 pub mod otel;
+pub mod output;
+pub mod reference;
+pub mod validate;
+pub mod verbs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +53,32 @@ pub enum Command {
     ServeTesting(ServeTestingArgs),
     /// Back up a running server, or restore a backup into a data dir.
     Backup(backup::BackupArgs),
+    /// Read, write, check or diff a schema.
+    Schema(verbs::schema::SchemaArgs),
+    /// Create, touch, delete and read relationships (SpiceDB's text form).
+    #[command(alias = "rel")]
+    Relationship(verbs::relationship::RelationshipArgs),
+    /// Ask permission questions: check, bulk, expand, lookup-resources, lookup-subjects.
+    #[command(alias = "perm")]
+    Permission(verbs::permission::PermissionArgs),
+    /// Print relationship changes as they are committed.
+    Watch(verbs::transfer::WatchArgs),
+    /// Write a validation file's schema and relationships (or a relationship text file) to a
+    /// server.
+    Import(verbs::transfer::ImportArgs),
+    /// Print a server's schema and relationships as a validation file (or as text).
+    Export(verbs::transfer::ExportArgs),
+    /// Check validation files (schema, relationships, assertions, expected relations)
+    /// in-process, with no server.
+    Validate(validate::ValidateArgs),
+    /// Save, list and switch named connections (endpoint, token, CA certificate).
+    #[command(subcommand)]
+    Context(context::ContextCommand),
+    /// Print a shell completion script: `pemba completions bash > /etc/bash_completion.d/pemba`.
+    Completions {
+        /// the shell
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Request limits, with SpiceDB's flag names and defaults (shared by `serve` and
@@ -351,17 +384,45 @@ impl Cli {
                     service_name: args.otel_service_name.clone(),
                     sample_ratio: args.otel_sample_ratio,
                 }),
-            Command::ServeTesting(_) | Command::Backup(_) => None,
+            _ => None,
         }
     }
 }
 
-/// Runs the parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// The exit code of a command that failed (a connection, a call, a file, an argument).
+/// 1 and 2 are answers: "no" (a check, a validation that failed) and "conditional".
+pub const EXIT_ERROR: u8 = 3;
+
+/// The exit code of a command line clap refused (sysexits' `EX_USAGE`).
+pub const EXIT_USAGE: u8 = 64;
+
+/// Runs the parsed command line; the exit code is the command's answer (see
+/// [`verbs`]), or success.
+pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     match cli.command {
-        Command::Serve(args) => serve(args),
-        Command::ServeTesting(args) => serve_testing(args),
-        Command::Backup(args) => backup::run(args),
+        Command::Serve(args) => done(serve(args)),
+        Command::ServeTesting(args) => done(serve_testing(args)),
+        Command::Backup(args) => done(backup::run(args)),
+        Command::Schema(args) => verbs::schema::run(args),
+        Command::Relationship(args) => verbs::relationship::run(args),
+        Command::Permission(args) => verbs::permission::run(args),
+        Command::Watch(args) => verbs::transfer::watch(args),
+        Command::Import(args) => verbs::transfer::import(args),
+        Command::Export(args) => verbs::transfer::export(args),
+        Command::Validate(args) => Ok(if validate::run(&args)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(verbs::EXIT_NO)
+        }),
+        Command::Context(command) => done(context::run(&command)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "pemba", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -128,6 +128,83 @@ pub enum SchemaChange {
     },
 }
 
+impl std::fmt::Display for SchemaChange {
+    /// One line, in the words `zed schema diff` uses: `added relation document#viewer`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use SchemaChange as C;
+        match self {
+            C::DefinitionAdded(d) => write!(f, "added definition {d}"),
+            C::DefinitionRemoved(d) => write!(f, "removed definition {d}"),
+            C::DefinitionCommentChanged(d) => write!(f, "changed comment of definition {d}"),
+            C::RelationAdded {
+                definition,
+                relation,
+            } => write!(f, "added relation {definition}#{relation}"),
+            C::RelationRemoved {
+                definition,
+                relation,
+            } => write!(f, "removed relation {definition}#{relation}"),
+            C::RelationCommentChanged {
+                definition,
+                relation,
+            } => write!(f, "changed comment of relation {definition}#{relation}"),
+            C::RelationSubjectTypeAdded {
+                definition,
+                relation,
+                subject_type,
+            } => write!(
+                f,
+                "added subject type {subject_type} to relation {definition}#{relation}"
+            ),
+            C::RelationSubjectTypeRemoved {
+                definition,
+                relation,
+                subject_type,
+            } => write!(
+                f,
+                "removed subject type {subject_type} from relation {definition}#{relation}"
+            ),
+            C::PermissionAdded {
+                definition,
+                permission,
+            } => write!(f, "added permission {definition}#{permission}"),
+            C::PermissionRemoved {
+                definition,
+                permission,
+            } => write!(f, "removed permission {definition}#{permission}"),
+            C::PermissionCommentChanged {
+                definition,
+                permission,
+            } => write!(f, "changed comment of permission {definition}#{permission}"),
+            C::PermissionExprChanged {
+                definition,
+                permission,
+            } => write!(
+                f,
+                "changed expression of permission {definition}#{permission}"
+            ),
+            C::CaveatAdded(c) => write!(f, "added caveat {c}"),
+            C::CaveatRemoved(c) => write!(f, "removed caveat {c}"),
+            C::CaveatCommentChanged(c) => write!(f, "changed comment of caveat {c}"),
+            C::CaveatExprChanged(c) => write!(f, "changed expression of caveat {c}"),
+            C::CaveatParameterAdded { caveat, parameter } => {
+                write!(f, "added parameter {parameter} to caveat {caveat}")
+            }
+            C::CaveatParameterRemoved { caveat, parameter } => {
+                write!(f, "removed parameter {parameter} from caveat {caveat}")
+            }
+            C::CaveatParameterTypeChanged {
+                caveat,
+                parameter,
+                previous,
+            } => write!(
+                f,
+                "changed type of parameter {parameter} of caveat {caveat} (was {previous})"
+            ),
+        }
+    }
+}
+
 /// Every change from `existing` to `comparison`, in this order: definitions added, definitions
 /// removed, caveats added, caveats removed, then each definition both have (by name), then each
 /// caveat both have (by name). Within a definition: its comment, relations removed, relations
