@@ -1,7 +1,8 @@
 //! The engine's data-driven tests, the way SpiceDB tests itself: YAML cases, cross-checked.
 //!
 //! Data-driven YAML cases (`tests/cases/*.yaml`: schema, relationships, assertions) each loaded
-//! into a `MemoryStore` (and once into a `RocksStore`), with every assertion checked AND a
+//! into a `MemoryStore` (and once into a `RocksStore`, and a `PostgresStore` when the run has
+//! PostgreSQL), with every assertion checked AND a
 //! cross-check that Check, CheckBulk, LookupResources, LookupSubjects and Expand agree with each
 //! other over every resource × relation/permission × subject in the data; plus a property test
 //! that generates small schemas and relationships and checks the engine against a naive
@@ -26,7 +27,9 @@ use pemba::model::{
     Context, ObjectRef, Relationship, Revision, SubjectRef, Timestamp, parse_relationship,
 };
 use pemba::schema::CompiledSchema;
-use pemba::store::{Datastore, MemoryStore, RelationshipUpdate, RocksStore, UpdateOp};
+use pemba::store::{
+    Datastore, MemoryStore, PostgresStore, RelationshipUpdate, RocksStore, UpdateOp,
+};
 
 // ---------------------------------------------------------------------------------------------
 // YAML cases
@@ -273,6 +276,24 @@ fn run_case(path: &Path) -> Vec<String> {
         ("memory store says", "rocksdb says"),
         &mut failures,
     );
+
+    // And on PostgreSQL, when the run has one (`.ci/run` starts it).
+    if let Some(uri) = pemba::store::postgres_test_schema_uri() {
+        pemba::store::migrate_postgres(&uri).expect("migrate");
+        let pg = PostgresStore::open(&uri).expect("open postgres");
+        let prev = load(&pg, &rels, now);
+        let psnap = Snapshot::new(&pg, &schema, prev, now);
+        let plabel = format!("{name} (postgres)");
+        check_assertions(&engine, &psnap, &case, &plabel, &mut failures);
+        let pworld = World::new(&engine, psnap, &schema, &rels);
+        same_answers(
+            &pworld,
+            &memory_answers,
+            &plabel,
+            ("memory store says", "postgres says"),
+            &mut failures,
+        );
+    }
     failures
 }
 

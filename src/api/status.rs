@@ -264,6 +264,15 @@ fn store_status(err: &StoreError) -> tonic::Status {
                 meta([("cause", cause.as_str())]),
             )
         }
+        StoreError::Unavailable(detail) => {
+            tracing::warn!(error = %detail, "the datastore is unavailable");
+            with_reason(
+                Code::Unavailable,
+                "the datastore is unavailable; retry later".to_string(),
+                "PEMBA_ERROR_REASON_DATASTORE_UNAVAILABLE",
+                Metadata::new(),
+            )
+        }
         StoreError::Engine(_) => internal("datastore failure", &message),
     }
 }

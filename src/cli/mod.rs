@@ -28,7 +28,7 @@ use crate::api::{Api, Limits};
 use crate::consistency::MismatchedTokens;
 use crate::engine::EngineConfig;
 use crate::server::{self, ServerOptions};
-use crate::store::{Datastore, MemoryStore, RocksStore};
+use crate::store::{Datastore, MemoryStore, PostgresStore, RocksStore};
 
 /// Pemba: a Zanzibar-style permissions database speaking SpiceDB's API.
 #[derive(Debug, Parser)]
@@ -74,6 +74,9 @@ pub enum Command {
     /// Save, list and switch named connections (endpoint, token, CA certificate).
     #[command(subcommand)]
     Context(context::ContextCommand),
+    /// Manage a datastore: `pemba datastore migrate` creates or upgrades PostgreSQL's tables.
+    #[command(subcommand)]
+    Datastore(DatastoreCommand),
     /// Print a shell completion script: `pemba completions bash > /etc/bash_completion.d/pemba`.
     Completions {
         /// the shell
@@ -216,6 +219,19 @@ pub enum DatastoreKind {
     Rocksdb,
     /// in memory, lost on exit (for tests and trials)
     Memory,
+    /// a PostgreSQL database (`--datastore-conn-uri`), migrated with `pemba datastore migrate`
+    Postgres,
+}
+
+/// `pemba datastore` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DatastoreCommand {
+    /// Create or upgrade the tables of a PostgreSQL datastore (safe to run again).
+    Migrate {
+        /// the database: `postgres://user:password@host:port/dbname`
+        #[arg(long, env = "PEMBA_DATASTORE_CONN_URI", hide_env_values = true)]
+        datastore_conn_uri: String,
+    },
 }
 
 /// Flags of `pemba serve`.
@@ -230,6 +246,10 @@ pub struct ServeArgs {
     /// datastore engine
     #[arg(long, env = "PEMBA_DATASTORE", value_enum, default_value = "rocksdb")]
     pub datastore: DatastoreKind,
+    /// the PostgreSQL database of `--datastore postgres`:
+    /// `postgres://user:password@host:port/dbname`
+    #[arg(long, env = "PEMBA_DATASTORE_CONN_URI", hide_env_values = true)]
+    pub datastore_conn_uri: Option<String>,
     /// preshared key clients must send as `authorization: Bearer KEY`; repeat the flag or
     /// separate keys with commas to accept several (any listed key works, for rotation)
     #[arg(
@@ -417,6 +437,16 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             ExitCode::from(verbs::EXIT_NO)
         }),
         Command::Context(command) => done(context::run(&command)),
+        Command::Datastore(DatastoreCommand::Migrate { datastore_conn_uri }) => {
+            let (before, after) = crate::store::migrate_postgres(&datastore_conn_uri)
+                .context("cannot migrate the PostgreSQL datastore")?;
+            if before == after {
+                println!("the datastore is at schema version {after}: nothing to do");
+            } else {
+                println!("migrated the datastore from schema version {before} to {after}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut command = Cli::command();
@@ -516,6 +546,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open data dir `{}`", args.data_dir.display()))?,
         ),
         DatastoreKind::Memory => Arc::new(MemoryStore::new()),
+        DatastoreKind::Postgres => {
+            let Some(uri) = &args.datastore_conn_uri else {
+                bail!("--datastore postgres needs --datastore-conn-uri postgres://...");
+            };
+            Arc::new(PostgresStore::open(uri).context("cannot open the PostgreSQL datastore")?)
+        }
     };
     tracing::info!(
         datastore = ?args.datastore,

@@ -200,7 +200,27 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod postgres_store {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(store) = super::postgres_store() {
+                        super::$name(&store);
+                    }
+                }
+            )*
+        }
     };
+}
+
+/// A fresh PostgreSQL store in a schema of its own, in the database `PEMBA_TEST_POSTGRES_URL`
+/// names (`.ci/run` starts a private PostgreSQL and sets it). Without one, `None` (the test
+/// says it skipped), unless `PEMBA_REQUIRE_POSTGRES` is set (as `.ci/run` sets it): then the
+/// test fails.
+pub(crate) fn postgres_store() -> Option<crate::store::PostgresStore> {
+    let uri = crate::store::postgres_test_schema_uri()?;
+    crate::store::migrate_postgres(&uri).unwrap();
+    Some(crate::store::PostgresStore::open(&uri).unwrap())
 }
 
 conformance!(

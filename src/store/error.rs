@@ -106,6 +106,9 @@ pub enum StoreError {
         /// what the engine said (for the log: it may name files)
         detail: String,
     },
+    /// The database server (PostgreSQL) cannot be reached: retry later.
+    #[error("the datastore is unavailable: {0}")]
+    Unavailable(String),
     /// The underlying engine failed (I/O, RocksDB).
     #[error("storage engine error: {0}")]
     Engine(String),

@@ -12,12 +12,17 @@ mod kv;
 mod memory;
 mod metrics;
 mod mvcc;
+mod postgres;
 mod rocks;
 
 pub use error::{StoreError, StoreResult, WriteFailure};
 pub use graph::{EMPTY, Edge, GraphView, Sym};
 pub use memory::MemoryStore;
 pub use metrics::init_metrics;
+pub use postgres::{
+    PostgresStore, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION, migrate as migrate_postgres,
+    test_schema_uri as postgres_test_schema_uri,
+};
 pub use rocks::RocksStore;
 
 use crate::model::{

@@ -1,0 +1,480 @@
+//! The PostgreSQL backend of the key-value contract: the same MVCC layer, in one table.
+//!
+//! The store's ordered keyspace is the table `pemba_kv (key bytea primary key, value bytea)`;
+//! PostgreSQL orders `bytea` bytewise, as RocksDB orders keys, so a range scan is an indexed
+//! `key >= $1 AND key < $2 ORDER BY key`. A commit is one transaction (deletes, then upserts
+//! of the last value of each key); an unsynced commit sets `synchronous_commit = off`, which
+//! PostgreSQL makes durable with the next synced commit (its WAL is written in order), just as
+//! the contract asks. A scan reads through a cursor in a `REPEATABLE READ` transaction, so it
+//! sees one state however long it takes.
+//!
+//! The tables are made by migrations (`pemba datastore migrate`), recorded in
+//! `pemba_migrations`; opening refuses a database that is not migrated, or migrated by a newer
+//! Pemba, with a message saying what to do.
+//!
+//! The driver (tokio-postgres, with a deadpool connection pool) is async and the contract is
+//! not: the store runs the driver on a small runtime of its own, and a call waits for its
+//! task's result. That works from any thread, the server's async workers included (the
+//! callers' runtime is never blocked from inside: the work runs on the store's).
+//!
+//! One node per database for now: the MVCC layer keeps the head revision and the graph in
+//! memory, so two servers writing to one database would disagree. Opening takes a
+//! PostgreSQL advisory lock to refuse a second node, as a RocksDB directory refuses a second
+//! process.
+
+use std::future::Future;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use crate::store::kv::{Batch, BatchOp, Kv, ScanFn};
+use crate::store::mvcc::Mvcc;
+use crate::store::{StoreError, StoreResult};
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// The migrations, in order: `MIGRATIONS[i]` takes the database from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &["CREATE TABLE pemba_kv (
+        key bytea PRIMARY KEY,
+        value bytea NOT NULL
+    )"];
+
+/// The advisory lock class a node holds on its database and schema (an arbitrary constant).
+const NODE_LOCK_CLASS: i32 = 0x7065_6d62;
+
+/// The advisory lock class migrators take turns with.
+const MIGRATE_LOCK_CLASS: i32 = 0x7065_6d63;
+
+/// Rows a scan fetches at a time.
+const SCAN_CHUNK: usize = 2000;
+
+/// Connections in the pool.
+const POOL_SIZE: usize = 16;
+
+fn db_error(e: tokio_postgres::Error) -> StoreError {
+    // A closed or refused connection is the database being away: UNAVAILABLE, retry later.
+    if e.is_closed() || e.code().is_none() {
+        StoreError::Unavailable(format!("PostgreSQL: {e}"))
+    } else {
+        StoreError::Engine(format!("PostgreSQL: {e}"))
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(format!("PostgreSQL connection pool: {e}"))
+}
+
+/// The PostgreSQL key-value map.
+pub(crate) struct PgKv {
+    pool: Pool,
+    /// runs the driver; `None` only while dropping
+    rt: Option<tokio::runtime::Runtime>,
+    /// the connection holding the node's advisory lock, kept open for the store's life
+    _lock: Option<deadpool_postgres::Object>,
+}
+
+impl std::fmt::Debug for PgKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgKv").finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgKv {
+    fn drop(&mut self) {
+        drop(self._lock.take());
+        // Never blocks (the store may be dropped on an async worker).
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn runtime() -> StoreResult<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("pemba-postgres")
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Engine(format!("cannot start the PostgreSQL runtime: {e}")))
+}
+
+fn make_pool(uri: &str, rt: &tokio::runtime::Runtime) -> StoreResult<Pool> {
+    let config: tokio_postgres::Config = uri
+        .parse()
+        .map_err(|e| StoreError::Engine(format!("bad --datastore-conn-uri: {e}")))?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let _guard = rt.enter();
+    Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Engine(format!("cannot build the connection pool: {e}")))
+}
+
+/// Runs `fut` on `rt` and waits for it, from any thread.
+fn run_on<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    fut: impl Future<Output = StoreResult<T>> + Send + 'static,
+) -> StoreResult<T> {
+    futures::executor::block_on(rt.spawn(fut))
+        .map_err(|e| StoreError::Engine(format!("a PostgreSQL task failed: {e}")))?
+}
+
+/// The version the database is migrated to (0: not at all).
+async fn version(client: &deadpool_postgres::Object) -> StoreResult<i32> {
+    let exists = client
+        .query_one("SELECT to_regclass('pemba_migrations') IS NOT NULL", &[])
+        .await
+        .map_err(db_error)?;
+    if !exists.get::<_, bool>(0) {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM pemba_migrations",
+            &[],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(row.get(0))
+}
+
+/// Applies the migrations the database at `uri` lacks; returns the versions before and after.
+/// Safe to run again, and from several processes at once (they take turns).
+pub fn migrate(uri: &str) -> StoreResult<(i32, i32)> {
+    let rt = runtime()?;
+    let pool = make_pool(uri, &rt)?;
+    let out = run_on(&rt, async move {
+        let mut client = pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        // One migrator at a time.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
+            &[&MIGRATE_LOCK_CLASS],
+        )
+        .await
+        .map_err(db_error)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS pemba_migrations (
+                version integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(db_error)?;
+        let before: i32 = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM pemba_migrations",
+                &[],
+            )
+            .await
+            .map_err(db_error)?
+            .get(0);
+        if before > SCHEMA_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "the database is at schema version {before}, newer than this Pemba's \
+                 {SCHEMA_VERSION}: upgrade Pemba"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(before.max(0) as usize) {
+            tx.batch_execute(sql).await.map_err(db_error)?;
+            let v = i32::try_from(i + 1).unwrap_or(i32::MAX);
+            tx.execute("INSERT INTO pemba_migrations (version) VALUES ($1)", &[&v])
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok((before, SCHEMA_VERSION))
+    });
+    rt.shutdown_background();
+    out
+}
+
+impl PgKv {
+    /// Connects, checks the schema version and takes the node lock.
+    pub(crate) fn open(uri: &str) -> StoreResult<PgKv> {
+        let rt = runtime()?;
+        let pool = make_pool(uri, &rt)?;
+        let p = pool.clone();
+        let lock = run_on(&rt, async move {
+            let client = p.get().await.map_err(pool_error)?;
+            let v = version(&client).await?;
+            if v == 0 {
+                return Err(StoreError::Corrupt(
+                    "the PostgreSQL database is not migrated: run `pemba datastore migrate \
+                     --datastore-conn-uri URI` first"
+                        .into(),
+                ));
+            }
+            if v > SCHEMA_VERSION {
+                return Err(StoreError::Corrupt(format!(
+                    "the PostgreSQL database is at schema version {v}, newer than this \
+                     Pemba's {SCHEMA_VERSION}: upgrade Pemba"
+                )));
+            }
+            if v < SCHEMA_VERSION {
+                return Err(StoreError::Corrupt(format!(
+                    "the PostgreSQL database is at schema version {v}, this Pemba needs \
+                     {SCHEMA_VERSION}: run `pemba datastore migrate`"
+                )));
+            }
+            // One lock per database and schema (tests give each store a schema of its own).
+            let locked: bool = client
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
+                    &[&NODE_LOCK_CLASS],
+                )
+                .await
+                .map_err(db_error)?
+                .get(0);
+            if !locked {
+                return Err(StoreError::Locked {
+                    path: "the PostgreSQL database (another Pemba node serves it)".into(),
+                });
+            }
+            Ok(client)
+        })?;
+        Ok(PgKv {
+            pool,
+            rt: Some(rt),
+            _lock: Some(lock),
+        })
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = StoreResult<T>> + Send + 'static,
+    ) -> StoreResult<T> {
+        match &self.rt {
+            Some(rt) => run_on(rt, fut),
+            None => Err(StoreError::Engine("the PostgreSQL store is closed".into())),
+        }
+    }
+}
+
+impl Kv for PgKv {
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        let (pool, key) = (self.pool.clone(), key.to_vec());
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let row = client
+                .query_opt("SELECT value FROM pemba_kv WHERE key = $1", &[&key])
+                .await
+                .map_err(db_error)?;
+            Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+        })
+    }
+
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, f: &mut ScanFn<'_>) -> StoreResult<()> {
+        if end.is_some_and(|e| e <= start) {
+            return Ok(());
+        }
+        let (pool, start, end) = (self.pool.clone(), start.to_vec(), end.map(<[u8]>::to_vec));
+        // A cursor in a repeatable-read transaction on one connection, which each chunk's task
+        // takes and gives back.
+        let mut client =
+            Some(self.run(async move {
+                let client = pool.get().await.map_err(pool_error)?;
+                client
+                    .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await
+                    .map_err(db_error)?;
+                let declared =
+                    match &end {
+                        Some(end) => client
+                            .execute(
+                                "DECLARE pemba_scan NO SCROLL CURSOR FOR SELECT key, value FROM \
+                             pemba_kv WHERE key >= $1 AND key < $2 ORDER BY key",
+                                &[&start, end],
+                            )
+                            .await,
+                        None => client
+                            .execute(
+                                "DECLARE pemba_scan NO SCROLL CURSOR FOR SELECT key, value FROM \
+                             pemba_kv WHERE key >= $1 ORDER BY key",
+                                &[&start],
+                            )
+                            .await,
+                    };
+                if let Err(e) = declared {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(db_error(e));
+                }
+                Ok(client)
+            })?);
+        let mut outcome = Ok(());
+        'chunks: loop {
+            let Some(c) = client.take() else { break };
+            let fetched = self.run(async move {
+                let rows = c
+                    .query(&format!("FETCH {SCAN_CHUNK} FROM pemba_scan"), &[])
+                    .await;
+                match rows {
+                    Ok(rows) => Ok((c, Ok(rows))),
+                    Err(e) => Ok((c, Err(db_error(e)))),
+                }
+            });
+            let (c, rows) = fetched?;
+            client = Some(c);
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            let n = rows.len();
+            for row in rows {
+                let (k, v): (&[u8], &[u8]) = (row.get(0), row.get(1));
+                match f(k, v) {
+                    Ok(true) => {}
+                    Ok(false) => break 'chunks,
+                    Err(e) => {
+                        outcome = Err(e);
+                        break 'chunks;
+                    }
+                }
+            }
+            if n < SCAN_CHUNK {
+                break;
+            }
+        }
+        if let Some(c) = client {
+            // Ends the transaction (and the cursor) before the connection goes back.
+            self.run(async move {
+                c.batch_execute("ROLLBACK").await.map_err(db_error)?;
+                Ok(())
+            })?;
+        }
+        outcome
+    }
+
+    fn commit(&self, batch: Batch) -> StoreResult<()> {
+        self.write(batch, true)
+    }
+
+    fn commit_unsynced(&self, batch: Batch) -> StoreResult<()> {
+        self.write(batch, false)
+    }
+}
+
+impl PgKv {
+    /// Applies `batch` in one transaction: only each key's last operation matters, so the
+    /// deletes go in one statement and the puts in another (two round trips whatever the
+    /// size).
+    fn write(&self, batch: Batch, sync: bool) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut last: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>> =
+            std::collections::HashMap::with_capacity(batch.len());
+        for op in batch.ops {
+            match op {
+                BatchOp::Put(k, v) => last.insert(k, Some(v)),
+                BatchOp::Delete(k) => last.insert(k, None),
+            };
+        }
+        let (mut put_keys, mut put_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, v) in last {
+            match v {
+                Some(v) => {
+                    put_keys.push(k);
+                    put_values.push(v);
+                }
+                None => deletes.push(k),
+            }
+        }
+        let pool = self.pool.clone();
+        self.run(async move {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            if !sync {
+                tx.batch_execute("SET LOCAL synchronous_commit = off")
+                    .await
+                    .map_err(db_error)?;
+            }
+            if !deletes.is_empty() {
+                tx.execute("DELETE FROM pemba_kv WHERE key = ANY($1)", &[&deletes])
+                    .await
+                    .map_err(db_error)?;
+            }
+            if !put_keys.is_empty() {
+                tx.execute(
+                    "INSERT INTO pemba_kv (key, value) SELECT * FROM unnest($1::bytea[], \
+                     $2::bytea[]) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    &[&put_keys, &put_values],
+                )
+                .await
+                .map_err(db_error)?;
+            }
+            tx.commit().await.map_err(db_error)?;
+            Ok(())
+        })
+    }
+}
+
+/// A [`Datastore`](crate::store::Datastore) in a PostgreSQL database (migrated with
+/// [`migrate`]). One node at a time may serve a database.
+#[derive(Debug)]
+pub struct PostgresStore {
+    /// the shared MVCC layer over the database
+    pub(crate) inner: Mvcc<PgKv>,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `uri` (a `postgres://` URI or key=value string) and opens
+    /// the store in it. Fails with [`StoreError::Corrupt`] if the database is not migrated
+    /// (or migrated by a newer Pemba), [`StoreError::Locked`] if another node serves it,
+    /// [`StoreError::Unavailable`] if it cannot be reached.
+    pub fn open(uri: &str) -> StoreResult<PostgresStore> {
+        let kv = PgKv::open(uri)?;
+        Ok(PostgresStore {
+            inner: Mvcc::open(kv)?,
+        })
+    }
+}
+
+crate::store::mvcc::delegate_datastore!(PostgresStore);
+
+/// For tests: the URI of a new, empty schema in the database `PEMBA_TEST_POSTGRES_URL` names
+/// (`.ci/run` starts a private PostgreSQL and sets it). Without one, `None` (after saying the
+/// test skipped), unless `PEMBA_REQUIRE_POSTGRES` is set (as `.ci/run` sets it): then it
+/// panics, so the test fails.
+#[doc(hidden)]
+#[allow(clippy::unwrap_used, clippy::panic, reason = "a test fixture")]
+pub fn test_schema_uri() -> Option<String> {
+    let Some(base) = std::env::var("PEMBA_TEST_POSTGRES_URL").ok() else {
+        assert!(
+            std::env::var_os("PEMBA_REQUIRE_POSTGRES").is_none(),
+            "PEMBA_REQUIRE_POSTGRES is set but PEMBA_TEST_POSTGRES_URL is not"
+        );
+        eprintln!("skipped: no PostgreSQL (set PEMBA_TEST_POSTGRES_URL, as .ci/run does)");
+        return None;
+    };
+    let schema = format!("t{:016x}", rand::random::<u64>());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .unwrap();
+        drop(client);
+        let _ = conn.await;
+    });
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options=-csearch_path%3D{schema}"))
+}

@@ -1,0 +1,197 @@
+//! `pemba serve --datastore postgres` as an operator runs it: migrations first, then a server
+//! whose data outlives kill -9, one node per database.
+//!
+//! Needs the PostgreSQL `.ci/run` starts (`PEMBA_TEST_POSTGRES_URL`); without it each test
+//! says it skipped, unless `PEMBA_REQUIRE_POSTGRES` is set.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{free_port, serve_command, wait_listening};
+
+fn pemba(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pemba"))
+        .args(args)
+        .env("PEMBA_LOG", "warn")
+        .env_remove("PEMBA_TOKEN")
+        .env(
+            "PEMBA_CONFIG_DIR",
+            std::env::temp_dir().join("pemba-pg-test-none"),
+        )
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn serve(uri: &str) -> (Child, u16) {
+    let port = free_port();
+    let mut child = serve_command(port)
+        .args(["--datastore", "postgres", "--datastore-conn-uri", uri])
+        .args(["--metrics-enabled=false"])
+        .spawn()
+        .unwrap();
+    wait_listening(&mut child, port, Duration::from_secs(30));
+    (child, port)
+}
+
+fn at(port: u16, args: &[&str]) -> Output {
+    let endpoint = format!("127.0.0.1:{port}");
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--endpoint", &endpoint]);
+    pemba(&all)
+}
+
+/// Migrations are required and repeatable; the data survives kill -9; a second node on the
+/// same database is refused.
+#[test]
+fn a_postgres_datastore_is_migrated_durable_and_single_node() {
+    let Some(uri) = pemba::store::postgres_test_schema_uri() else {
+        return;
+    };
+
+    // Without a URI, and before the migrations: refused with what to do.
+    let no_uri = Command::new(env!("CARGO_BIN_EXE_pemba"))
+        .args([
+            "serve",
+            "--datastore",
+            "postgres",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .env_remove("PEMBA_DATASTORE_CONN_URI")
+        .output()
+        .unwrap();
+    assert_eq!(no_uri.status.code(), Some(3));
+    assert!(
+        text(&no_uri).contains("--datastore-conn-uri"),
+        "{}",
+        text(&no_uri)
+    );
+    let unmigrated = Command::new(env!("CARGO_BIN_EXE_pemba"))
+        .args([
+            "serve",
+            "--datastore",
+            "postgres",
+            "--datastore-conn-uri",
+            &uri,
+        ])
+        .args(["--grpc-addr", "127.0.0.1:0", "--metrics-enabled=false"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(unmigrated.status.code(), Some(3));
+    assert!(
+        text(&unmigrated).contains("pemba datastore migrate"),
+        "{}",
+        text(&unmigrated)
+    );
+
+    let migrated = pemba(&["datastore", "migrate", "--datastore-conn-uri", &uri]);
+    assert!(migrated.status.success(), "{}", text(&migrated));
+    assert!(
+        text(&migrated).contains("from schema version 0 to 1"),
+        "{}",
+        text(&migrated)
+    );
+    let again = pemba(&["datastore", "migrate", "--datastore-conn-uri", &uri]);
+    assert!(text(&again).contains("nothing to do"), "{}", text(&again));
+
+    // Write through the first server, kill -9 it, and read everything back from a new one.
+    let (mut first, port) = serve(&uri);
+    let wrote = at(port, &["schema", "write", "schema/document_sharing.zed"]);
+    assert!(wrote.status.success(), "{}", text(&wrote));
+    let rels: Vec<String> = (0..300)
+        .map(|i| format!("document:d{i}#viewer@user:u{}", i % 7))
+        .collect();
+    let mut args = vec!["relationship", "create"];
+    args.extend(rels.iter().map(String::as_str));
+    assert!(at(port, &args).status.success());
+    assert!(
+        at(
+            port,
+            &["relationship", "delete", "document:d0#viewer@user:u0"]
+        )
+        .status
+        .success()
+    );
+    let before = at(
+        port,
+        &[
+            "permission",
+            "lookup-resources",
+            "document",
+            "view",
+            "user:u1",
+        ],
+    );
+    assert!(before.status.success(), "{}", text(&before));
+
+    // A second node on the same database is refused while the first serves.
+    let second = Command::new(env!("CARGO_BIN_EXE_pemba"))
+        .args([
+            "serve",
+            "--datastore",
+            "postgres",
+            "--datastore-conn-uri",
+            &uri,
+        ])
+        .args(["--grpc-addr", "127.0.0.1:0", "--metrics-enabled=false"])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(3), "{}", text(&second));
+    assert!(
+        text(&second).contains("another Pemba node"),
+        "{}",
+        text(&second)
+    );
+
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let (mut restarted, port) = serve(&uri);
+    let after = at(
+        port,
+        &[
+            "permission",
+            "lookup-resources",
+            "document",
+            "view",
+            "user:u1",
+        ],
+    );
+    assert_eq!(text(&after), text(&before));
+    assert_eq!(String::from_utf8_lossy(&after.stdout).lines().count(), 43);
+    let check = at(
+        port,
+        &["permission", "check", "document:d0", "view", "user:u0"],
+    );
+    assert_eq!(check.status.code(), Some(1), "deleted before the kill");
+    let check = at(
+        port,
+        &["permission", "check", "document:d7", "view", "user:u0"],
+    );
+    assert_eq!(check.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&at(port, &["schema", "read"]).stdout)
+            .contains("definition folder")
+    );
+    restarted.kill().unwrap();
+    restarted.wait().unwrap();
+}
