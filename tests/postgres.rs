@@ -58,10 +58,16 @@ fn at(port: u16, args: &[&str]) -> Output {
     pemba(&all)
 }
 
+/// The tests of this file take turns: one of them stops the database.
+static DATABASE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Migrations are required and repeatable; the data survives kill -9; a second node on the
 /// same database is refused.
 #[test]
 fn a_postgres_datastore_is_migrated_durable_and_single_node() {
+    let _turn = DATABASE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(uri) = pemba::store::postgres_test_schema_uri() else {
         return;
     };
@@ -194,4 +200,118 @@ fn a_postgres_datastore_is_migrated_durable_and_single_node() {
     );
     restarted.kill().unwrap();
     restarted.wait().unwrap();
+}
+
+/// Runs one of the shell commands `.ci/postgres` exports to stop or start the database.
+fn database(var: &str) {
+    let command = std::env::var(var).unwrap();
+    let ok = Command::new("bash")
+        .args(["-c", &command])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "{var} failed: {command}");
+}
+
+/// While the database is down, writes (and reads that go to it) fail with UNAVAILABLE and
+/// checks go on from memory; once it is back, the same server serves writes again by itself,
+/// and nothing acknowledged is lost.
+#[test]
+fn a_database_restart_gives_unavailable_then_service_resumes() {
+    let _turn = DATABASE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(uri) = pemba::store::postgres_test_schema_uri() else {
+        return;
+    };
+    if std::env::var_os("PEMBA_TEST_POSTGRES_STOP").is_none() {
+        assert!(std::env::var_os("PEMBA_REQUIRE_POSTGRES").is_none());
+        eprintln!("skipped: no PEMBA_TEST_POSTGRES_STOP / _START (as .ci/run sets them)");
+        return;
+    }
+    assert!(
+        pemba(&["datastore", "migrate", "--datastore-conn-uri", &uri])
+            .status
+            .success()
+    );
+    let (mut server, port) = serve(&uri);
+    assert!(
+        at(port, &["schema", "write", "schema/document_sharing.zed"])
+            .status
+            .success()
+    );
+    assert!(
+        at(
+            port,
+            &["relationship", "create", "document:a#viewer@user:ann"]
+        )
+        .status
+        .success()
+    );
+
+    database("PEMBA_TEST_POSTGRES_STOP");
+    let write = at(
+        port,
+        &["relationship", "create", "document:b#viewer@user:ann"],
+    );
+    let down = || {
+        assert_eq!(write.status.code(), Some(3), "{}", text(&write));
+        assert!(text(&write).contains("Unavailable"), "{}", text(&write));
+        let check = at(
+            port,
+            &["permission", "check", "document:a", "view", "user:ann"],
+        );
+        assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+        let read = at(port, &["relationship", "read", "document"]);
+        assert!(text(&read).contains("Unavailable"), "{}", text(&read));
+    };
+    let outcome = std::panic::catch_unwind(down);
+    database("PEMBA_TEST_POSTGRES_START");
+    if let Err(p) = outcome {
+        std::panic::resume_unwind(p);
+    }
+
+    // Back by itself: the pool reconnects on the next call.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let write = at(
+            port,
+            &["relationship", "create", "document:b#viewer@user:ann"],
+        );
+        if write.status.success() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", text(&write));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        at(
+            port,
+            &["relationship", "create", "document:c#viewer@user:ann"]
+        )
+        .status
+        .success()
+    );
+    let read = at(port, &["relationship", "read", "document"]);
+    assert_eq!(
+        String::from_utf8_lossy(&read.stdout),
+        "document:a#viewer@user:ann\ndocument:b#viewer@user:ann\ndocument:c#viewer@user:ann\n"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let (mut again, port) = serve(&uri);
+    let found = at(
+        port,
+        &[
+            "permission",
+            "lookup-resources",
+            "document",
+            "view",
+            "user:ann",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&found.stdout), "a\nb\nc\n");
+    again.kill().unwrap();
+    again.wait().unwrap();
 }

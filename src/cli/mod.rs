@@ -553,9 +553,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(PostgresStore::open(uri).context("cannot open the PostgreSQL datastore")?)
         }
     };
+    let location = match args.datastore {
+        DatastoreKind::Rocksdb => args.data_dir.display().to_string(),
+        DatastoreKind::Memory => "memory".to_string(),
+        // (the URI may hold a password: not logged)
+        DatastoreKind::Postgres => "the --datastore-conn-uri database".to_string(),
+    };
     tracing::info!(
         datastore = ?args.datastore,
-        data_dir = %args.data_dir.display(),
+        location,
         store_id = store.unique_id(),
         "datastore open"
     );
