@@ -13,6 +13,8 @@ pub mod transfer;
 use std::process::ExitCode;
 
 use super::client::{Client, ClientArgs, call_failed, runtime};
+use crate::api::proto::authzed::api::v1 as pb;
+use crate::cli::output::token_text;
 
 /// The exit code of a `permission check` that answered "no".
 pub const EXIT_NO: u8 = 1;
@@ -34,4 +36,42 @@ where
 /// A failed call as an error naming it, with the server's `ErrorInfo` reason if any.
 fn failed(call: &str, status: &tonic::Status) -> anyhow::Error {
     call_failed(call, status)
+}
+
+/// Relationships per WriteRelationships (SpiceDB's default limit).
+const WRITE_BATCH: usize = 1000;
+
+/// Writes `rels` with `op`, a WriteRelationships of at most 1,000 at a time (each its own
+/// transaction); `progress` is told how many are written after each. Returns the last token.
+async fn write_in_batches(
+    c: &Client,
+    rels: &[pb::Relationship],
+    op: pb::relationship_update::Operation,
+    mut progress: impl FnMut(usize),
+) -> anyhow::Result<String> {
+    let mut client =
+        pb::permissions_service_client::PermissionsServiceClient::new(c.channel.clone());
+    let mut token = String::new();
+    let mut done = 0;
+    for chunk in rels.chunks(WRITE_BATCH) {
+        let updates = chunk
+            .iter()
+            .map(|r| pb::RelationshipUpdate {
+                operation: op as i32,
+                relationship: Some(r.clone()),
+            })
+            .collect();
+        let resp = client
+            .write_relationships(c.request(pb::WriteRelationshipsRequest {
+                updates,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|s| failed("WriteRelationships", &s))?
+            .into_inner();
+        token = token_text(resp.written_at.as_ref()).to_string();
+        done += chunk.len();
+        progress(done);
+    }
+    Ok(token)
 }

@@ -431,6 +431,15 @@ fn trace_result(t: &pb::CheckDebugTrace) -> &'static str {
     }
 }
 
+/// The branch drawn before a tree node, and the prefix of its children's lines.
+fn branches(prefix: &str, last: bool, root: bool) -> (&'static str, String) {
+    match (root, last) {
+        (true, _) => ("", prefix.to_string()),
+        (false, true) => ("└── ", format!("{prefix}    ")),
+        (false, false) => ("├── ", format!("{prefix}│   ")),
+    }
+}
+
 /// Draws one trace node and its sub-problems with box-drawing branches.
 fn draw_trace(
     paint: &Paint,
@@ -442,11 +451,7 @@ fn draw_trace(
 ) {
     use pb::check_debug_trace::Resolution;
     use std::fmt::Write as _;
-    let branch = match (root, last) {
-        (true, _) => "",
-        (false, true) => "└── ",
-        (false, false) => "├── ",
-    };
+    let (branch, child_prefix) = branches(prefix, last, root);
     let result = trace_result(t);
     let mark = match result {
         "true" => paint.good("✓"),
@@ -469,13 +474,6 @@ fn draw_trace(
         let _ = write!(out, "  caveat {}: {}", c.caveat_name, c.expression);
     }
     out.push('\n');
-    let child_prefix = if root {
-        prefix.to_string()
-    } else if last {
-        format!("{prefix}    ")
-    } else {
-        format!("{prefix}│   ")
-    };
     if let Some(Resolution::SubProblems(sub)) = &t.resolution {
         let n = sub.traces.len();
         for (i, s) in sub.traces.iter().enumerate() {
@@ -511,18 +509,7 @@ fn draw_tree(
 ) {
     use pb::permission_relationship_tree::TreeType;
     use std::fmt::Write as _;
-    let branch = match (root, last) {
-        (true, _) => "",
-        (false, true) => "└── ",
-        (false, false) => "├── ",
-    };
-    let child_prefix = if root {
-        prefix.to_string()
-    } else if last {
-        format!("{prefix}    ")
-    } else {
-        format!("{prefix}│   ")
-    };
+    let (branch, child_prefix) = branches(prefix, last, root);
     let name = format!(
         "{}#{}",
         object_text(t.expanded_object.as_ref()),

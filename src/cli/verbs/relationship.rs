@@ -9,14 +9,11 @@ use std::process::ExitCode;
 use anyhow::bail;
 use futures::StreamExt as _;
 
-use super::{failed, with_client};
+use super::{failed, with_client, write_in_batches};
 use crate::api::proto::authzed::api::v1 as pb;
 use crate::cli::client::ClientArgs;
 use crate::cli::output::{QueryFlags, relationship_text, relationships_from, token_text};
 use pb::permissions_service_client::PermissionsServiceClient;
-
-/// At most this many updates per WriteRelationships (SpiceDB's default limit).
-const BATCH: usize = 1000;
 
 /// `pemba relationship` arguments.
 #[derive(Debug, clap::Args)]
@@ -139,27 +136,8 @@ fn write(args: WriteArgs, op: pb::relationship_update::Operation) -> anyhow::Res
     }
     let json = args.json;
     with_client(&args.client, |c| async move {
-        let mut client = PermissionsServiceClient::new(c.channel.clone());
         let count = rels.len();
-        let mut token = String::new();
-        for chunk in rels.chunks(BATCH) {
-            let updates = chunk
-                .iter()
-                .map(|r| pb::RelationshipUpdate {
-                    operation: op as i32,
-                    relationship: Some(r.clone()),
-                })
-                .collect();
-            let resp = client
-                .write_relationships(c.request(pb::WriteRelationshipsRequest {
-                    updates,
-                    ..Default::default()
-                }))
-                .await
-                .map_err(|s| failed("WriteRelationships", &s))?
-                .into_inner();
-            token = token_text(resp.written_at.as_ref()).to_string();
-        }
+        let token = write_in_batches(&c, &rels, op, |_| {}).await?;
         if json {
             println!(
                 "{}",

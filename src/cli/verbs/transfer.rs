@@ -8,16 +8,13 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 
-use super::{failed, with_client};
+use super::{failed, with_client, write_in_batches};
 use crate::api::proto::authzed::api::v1 as pb;
 use crate::cli::client::ClientArgs;
 use crate::cli::output::{relationship, relationship_text, token_text};
 use pb::permissions_service_client::PermissionsServiceClient;
 use pb::schema_service_client::SchemaServiceClient;
 use pb::watch_service_client::WatchServiceClient;
-
-/// Relationships per WriteRelationships when importing.
-const BATCH: usize = 1000;
 
 /// `pemba watch` arguments.
 #[derive(Debug, clap::Args)]
@@ -184,31 +181,19 @@ pub fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
             eprintln!("schema written");
         }
         let progress = std::io::stderr().is_terminal();
-        let mut client = PermissionsServiceClient::new(c.channel.clone());
-        let mut token = String::new();
-        let mut done = 0usize;
-        for chunk in rels.chunks(BATCH) {
-            let updates = chunk
-                .iter()
-                .map(|r| pb::RelationshipUpdate {
-                    operation: pb::relationship_update::Operation::Touch as i32,
-                    relationship: Some(r.clone()),
-                })
-                .collect();
-            let resp = client
-                .write_relationships(c.request(pb::WriteRelationshipsRequest {
-                    updates,
-                    ..Default::default()
-                }))
-                .await
-                .map_err(|s| failed("WriteRelationships", &s))?
-                .into_inner();
-            token = token_text(resp.written_at.as_ref()).to_string();
-            done += chunk.len();
-            if progress {
-                eprint!("\r{done} / {} relationships", rels.len());
-            }
-        }
+        let total = rels.len();
+        let token = write_in_batches(
+            &c,
+            &rels,
+            pb::relationship_update::Operation::Touch,
+            |done| {
+                if progress {
+                    eprint!("\r{done} / {total} relationships");
+                }
+            },
+        )
+        .await?;
+        let done = total;
         if progress {
             eprintln!();
         }
