@@ -324,6 +324,24 @@ fn every_verb_works_against_a_server() {
     let text = s.ok(&["export", "--format", "text"]);
     assert_eq!(text.lines().count(), 4, "{text}");
 
+    // schema diff (local): what changed between two files
+    let after = dir.path().join("after.zed");
+    std::fs::write(
+        &after,
+        CAVEATED.replace(
+            "    permission view = viewer - banned\n",
+            "    relation editor: user\n    permission view = viewer + editor - banned\n",
+        ),
+    )
+    .unwrap();
+    let diff = s.ok(&["schema", "diff", schema, after.to_str().unwrap()]);
+    assert!(diff.contains("added relation document#editor"), "{diff}");
+    assert!(
+        diff.contains("changed expression of permission document#view"),
+        "{diff}"
+    );
+    assert_eq!(s.ok(&["schema", "diff", schema, schema]), "no changes\n");
+
     // usage errors, completions
     let usage = s.pemba(&["permission", "check", "document:plan"]);
     assert_eq!(code(&usage), 64);
@@ -600,6 +618,34 @@ fn validate_passes_the_examples_and_points_at_broken_lines() {
     );
     let (_, err) = broken("repeated.yaml", text);
     assert!(err.contains("found repeated relationship"), "{err}");
+
+    // `schemaFile` and `relationshipsFile`, relative to the file; a `.zed` file compiles
+    std::fs::write(dir.path().join("s.zed"), CAVEATED).unwrap();
+    std::fs::write(
+        dir.path().join("rels.txt"),
+        "// the data\ndocument:d#viewer@user:ann\ndocument:d#banned@user:bob\n",
+    )
+    .unwrap();
+    let split = dir.path().join("split.yaml");
+    std::fs::write(
+        &split,
+        "schemaFile: s.zed\nrelationshipsFile: rels.txt\nassertions:\n  assertTrue:\n    - document:d#view@user:ann\n  assertFalse:\n    - document:d#view@user:bob\n",
+    )
+    .unwrap();
+    let out = validate(&[split.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("Success! - 2 relationships loaded, 2 assertions run"));
+    let zed = validate(&[dir.path().join("s.zed").to_str().unwrap()]);
+    assert!(zed.status.success(), "{}", stderr(&zed));
+    let escape = dir.path().join("escape.yaml");
+    std::fs::write(&escape, "schemaFile: ../s.zed\n").unwrap();
+    let out = validate(&[escape.to_str().unwrap()]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("inside the validation file's directory"),
+        "{}",
+        stderr(&out)
+    );
 
     // a legacy key
     let (_, err) = broken("legacy.yaml", format!("{source}\nvalidation_tuples: []\n"));

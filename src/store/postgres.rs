@@ -70,8 +70,9 @@ pub(crate) struct PgKv {
     pool: Pool,
     /// runs the driver; `None` only while dropping
     rt: Option<tokio::runtime::Runtime>,
-    /// the connection holding the node's advisory lock, kept open for the store's life
-    _lock: Option<deadpool_postgres::Object>,
+    /// the connection holding the node's advisory lock, kept open for the store's life (and
+    /// taken again before a write if the database dropped it)
+    lock: std::sync::Mutex<Option<deadpool_postgres::Object>>,
 }
 
 impl std::fmt::Debug for PgKv {
@@ -82,7 +83,12 @@ impl std::fmt::Debug for PgKv {
 
 impl Drop for PgKv {
     fn drop(&mut self) {
-        drop(self._lock.take());
+        drop(
+            self.lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
         // Never blocks (the store may be dropped on an async worker).
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
@@ -125,6 +131,28 @@ fn run_on<T: Send + 'static>(
 ) -> StoreResult<T> {
     futures::executor::block_on(rt.spawn(fut))
         .map_err(|e| StoreError::Engine(format!("a PostgreSQL task failed: {e}")))?
+}
+
+/// Takes the node's advisory lock on the connection `client` (one lock per database and
+/// schema: tests give each store a schema of its own); false if another session holds it.
+async fn take_node_lock(client: &deadpool_postgres::Object) -> StoreResult<bool> {
+    Ok(client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
+            &[&NODE_LOCK_CLASS],
+        )
+        .await
+        .map_err(db_error)?
+        .get(0))
+}
+
+/// The error of a write this node must not make: its view of the database is not the
+/// database's any more. Writes stop until a restart, which loads the database afresh.
+fn diverged(what: &str) -> StoreError {
+    StoreError::Unwritable {
+        cause: crate::store::WriteFailure::NeedsRepair,
+        detail: format!("{what}; restart the server to load the database afresh"),
+    }
 }
 
 /// The version the database is migrated to (0: not at all).
@@ -225,16 +253,7 @@ impl PgKv {
                      {SCHEMA_VERSION}: run `pemba datastore migrate`"
                 )));
             }
-            // One lock per database and schema (tests give each store a schema of its own).
-            let locked: bool = client
-                .query_one(
-                    "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
-                    &[&NODE_LOCK_CLASS],
-                )
-                .await
-                .map_err(db_error)?
-                .get(0);
-            if !locked {
+            if !take_node_lock(&client).await? {
                 return Err(StoreError::Locked {
                     path: "the PostgreSQL database (another Pemba node serves it)".into(),
                 });
@@ -244,7 +263,7 @@ impl PgKv {
         Ok(PgKv {
             pool,
             rt: Some(rt),
-            _lock: Some(lock),
+            lock: std::sync::Mutex::new(Some(lock)),
         })
     }
 
@@ -366,6 +385,35 @@ impl Kv for PgKv {
 }
 
 impl PgKv {
+    /// Makes sure this node still holds its advisory lock before it writes: a database
+    /// restart drops the session that held it, and then it is taken again, unless another
+    /// node took it meanwhile (then this node stops writing).
+    fn keep_node_lock(&self) -> StoreResult<()> {
+        let mut held = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        let pool = self.pool.clone();
+        let client = self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            if take_node_lock(&client).await? {
+                Ok(Some(client))
+            } else {
+                Ok(None)
+            }
+        })?;
+        match client {
+            Some(c) => {
+                *held = Some(c);
+                Ok(())
+            }
+            None => Err(diverged("another Pemba node took this database over")),
+        }
+    }
+
     /// Applies `batch` in one transaction: only each key's last operation matters, so the
     /// deletes go in one statement and the puts in another (two round trips whatever the
     /// size).
@@ -391,10 +439,38 @@ impl PgKv {
                 None => deletes.push(k),
             }
         }
+        self.keep_node_lock()?;
+        // A batch that moves the head must move it from the head this node knows: if the
+        // database's differs (a commit whose acknowledgement was lost, or another writer),
+        // committing would give two meanings to one revision.
+        let head_key = crate::store::encoding::meta_key(crate::store::encoding::META_HEAD);
+        let new_head = put_keys
+            .iter()
+            .zip(&put_values)
+            .find(|(k, _)| **k == head_key)
+            .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes);
         let pool = self.pool.clone();
         self.run(async move {
             let mut client = pool.get().await.map_err(pool_error)?;
             let tx = client.transaction().await.map_err(db_error)?;
+            if let Some(new_head) = new_head {
+                let stored = tx
+                    .query_opt(
+                        "SELECT value FROM pemba_kv WHERE key = $1 FOR UPDATE",
+                        &[&head_key],
+                    )
+                    .await
+                    .map_err(db_error)?
+                    .and_then(|r| <[u8; 8]>::try_from(r.get::<_, &[u8]>(0)).ok())
+                    .map(u64::from_be_bytes);
+                let expected = new_head.checked_sub(1);
+                if stored != expected {
+                    return Err(diverged(&format!(
+                        "the database's head revision is {stored:?}, this node expected                          {expected:?}"
+                    )));
+                }
+            }
             if !sync {
                 tx.batch_execute("SET LOCAL synchronous_commit = off")
                     .await
@@ -477,4 +553,118 @@ pub fn test_schema_uri() -> Option<String> {
     });
     let sep = if base.contains('?') { '&' } else { '?' };
     Some(format!("{base}{sep}options=-csearch_path%3D{schema}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Timestamp, parse_relationship};
+    use crate::store::{Datastore, RelationshipUpdate, UpdateOp};
+
+    fn touch(store: &PostgresStore, text: &str) -> StoreResult<crate::model::Revision> {
+        store.write_relationships(
+            &[],
+            &[RelationshipUpdate {
+                op: UpdateOp::Touch,
+                relationship: parse_relationship(text).unwrap(),
+            }],
+            Timestamp::now(),
+        )
+    }
+
+    /// Runs SQL on a connection of its own to the store's schema.
+    fn sql<T: Send + 'static>(
+        uri: &str,
+        f: impl AsyncFnOnce(&tokio_postgres::Client) -> T + Send + 'static,
+    ) -> T {
+        let uri = uri.to_string();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&uri, NoTls).await.unwrap();
+            tokio::spawn(conn);
+            f(&client).await
+        })
+    }
+
+    /// A head that moved in the database under the node (a commit whose acknowledgement was
+    /// lost, another writer) stops the node's writes instead of writing a revision twice.
+    #[test]
+    fn a_head_moved_under_the_node_stops_its_writes() {
+        let Some(uri) = test_schema_uri() else { return };
+        migrate(&uri).unwrap();
+        let store = PostgresStore::open(&uri).unwrap();
+        let rev = touch(&store, "document:a#viewer@user:ann").unwrap();
+        let key = crate::store::encoding::meta_key(crate::store::encoding::META_HEAD);
+        let bumped = (rev.0 + 1).to_be_bytes().to_vec();
+        sql(&uri, async move |c| {
+            c.execute(
+                "UPDATE pemba_kv SET value = $1 WHERE key = $2",
+                &[&bumped, &key],
+            )
+            .await
+            .unwrap()
+        });
+        let refused = touch(&store, "document:b#viewer@user:ann");
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::Unwritable {
+                    cause: crate::store::WriteFailure::NeedsRepair,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(store.head_revision().unwrap(), rev);
+    }
+
+    /// A node whose lock session the database dropped takes the lock again before writing;
+    /// if another session took it meanwhile, the node stops writing.
+    #[test]
+    fn a_lost_node_lock_is_taken_again_or_the_node_stops_writing() {
+        let Some(uri) = test_schema_uri() else { return };
+        migrate(&uri).unwrap();
+        let store = PostgresStore::open(&uri).unwrap();
+        touch(&store, "document:a#viewer@user:ann").unwrap();
+        let terminate = async |c: &tokio_postgres::Client| {
+            c.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND classid = $1::int::oid AND objid = hashtext(current_schema())::oid",
+                &[&NODE_LOCK_CLASS],
+            )
+            .await
+            .unwrap()
+        };
+        assert_eq!(sql(&uri, terminate), 1);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        touch(&store, "document:b#viewer@user:ann").unwrap();
+
+        // Dropped again, and this time another session takes the lock first.
+        let u = uri.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (other, conn) = rt.block_on(tokio_postgres::connect(&u, NoTls)).unwrap();
+        rt.spawn(conn);
+        assert_eq!(sql(&uri, terminate), 1);
+        let took: bool = rt
+            .block_on(other.query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
+                &[&NODE_LOCK_CLASS],
+            ))
+            .unwrap()
+            .get(0);
+        assert!(took);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let refused = touch(&store, "document:c#viewer@user:ann");
+        assert!(
+            matches!(refused, Err(StoreError::Unwritable { .. })),
+            "{refused:?}"
+        );
+        drop(other);
+    }
 }
