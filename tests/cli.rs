@@ -700,3 +700,78 @@ fn the_cli_reference_is_generated() {
         assert!(generated.contains(verb), "{verb}");
     }
 }
+
+/// `pemba serve-testing --load-configs`: every new store (one per token) starts with the
+/// files' schema and relationships; a bad file stops the server at start.
+#[test]
+fn serve_testing_loads_configs_into_every_store() {
+    let port = free_port();
+    let mut child = pemba()
+        .args(["serve-testing", "--grpc-addr", &format!("127.0.0.1:{port}")])
+        .args(["--readonly-grpc-enabled=false"])
+        .args(["--load-configs", "schema/document_sharing.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    wait_listening(&mut child, port, Duration::from_secs(30));
+    let endpoint = format!("127.0.0.1:{port}");
+    let ask = |token: &str, args: &[&str]| {
+        pemba()
+            .args(args)
+            .args(["--endpoint", &endpoint, "--token", token])
+            .output()
+            .unwrap()
+    };
+    let example: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo().join("schema/document_sharing.yaml")).unwrap(),
+    )
+    .unwrap();
+    let granted = example["assertions"]["assertTrue"][0].as_str().unwrap();
+    let (resource, rest) = granted.split_once('#').unwrap();
+    let (permission, subject) = rest.split_once('@').unwrap();
+    for token in ["one", "two"] {
+        let check = ask(
+            token,
+            &["permission", "check", resource, permission, subject],
+        );
+        assert_eq!(code(&check), 0, "{token}: {}", stderr(&check));
+    }
+    // Stores stay apart: a write with one token is not seen with the other.
+    let wrote = ask(
+        "one",
+        &["relationship", "create", "document:fresh#viewer@user:zoe"],
+    );
+    assert!(wrote.status.success(), "{}", stderr(&wrote));
+    let mine = ask(
+        "one",
+        &["permission", "check", "document:fresh", "view", "user:zoe"],
+    );
+    let theirs = ask(
+        "two",
+        &["permission", "check", "document:fresh", "view", "user:zoe"],
+    );
+    assert_eq!((code(&mine), code(&theirs)), (0, 1));
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "schema: |-\n  definition user {}\nrelationships: |-\n  document:x#viewer@user:a\n",
+    )
+    .unwrap();
+    let refused = pemba()
+        .args(["serve-testing", "--grpc-addr", "127.0.0.1:0"])
+        .args(["--readonly-grpc-enabled=false", "--load-configs"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(code(&refused), 3);
+    assert!(
+        stderr(&refused).contains("bad.yaml:4:") && stderr(&refused).contains("document"),
+        "{}",
+        stderr(&refused)
+    );
+}

@@ -208,6 +208,10 @@ pub struct ServeTestingArgs {
     /// largest request message, in bytes
     #[arg(long, env = "PEMBA_GRPC_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
     pub grpc_max_message_size: usize,
+    /// validation files (YAML) whose schema and relationships every new store starts with
+    /// (comma-separated or repeated); their assertions and expected relations are not run
+    #[arg(long, env = "PEMBA_LOAD_CONFIGS", value_delimiter = ',')]
+    pub load_configs: Vec<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -672,9 +676,25 @@ fn serve_testing(args: ServeTestingArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let tenants = server::testing::Tenants::new(
+    let seed = if args.load_configs.is_empty() {
+        server::testing::Seed::default()
+    } else {
+        let (schema, relationships) =
+            validate::load_configs(&args.load_configs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        tracing::info!(
+            files = args.load_configs.len(),
+            relationships = relationships.len(),
+            "every new store starts with the --load-configs files"
+        );
+        server::testing::Seed {
+            schema,
+            relationships,
+        }
+    };
+    let tenants = server::testing::Tenants::seeded(
         EngineConfig::default(),
         args.limits.apply(Limits::default()),
+        seed,
     );
     let options = ServerOptions {
         shutdown_grace_period: args.grpc_shutdown_grace_period,

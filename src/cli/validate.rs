@@ -69,6 +69,60 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<bool> {
     Ok(ok == args.files.len())
 }
 
+/// The schemas and relationships of validation files, merged (the schemas' definitions and
+/// caveats together, the relationships one after the other), checked as `pemba validate`
+/// checks them: what `pemba serve-testing --load-configs` starts every store with. Assertions
+/// and expected relations are not run.
+pub fn load_configs(paths: &[PathBuf]) -> Result<(String, Vec<Relationship>), String> {
+    let mut schema = String::new();
+    let mut texts = Vec::new();
+    for path in paths {
+        let text = read(path).map_err(|e| format!("error: {e:#}"))?;
+        let name = path.display().to_string();
+        let parts: FileParts = serde_yaml_ng::from_str(&text)
+            .map_err(|e| format!("error: {name}: invalid YAML: {e}"))?;
+        match (&parts.schema, &parts.schema_file) {
+            (Some(s), None) => schema.push_str(s),
+            (None, Some(file)) => {
+                let p = local_path(path, file).map_err(|e| format!("error: {name}: {e:#}"))?;
+                schema.push_str(&read(&p).map_err(|e| format!("error: {name}: {e:#}"))?);
+            }
+            (None, None) => {}
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "error: {name}: `schema` and `schemaFile` cannot both be set"
+                ));
+            }
+        }
+        schema.push('\n');
+        let rels = match parts.relationships_file {
+            Some(file) => {
+                let p = local_path(path, &file).map_err(|e| format!("error: {name}: {e:#}"))?;
+                read(&p).map_err(|e| format!("error: {name}: {e:#}"))?
+            }
+            None => parts.relationships.unwrap_or_default(),
+        };
+        texts.push((name, text, rels));
+    }
+    let compiled = crate::schema::compile(&schema)
+        .map_err(|e| format!("error: the schemas of --load-configs, merged: {e}"))?;
+    let mut all = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (name, text, rels) in &texts {
+        let src = Source {
+            name: name.clone(),
+            text,
+            offset: 0,
+        };
+        for r in relationships(&compiled, rels, &src)? {
+            if seen.insert(r.key()) {
+                all.push(r);
+            }
+        }
+    }
+    Ok((schema, all))
+}
+
 /// The parts of a validation file.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

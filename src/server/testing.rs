@@ -5,7 +5,8 @@
 //! only calls with the same token see; calls without a token, or whose `authorization` header is
 //! not a bearer token, share one default store. Stores are never freed, as SpiceDB's are not: a
 //! test suite's process is short-lived. A second, read-only listener serves the same stores and
-//! refuses every write with UNAVAILABLE `ERROR_REASON_SERVICE_READ_ONLY`.
+//! refuses every write with UNAVAILABLE `ERROR_REASON_SERVICE_READ_ONLY`. With `--load-configs`,
+//! every new store starts with the schema and relationships of those validation files.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -18,7 +19,42 @@ use tonic::server::NamedService;
 
 use crate::api::{Api, ApiError, ExperimentalApi, Limits, PermissionsApi, SchemaApi, WatchApi};
 use crate::engine::EngineConfig;
-use crate::store::MemoryStore;
+use crate::model::{Relationship, Timestamp};
+use crate::store::{Datastore, MemoryStore, RelationshipUpdate, UpdateOp};
+
+/// What every new store starts with (`--load-configs`): a schema (already compiled once, so
+/// known to be valid) and relationships (checked against it).
+#[derive(Debug, Clone, Default)]
+pub struct Seed {
+    /// the schema text (empty: none)
+    pub schema: String,
+    /// the relationships
+    pub relationships: Vec<Relationship>,
+}
+
+/// Relationships a seed writes per transaction (as SpiceDB loads them).
+const SEED_BATCH: usize = 500;
+
+impl Seed {
+    /// Writes the seed into a new, empty store.
+    fn plant(&self, store: &MemoryStore) -> crate::store::StoreResult<()> {
+        let now = Timestamp::now();
+        if !self.schema.is_empty() {
+            store.write_schema(&self.schema, &[], now)?;
+        }
+        for chunk in self.relationships.chunks(SEED_BATCH) {
+            let updates: Vec<RelationshipUpdate> = chunk
+                .iter()
+                .map(|r| RelationshipUpdate {
+                    op: UpdateOp::Touch,
+                    relationship: r.clone(),
+                })
+                .collect();
+            store.write_relationships(&[], &updates, now)?;
+        }
+        Ok(())
+    }
+}
 
 /// The stores of a testing server, by bearer token.
 #[derive(Debug)]
@@ -26,28 +62,37 @@ pub struct Tenants {
     apis: Mutex<HashMap<String, Arc<Api>>>,
     engine: EngineConfig,
     limits: Limits,
+    seed: Seed,
 }
 
 impl Tenants {
     /// No stores yet; each is made, with these settings, on its token's first call.
     pub fn new(engine: EngineConfig, limits: Limits) -> Arc<Tenants> {
+        Tenants::seeded(engine, limits, Seed::default())
+    }
+
+    /// As [`Tenants::new`], each new store starting with `seed`.
+    pub fn seeded(engine: EngineConfig, limits: Limits, seed: Seed) -> Arc<Tenants> {
         Arc::new(Tenants {
             apis: Mutex::new(HashMap::new()),
             engine,
             limits,
+            seed,
         })
     }
 
-    /// The store of `token` (`""`: the default store), made empty on first use.
+    /// The store of `token` (`""`: the default store), made on first use: empty, or with the
+    /// seed.
     pub fn api(&self, token: &str) -> Arc<Api> {
         let mut apis = self.apis.lock().unwrap_or_else(PoisonError::into_inner);
         let api = apis.entry(token.to_string()).or_insert_with(|| {
             tracing::debug!("a new in-memory store for a new token");
-            Api::new(
-                Arc::new(MemoryStore::new()),
-                self.engine.clone(),
-                self.limits.clone(),
-            )
+            let store = MemoryStore::new();
+            if let Err(e) = self.seed.plant(&store) {
+                // The seed was checked at start; a memory store does not fail to write.
+                tracing::error!(error = %e, "cannot load --load-configs into a new store");
+            }
+            Api::new(Arc::new(store), self.engine.clone(), self.limits.clone())
         });
         Arc::clone(api)
     }
