@@ -393,8 +393,16 @@ impl PgKv {
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if held.as_ref().is_some_and(|c| !c.is_closed()) {
-            return Ok(());
+        // Still there? One round trip on the lock's own session (a dropped session fails it).
+        if let Some(c) = held.take().filter(|c| !c.is_closed()) {
+            let (c, alive) = self.run(async move {
+                let alive = c.simple_query("SELECT 1").await.is_ok();
+                Ok((c, alive))
+            })?;
+            if alive {
+                *held = Some(c);
+                return Ok(());
+            }
         }
         let pool = self.pool.clone();
         let client = self.run(async move {
@@ -621,6 +629,32 @@ mod tests {
         assert_eq!(store.head_revision().unwrap(), rev);
     }
 
+    /// How many sessions hold the node lock of the store's schema.
+    fn lock_holders(uri: &str) -> i64 {
+        sql(uri, async |c| {
+            c.query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND classid = $1::int::oid AND objid = hashtext(current_schema())::oid",
+                &[&NODE_LOCK_CLASS],
+            )
+            .await
+            .unwrap()
+            .get(0)
+        })
+    }
+
+    /// Waits until no session holds the node lock (a terminated one lets go as it exits).
+    fn wait_until_unlocked(uri: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while lock_holders(uri) != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lock was never let go"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// A node whose lock session the database dropped takes the lock again before writing;
     /// if another session took it meanwhile, the node stops writing.
     #[test]
@@ -639,8 +673,9 @@ mod tests {
             .unwrap()
         };
         assert_eq!(sql(&uri, terminate), 1);
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        wait_until_unlocked(&uri);
         touch(&store, "document:b#viewer@user:ann").unwrap();
+        assert_eq!(lock_holders(&uri), 1, "the node took its lock again");
 
         // Dropped again, and this time another session takes the lock first.
         let u = uri.clone();
@@ -651,15 +686,25 @@ mod tests {
         let (other, conn) = rt.block_on(tokio_postgres::connect(&u, NoTls)).unwrap();
         rt.spawn(conn);
         assert_eq!(sql(&uri, terminate), 1);
-        let took: bool = rt
-            .block_on(other.query_one(
-                "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
-                &[&NODE_LOCK_CLASS],
-            ))
-            .unwrap()
-            .get(0);
-        assert!(took);
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // (the terminated session lets go of the lock as it exits, shortly after)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let took: bool = rt
+                .block_on(other.query_one(
+                    "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
+                    &[&NODE_LOCK_CLASS],
+                ))
+                .unwrap()
+                .get(0);
+            if took {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lock was never let go"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let refused = touch(&store, "document:c#viewer@user:ann");
         assert!(
             matches!(refused, Err(StoreError::Unwritable { .. })),
