@@ -178,8 +178,7 @@ pub fn relationships_from(args: &[String]) -> anyhow::Result<Vec<pb::Relationshi
     };
     lines
         .iter()
-        .map(|l| l.trim())
-        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        .flat_map(|l| crate::cli::validate::relationship_lines(l))
         .map(relationship)
         .collect()
 }

@@ -74,53 +74,158 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<bool> {
 /// checks them: what `pemba serve-testing --load-configs` starts every store with. Assertions
 /// and expected relations are not run.
 pub fn load_configs(paths: &[PathBuf]) -> Result<(String, Vec<Relationship>), String> {
+    let files = paths
+        .iter()
+        .map(|p| read_contents(p))
+        .collect::<Result<Vec<_>, String>>()?;
     let mut schema = String::new();
-    let mut texts = Vec::new();
-    for path in paths {
-        let text = read(path).map_err(|e| format!("error: {e:#}"))?;
-        let name = path.display().to_string();
-        let parts: FileParts = serde_yaml_ng::from_str(&text)
-            .map_err(|e| format!("error: {name}: invalid YAML: {e}"))?;
-        match (&parts.schema, &parts.schema_file) {
-            (Some(s), None) => schema.push_str(s),
-            (None, Some(file)) => {
-                let p = local_path(path, file).map_err(|e| format!("error: {name}: {e:#}"))?;
-                schema.push_str(&read(&p).map_err(|e| format!("error: {name}: {e:#}"))?);
-            }
-            (None, None) => {}
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "error: {name}: `schema` and `schemaFile` cannot both be set"
-                ));
-            }
+    for f in &files {
+        if let Some(part) = &f.schema {
+            schema.push_str(&part.text);
         }
         schema.push('\n');
-        let rels = match parts.relationships_file {
-            Some(file) => {
-                let p = local_path(path, &file).map_err(|e| format!("error: {name}: {e:#}"))?;
-                read(&p).map_err(|e| format!("error: {name}: {e:#}"))?
-            }
-            None => parts.relationships.unwrap_or_default(),
-        };
-        texts.push((name, text, rels));
     }
     let compiled = crate::schema::compile(&schema)
         .map_err(|e| format!("error: the schemas of --load-configs, merged: {e}"))?;
     let mut all = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for (name, text, rels) in &texts {
-        let src = Source {
-            name: name.clone(),
-            text,
-            offset: 0,
+    for f in &files {
+        let Some(part) = &f.relationships else {
+            continue;
         };
-        for r in relationships(&compiled, rels, &src)? {
+        for r in relationships(&compiled, &part.text, &part.source(&f.whole(), 0))? {
             if seen.insert(r.key()) {
                 all.push(r);
             }
         }
     }
     Ok((schema, all))
+}
+
+/// The lines of a relationships text that hold a relationship: blank lines and `//` comments
+/// are skipped.
+pub(crate) fn relationship_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+}
+
+/// A part of a validation file (its schema or its relationships): given inline, or in a file
+/// of its own that a `...File` key names, which its messages then point into.
+pub(crate) struct Part {
+    /// the part's text
+    pub(crate) text: String,
+    /// the name of the file it came from, if not the validation file
+    file: Option<String>,
+}
+
+impl Part {
+    /// Where the part's messages point: its own file, or the validation file (`whole`) with
+    /// the part's first line at `offset`.
+    fn source<'a>(&'a self, whole: &Source<'a>, offset: usize) -> Source<'a> {
+        match &self.file {
+            Some(name) => Source {
+                name: name.clone(),
+                text: &self.text,
+                offset: 0,
+            },
+            None => Source {
+                name: whole.name.clone(),
+                text: whole.text,
+                offset,
+            },
+        }
+    }
+}
+
+/// The part given inline (`inline`) or in the file `named` names (which must stay inside the
+/// validation file's directory); `keys` are the two keys' names, for the message when both
+/// are set.
+fn read_part(
+    path: &Path,
+    inline: Option<&String>,
+    named: Option<&String>,
+    keys: (&str, &str),
+) -> Result<Option<Part>, String> {
+    let name = path.display();
+    match (inline, named) {
+        (Some(_), Some(_)) => Err(format!(
+            "error: {name}: `{}` and `{}` cannot both be set",
+            keys.0, keys.1
+        )),
+        (None, None) => Ok(None),
+        (Some(text), None) => Ok(Some(Part {
+            text: text.clone(),
+            file: None,
+        })),
+        (None, Some(file)) => {
+            let p = local_path(path, file).map_err(|e| format!("error: {name}: {e:#}"))?;
+            let text = read(&p).map_err(|e| format!("error: {name}: {e:#}"))?;
+            Ok(Some(Part {
+                text,
+                file: Some(p.display().to_string()),
+            }))
+        }
+    }
+}
+
+/// A validation file, read: its text, its keys, and its schema and relationships (from its
+/// keys or the files they name).
+pub(crate) struct Contents {
+    name: String,
+    text: String,
+    parts: FileParts,
+    /// the schema, if the file has one
+    pub(crate) schema: Option<Part>,
+    /// the relationships, if the file has any
+    pub(crate) relationships: Option<Part>,
+}
+
+impl Contents {
+    /// The whole validation file, for messages.
+    fn whole(&self) -> Source<'_> {
+        Source {
+            name: self.name.clone(),
+            text: &self.text,
+            offset: 0,
+        }
+    }
+}
+
+/// Reads and parses the validation file at `path`; errors are the messages to print.
+pub(crate) fn read_contents(path: &Path) -> Result<Contents, String> {
+    let text = read(path).map_err(|e| format!("error: {e:#}"))?;
+    let name = path.display().to_string();
+    let parts: FileParts = {
+        let whole = Source {
+            name: name.clone(),
+            text: &text,
+            offset: 0,
+        };
+        serde_yaml_ng::from_str(&text).map_err(|e| match e.location() {
+            Some(l) => whole.error_at(l.line(), l.column(), &format!("invalid YAML: {e}")),
+            None => format!("error: {name}: invalid YAML: {e}"),
+        })?
+    };
+    let schema = read_part(
+        path,
+        parts.schema.as_ref(),
+        parts.schema_file.as_ref(),
+        ("schema", "schemaFile"),
+    )?;
+    let relationships = read_part(
+        path,
+        parts.relationships.as_ref(),
+        parts.relationships_file.as_ref(),
+        ("relationships", "relationshipsFile"),
+    )?;
+    Ok(Contents {
+        name,
+        text,
+        parts,
+        schema,
+        relationships,
+    })
 }
 
 /// The parts of a validation file.
@@ -274,9 +379,9 @@ fn schema_error(src: &Source<'_>, e: &SchemaError) -> String {
 /// Validates one file; `Ok` carries the success line, `Err` the whole failure report.
 fn validate_path(path: &Path, update: bool) -> Result<String, String> {
     let started = Instant::now();
-    let text = read(path).map_err(|e| format!("error: {e:#}"))?;
     let name = path.display().to_string();
     if path.extension().is_some_and(|e| e == "zed") {
+        let text = read(path).map_err(|e| format!("error: {e:#}"))?;
         let src = Source {
             name,
             text: &text,
@@ -285,70 +390,23 @@ fn validate_path(path: &Path, update: bool) -> Result<String, String> {
         crate::schema::compile(&text).map_err(|e| schema_error(&src, &e))?;
         return Ok("Success! - schema compiled".into());
     }
-    let whole = Source {
-        name: name.clone(),
-        text: &text,
-        offset: 0,
-    };
-    let parts: FileParts = serde_yaml_ng::from_str(&text).map_err(|e| match e.location() {
-        Some(l) => whole.error_at(l.line(), l.column(), &format!("invalid YAML: {e}")),
-        None => format!("error: {name}: invalid YAML: {e}"),
-    })?;
+    let contents = read_contents(path)?;
+    let text = &contents.text;
+    let whole = contents.whole();
+    let parts = &contents.parts;
 
     // The schema.
-    let schema_file_text;
-    let (schema_text, schema_src) = match (&parts.schema, &parts.schema_file) {
-        (Some(_), Some(_)) => {
-            return Err(format!(
-                "error: {name}: `schema` and `schemaFile` cannot both be set"
-            ));
-        }
-        (None, None) => return Err(format!("error: {name}: no `schema` or `schemaFile`")),
-        (Some(s), None) => (
-            s.as_str(),
-            Source {
-                name: name.clone(),
-                text: &text,
-                offset: block_offset(&text, "schema"),
-            },
-        ),
-        (None, Some(file)) => {
-            let p = local_path(path, file).map_err(|e| format!("error: {name}: {e:#}"))?;
-            schema_file_text = read(&p).map_err(|e| format!("error: {name}: {e:#}"))?;
-            (
-                schema_file_text.as_str(),
-                Source {
-                    name: p.display().to_string(),
-                    text: &schema_file_text,
-                    offset: 0,
-                },
-            )
-        }
+    let Some(schema_part) = &contents.schema else {
+        return Err(format!("error: {name}: no `schema` or `schemaFile`"));
     };
-    let schema = crate::schema::compile(schema_text).map_err(|e| schema_error(&schema_src, &e))?;
+    let schema_src = schema_part.source(&whole, block_offset(text, "schema"));
+    let schema =
+        crate::schema::compile(&schema_part.text).map_err(|e| schema_error(&schema_src, &e))?;
 
     // The relationships.
-    let rels_file_text;
-    let (rels_text, rels_src) = match (&parts.relationships, &parts.relationships_file) {
-        (Some(_), Some(_)) => {
-            return Err(format!(
-                "error: {name}: `relationships` and `relationshipsFile` cannot both be set"
-            ));
-        }
-        (None, None) => ("", whole_clone(&whole)),
-        (Some(s), None) => (s.as_str(), whole_clone(&whole)),
-        (None, Some(file)) => {
-            let p = local_path(path, file).map_err(|e| format!("error: {name}: {e:#}"))?;
-            rels_file_text = read(&p).map_err(|e| format!("error: {name}: {e:#}"))?;
-            (
-                rels_file_text.as_str(),
-                Source {
-                    name: p.display().to_string(),
-                    text: &rels_file_text,
-                    offset: 0,
-                },
-            )
-        }
+    let (rels_text, rels_src) = match &contents.relationships {
+        Some(part) => (part.text.as_str(), part.source(&whole, 0)),
+        None => ("", whole_clone(&whole)),
     };
     let rels = relationships(&schema, rels_text, &rels_src)?;
     let now = Timestamp::now();
@@ -411,7 +469,7 @@ fn validate_path(path: &Path, update: bool) -> Result<String, String> {
         }
         if update {
             let block = render_validation(&found);
-            let rewritten = replace_validation_block(&text, &block);
+            let rewritten = replace_validation_block(text, &block);
             std::fs::write(path, rewritten)
                 .map_err(|e| format!("error: cannot write `{name}`: {e}"))?;
         } else if !failures.is_empty() {
@@ -444,11 +502,7 @@ fn relationships(
     const ANCHOR: &[&str] = &["relationships:"];
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with("//") {
-            continue;
-        }
+    for line in relationship_lines(text) {
         let rel = parse_relationship(line).map_err(|e| {
             src.error_on(ANCHOR, line, &format!("invalid relationship: {}", e.reason))
         })?;

@@ -2,7 +2,7 @@
 //! store in and out as a validation file (or relationship text).
 
 use std::io::{IsTerminal as _, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
@@ -12,6 +12,7 @@ use super::{failed, with_client, write_in_batches};
 use crate::api::proto::authzed::api::v1 as pb;
 use crate::cli::client::ClientArgs;
 use crate::cli::output::{relationship, relationship_text, token_text};
+use crate::cli::validate;
 use pb::permissions_service_client::PermissionsServiceClient;
 use pb::schema_service_client::SchemaServiceClient;
 use pb::watch_service_client::WatchServiceClient;
@@ -124,46 +125,22 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The schema and relationships of a validation file (or of a relationship text file).
-fn import_parts(file: &PathBuf) -> anyhow::Result<(Option<String>, Vec<pb::Relationship>)> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read `{}`", file.display()))?;
+/// The schema and relationships of a validation file (read as `pemba validate` reads it, but
+/// not checked: the server checks them), or of a relationship text file.
+fn import_parts(file: &Path) -> anyhow::Result<(Option<String>, Vec<pb::Relationship>)> {
     let yaml = file.extension().is_some_and(|e| e == "yaml" || e == "yml");
-    if !yaml {
-        let rels = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with("//"))
-            .map(relationship)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        return Ok((None, rels));
-    }
-    #[derive(serde::Deserialize)]
-    struct Parts {
-        schema: Option<String>,
-        #[serde(rename = "schemaFile")]
-        schema_file: Option<String>,
-        relationships: Option<String>,
-    }
-    let parts: Parts = serde_yaml_ng::from_str(&text)
-        .with_context(|| format!("`{}` is not a validation file", file.display()))?;
-    let schema = match (parts.schema, parts.schema_file) {
-        (Some(s), _) => Some(s),
-        (None, Some(f)) => {
-            let p = file.parent().unwrap_or(std::path::Path::new(".")).join(f);
-            Some(
-                std::fs::read_to_string(&p)
-                    .with_context(|| format!("cannot read `{}`", p.display()))?,
-            )
-        }
-        (None, None) => None,
+    let (schema, text) = if yaml {
+        let contents = validate::read_contents(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+        (
+            contents.schema.map(|p| p.text),
+            contents.relationships.map(|p| p.text).unwrap_or_default(),
+        )
+    } else {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read `{}`", file.display()))?;
+        (None, text)
     };
-    let rels = parts
-        .relationships
-        .unwrap_or_default()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+    let rels = validate::relationship_lines(&text)
         .map(relationship)
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok((schema, rels))
