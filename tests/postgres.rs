@@ -51,6 +51,21 @@ fn serve(uri: &str) -> (Child, u16) {
     (child, port)
 }
 
+/// `pemba serve` on the database `uri`, expected to refuse to start: its output.
+fn serve_refused(uri: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pemba"))
+        .args([
+            "serve",
+            "--datastore",
+            "postgres",
+            "--datastore-conn-uri",
+            uri,
+        ])
+        .args(["--grpc-addr", "127.0.0.1:0", "--metrics-enabled=false"])
+        .output()
+        .unwrap()
+}
+
 fn at(port: u16, args: &[&str]) -> Output {
     let endpoint = format!("127.0.0.1:{port}");
     let mut all = args.to_vec();
@@ -90,19 +105,7 @@ fn a_postgres_datastore_is_migrated_durable_and_single_node() {
         "{}",
         text(&no_uri)
     );
-    let unmigrated = Command::new(env!("CARGO_BIN_EXE_pemba"))
-        .args([
-            "serve",
-            "--datastore",
-            "postgres",
-            "--datastore-conn-uri",
-            &uri,
-        ])
-        .args(["--grpc-addr", "127.0.0.1:0", "--metrics-enabled=false"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
+    let unmigrated = serve_refused(&uri);
     assert_eq!(unmigrated.status.code(), Some(3));
     assert!(
         text(&unmigrated).contains("pemba datastore migrate"),
@@ -151,17 +154,7 @@ fn a_postgres_datastore_is_migrated_durable_and_single_node() {
     assert!(before.status.success(), "{}", text(&before));
 
     // A second node on the same database is refused while the first serves.
-    let second = Command::new(env!("CARGO_BIN_EXE_pemba"))
-        .args([
-            "serve",
-            "--datastore",
-            "postgres",
-            "--datastore-conn-uri",
-            &uri,
-        ])
-        .args(["--grpc-addr", "127.0.0.1:0", "--metrics-enabled=false"])
-        .output()
-        .unwrap();
+    let second = serve_refused(&uri);
     assert_eq!(second.status.code(), Some(3), "{}", text(&second));
     assert!(
         text(&second).contains("another Pemba node"),
