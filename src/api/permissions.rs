@@ -263,7 +263,7 @@ fn read_start(
     match convert::cursor_token(cursor, "optional_cursor")? {
         Some(token) => {
             let c = consistency::decode_cursor(&token, api.store.unique_id(), hash)?;
-            api.store.check_revision(c.revision)?;
+            consistency::reach(api.store.as_ref(), c.revision)?;
             Ok(ReadStart {
                 revision: c.revision,
                 after: Some(position_key(&c.position)?),

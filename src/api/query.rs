@@ -431,7 +431,7 @@ pub fn start_lookup_resources(
     {
         Some(token) => {
             let c = consistency::decode_cursor(&token, api.store.unique_id(), hash)?;
-            api.store.check_revision(c.revision)?;
+            consistency::reach(api.store.as_ref(), c.revision)?;
             let after = String::from_utf8(c.position).map_err(|_| {
                 ApiError::Consistency(consistency::ConsistencyError::InvalidCursor(
                     "bad position".into(),

@@ -28,7 +28,7 @@ use crate::api::{Api, Limits};
 use crate::consistency::MismatchedTokens;
 use crate::engine::EngineConfig;
 use crate::server::{self, ServerOptions};
-use crate::store::{Datastore, MemoryStore, PostgresStore, RocksStore};
+use crate::store::{Datastore, MemoryStore, PostgresOptions, PostgresStore, RocksStore};
 
 /// Pemba: a Zanzibar-style permissions database speaking SpiceDB's API.
 #[derive(Debug, Parser)]
@@ -254,6 +254,26 @@ pub struct ServeArgs {
     /// `postgres://user:password@host:port/dbname`
     #[arg(long, env = "PEMBA_DATASTORE_CONN_URI", hide_env_values = true)]
     pub datastore_conn_uri: Option<String>,
+    /// with `--datastore postgres`: how often, in milliseconds, this node looks for the
+    /// revisions other nodes on the same database committed (a read that needs one asks at
+    /// once)
+    #[arg(
+        long,
+        env = "PEMBA_DATASTORE_FOLLOW_INTERVAL_MS",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u64).range(1..=60_000)
+    )]
+    pub datastore_follow_interval_ms: u64,
+    /// with `--datastore postgres`: how long, in milliseconds, a read with a token (or a
+    /// cursor, or `fully_consistent`) waits for this node to catch up with a revision another
+    /// node committed, before it fails with UNAVAILABLE
+    #[arg(
+        long,
+        env = "PEMBA_DATASTORE_REVISION_WAIT_MS",
+        default_value_t = 5_000,
+        value_parser = clap::value_parser!(u64).range(1..=600_000)
+    )]
+    pub datastore_revision_wait_ms: u64,
     /// preshared key clients must send as `authorization: Bearer KEY`; repeat the flag or
     /// separate keys with commas to accept several (any listed key works, for rotation)
     #[arg(
@@ -554,7 +574,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let Some(uri) = &args.datastore_conn_uri else {
                 bail!("--datastore postgres needs --datastore-conn-uri postgres://...");
             };
-            Arc::new(PostgresStore::open(uri).context("cannot open the PostgreSQL datastore")?)
+            let options = PostgresOptions {
+                follow_interval: Duration::from_millis(args.datastore_follow_interval_ms),
+                revision_wait: Duration::from_millis(args.datastore_revision_wait_ms),
+            };
+            Arc::new(
+                PostgresStore::open_with(uri, options)
+                    .context("cannot open the PostgreSQL datastore")?,
+            )
         }
     };
     let location = match args.datastore {

@@ -61,6 +61,11 @@ impl std::str::FromStr for MismatchedTokens {
 ///
 /// A token from another datastore cannot be compared with our revisions: `at_least_as_fresh`
 /// then does what `mismatched` says, and `at_exact_snapshot` is refused whatever it says.
+///
+/// On a datastore several nodes share, a token may name a revision another node committed
+/// that this node has not replayed yet: the read waits for it (bounded: see
+/// [`Datastore::refresh`]); `fully_consistent` first reads the datastore's head and waits for
+/// that. `minimize_latency` reads this node's head, which follows the others closely.
 pub fn choose_revision(
     store: &dyn Datastore,
     requirement: &Requirement,
@@ -68,30 +73,51 @@ pub fn choose_revision(
 ) -> Result<Revision, ConsistencyError> {
     let head = store.head_revision()?;
     match requirement {
-        Requirement::MinimizeLatency | Requirement::FullyConsistent => Ok(head),
+        Requirement::MinimizeLatency => Ok(head),
+        Requirement::FullyConsistent => Ok(store.refresh(None)?),
         Requirement::AtLeastAsFresh(token) => match decode_token(token, store.unique_id())? {
-            Some(rev) if rev > head => Err(ConsistencyError::TokenInFuture {
-                revision: rev,
-                head,
-            }),
-            Some(rev) => Ok(rev.max(head)),
-            // Both policies that answer read the head: a single node has it at no cost.
-            None => match mismatched {
-                MismatchedTokens::FullConsistency | MismatchedTokens::MinLatency => {
-                    tracing::debug!("a token from another datastore; reading at the head");
-                    Ok(head)
+            Some(rev) => {
+                let head = if rev > head {
+                    store.refresh(Some(rev))?
+                } else {
+                    head
+                };
+                if rev > head {
+                    return Err(ConsistencyError::TokenInFuture {
+                        revision: rev,
+                        head,
+                    });
                 }
+                Ok(head)
+            }
+            None => match mismatched {
+                MismatchedTokens::FullConsistency => {
+                    tracing::debug!("a token from another datastore; reading at the head");
+                    Ok(store.refresh(None)?)
+                }
+                MismatchedTokens::MinLatency => Ok(head),
                 MismatchedTokens::Error => Err(ConsistencyError::MismatchedToken),
             },
         },
         Requirement::AtExactSnapshot(token) => match decode_token(token, store.unique_id())? {
             Some(rev) => {
-                store.check_revision(rev)?;
+                reach(store, rev)?;
                 Ok(rev)
             }
             None => Err(ConsistencyError::ForeignToken),
         },
     }
+}
+
+/// Makes sure `rev` (an exact snapshot's, or a cursor's) can be read here: on a shared
+/// datastore, waits for this node to reach it first (see [`Datastore::refresh`]); then fails
+/// if it is past the head or below the garbage-collection horizon.
+pub fn reach(store: &dyn Datastore, rev: Revision) -> Result<(), ConsistencyError> {
+    if rev > store.head_revision()? {
+        store.refresh(Some(rev))?;
+    }
+    store.check_revision(rev)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -76,6 +76,10 @@ const CHANGE_ENTRY: u8 = 0x01;
 pub(crate) const CHANGE_TOUCH: u8 = 0x01;
 /// The operation byte of a change entry: the relationship was deleted.
 pub(crate) const CHANGE_DELETE: u8 = 0x02;
+/// The operation byte of a change entry: the relationship's version ended without readers
+/// seeing a deletion (it had expired). Watch skips it; nodes replaying the log close the
+/// version, so their graphs keep the versions the database keeps.
+pub(crate) const CHANGE_CLOSE: u8 = 0x03;
 
 /// Meta key of the layout version (u32 BE).
 pub(crate) const META_FORMAT: &str = "format";
@@ -91,6 +95,10 @@ pub(crate) const META_HORIZON: &str = "horizon";
 pub(crate) const META_LOG_START: &str = "log-start";
 /// Meta key only ever deleted: the write probe of `Mvcc::check_writable` (never holds a value).
 pub(crate) const META_PROBE: &str = "probe";
+/// Meta key of the revision an import or a delete by filter is writing in chunks before it
+/// commits (u64 BE); removed by the commit. A writer that finds it past the head knows a writer
+/// died between chunks, and rolls its versions back before writing (shared datastores).
+pub(crate) const META_PENDING: &str = "pending";
 
 /// Component separator.
 const SEP: u8 = 0x00;
@@ -276,8 +284,8 @@ pub(crate) fn change_entry_key(rev: u64, key: &RelationshipKey) -> Vec<u8> {
 pub(crate) enum ChangeRecord {
     /// the header of a revision
     Header(ChangeHeader),
-    /// a relationship change: [`CHANGE_TOUCH`] or [`CHANGE_DELETE`], the relationship's key
-    /// and its (new, or deleted) caveat and expiration
+    /// a relationship change: [`CHANGE_TOUCH`], [`CHANGE_DELETE`] or [`CHANGE_CLOSE`], the
+    /// relationship's key and its (new, or ended) version
     Entry(u8, RelationshipKey, VersionValue),
 }
 
@@ -300,7 +308,7 @@ pub(crate) fn decode_change(k: &[u8], v: &[u8]) -> StoreResult<(u64, ChangeRecor
             let (op, value) = v
                 .split_first()
                 .ok_or_else(|| corrupt("bad change-log entry"))?;
-            if *op != CHANGE_TOUCH && *op != CHANGE_DELETE {
+            if ![CHANGE_TOUCH, CHANGE_DELETE, CHANGE_CLOSE].contains(op) {
                 return Err(corrupt("bad change-log operation"));
             }
             Ok((

@@ -59,6 +59,9 @@ thread_local! {
     };
 }
 
+/// Slots [`Graph::prune`] walks per hold of the write lock.
+const PRUNE_CHUNK: usize = 50_000;
+
 /// A tuple in interned form: resource type, resource id, relation, subject type, subject id,
 /// subject relation (`EMPTY` for a plain subject).
 type TupleSyms = [Sym; 6];
@@ -347,6 +350,42 @@ impl Graph {
                 GraphChange::Add { key, value } => g.insert(key, value),
                 GraphChange::Remove { key, created } => g.remove_version(key, *created),
             }
+        }
+    }
+
+    /// Drops the versions no reader can see any more: deleted at or before `horizon`, or
+    /// expired at or before `cutoff` (what garbage collection removes from the store). Walks
+    /// [`PRUNE_CHUNK`] slots per hold of the write lock. Returns how many versions it dropped,
+    /// and how many of those were still live (expired, never deleted). For a node sharing its
+    /// database: another node's collection removes them from the database, this from the graph.
+    pub(crate) fn prune(&self, horizon: u64, cutoff: Timestamp) -> (u64, u64) {
+        let (mut removed, mut live) = (0u64, 0u64);
+        let mut next = 0usize;
+        loop {
+            let mut g = self.write();
+            let end = next.saturating_add(PRUNE_CHUNK).min(g.slots.len());
+            for idx in next..end {
+                let Some(Some(slot)) = g.slots.get_mut(idx) else {
+                    continue;
+                };
+                let before = slot.versions.len();
+                slot.versions.retain(|v| {
+                    let gone = v.deleted <= horizon || v.expires_at.is_some_and(|e| e <= cutoff);
+                    if gone && v.deleted == LIVE {
+                        live += 1;
+                    }
+                    !gone
+                });
+                removed += (before - slot.versions.len()) as u64;
+                if slot.versions.is_empty() {
+                    let key = slot.key;
+                    g.remove_slot(u32::try_from(idx).unwrap_or(u32::MAX), key);
+                }
+            }
+            if end >= g.slots.len() {
+                return (removed, live);
+            }
+            next = end;
         }
     }
 

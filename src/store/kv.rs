@@ -69,6 +69,25 @@ pub(crate) trait Kv: Send + Sync {
         self.commit(batch)
     }
 
+    /// Is the map shared with other processes (other Pemba nodes) that write to it too? Then
+    /// the MVCC layer takes [`Kv::lock_writers`] around each write and replays what the other
+    /// nodes committed. A map of one process is not (the default).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Waits until this process alone may write to a shared map, and holds that right until
+    /// [`Kv::unlock_writers`]; while held, commits go through the session that holds it, so a
+    /// node that lost the right (its session dropped) cannot commit. Fails with
+    /// [`StoreError::Unavailable`] when the map cannot be reached, or the right was not had in
+    /// time. A map of one process has nothing to do (the default).
+    fn lock_writers(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Gives up the right [`Kv::lock_writers`] took.
+    fn unlock_writers(&self) {}
+
     /// Writes a consistent copy of the whole map into the new directory `dir` (which must not
     /// exist). The default refuses: only a durable backend can.
     fn checkpoint(&self, _dir: &Path) -> StoreResult<()> {

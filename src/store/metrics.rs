@@ -1,6 +1,7 @@
 //! The datastore's Prometheus metrics, as handles resolved once in the default registry.
 //!
-//! Relationships stored, the head revision, write commit latency, and garbage collection.
+//! Relationships stored, the head revision, write commit latency, garbage collection, and the
+//! catch-up of nodes sharing a datastore.
 
 use std::sync::LazyLock;
 
@@ -34,6 +35,10 @@ pub(crate) struct StoreMetrics {
     pub(crate) gc_schemas: IntCounter,
     /// `spicedb_datastore_gc_failure_total`
     pub(crate) gc_failures: IntCounter,
+    /// `pemba_datastore_catch_up_seconds`
+    pub(crate) catch_up_seconds: Histogram,
+    /// `pemba_datastore_replayed_revisions_total`
+    pub(crate) replayed_revisions: IntCounter,
 }
 
 fn build() -> Result<StoreMetrics, prometheus::Error> {
@@ -79,8 +84,20 @@ fn build() -> Result<StoreMetrics, prometheus::Error> {
             "spicedb_datastore_gc_failure_total",
             "Garbage collection passes that failed.",
         )?,
+        catch_up_seconds: Histogram::with_opts(
+            HistogramOpts::new(
+                "pemba_datastore_catch_up_seconds",
+                "Time of one catch-up with a shared datastore (PostgreSQL) that replayed what \
+                 other nodes committed.",
+            )
+            .buckets(COMMIT_BUCKETS.to_vec()),
+        )?,
+        replayed_revisions: IntCounter::new(
+            "pemba_datastore_replayed_revisions_total",
+            "Revisions other nodes committed that this node replayed from the change log.",
+        )?,
     };
-    let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
+    let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
         Box::new(m.relationships.clone()),
         Box::new(m.head_revision.clone()),
         Box::new(m.commit_seconds.clone()),
@@ -89,6 +106,8 @@ fn build() -> Result<StoreMetrics, prometheus::Error> {
         Box::new(m.gc_transactions.clone()),
         Box::new(m.gc_schemas.clone()),
         Box::new(m.gc_failures.clone()),
+        Box::new(m.catch_up_seconds.clone()),
+        Box::new(m.replayed_revisions.clone()),
     ];
     for c in collectors {
         prometheus::register(c)?;
@@ -141,6 +160,8 @@ mod tests {
             "spicedb_datastore_gc_transactions_total",
             "pemba_datastore_gc_schemas_total",
             "spicedb_datastore_gc_failure_total",
+            "pemba_datastore_catch_up_seconds",
+            "pemba_datastore_replayed_revisions_total",
         ] {
             assert!(names.iter().any(|n| n == name), "{name} missing: {names:?}");
         }

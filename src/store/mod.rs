@@ -20,8 +20,8 @@ pub use graph::{EMPTY, Edge, GraphView, Sym};
 pub use memory::MemoryStore;
 pub use metrics::init_metrics;
 pub use postgres::{
-    PostgresStore, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION, migrate as migrate_postgres,
-    test_schema_uri as postgres_test_schema_uri,
+    PostgresOptions, PostgresStore, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION,
+    migrate as migrate_postgres, test_schema_uri as postgres_test_schema_uri,
 };
 pub use rocks::RocksStore;
 
@@ -156,6 +156,17 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// Can `rev` be read? Errors with [`StoreError::RevisionTooOld`] below the GC horizon and
     /// [`StoreError::RevisionInFuture`] above the head.
     fn check_revision(&self, rev: Revision) -> StoreResult<()>;
+
+    /// Brings this node up to revision `at_least` (`None`: the datastore's head, read now)
+    /// and answers its head. For a datastore several nodes share, where a revision another
+    /// node committed reaches this one a moment later: waits at most the configured revision
+    /// wait, then fails with [`StoreError::Unavailable`]; a revision past the datastore's head
+    /// is not waited for (the answer is then below it). A store of one process holds every
+    /// revision it issued, and answers its head at once (the default).
+    fn refresh(&self, at_least: Option<Revision>) -> StoreResult<Revision> {
+        let _ = at_least;
+        self.head_revision()
+    }
 
     /// Writes a consistent online copy of the whole store into the new directory `dir` (which
     /// must not exist: [`StoreError::TargetExists`]) and answers the revision the copy holds.

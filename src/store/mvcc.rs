@@ -11,7 +11,7 @@
 //! after its batch is durable.
 
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
@@ -22,9 +22,9 @@ use crate::model::{
     TransactionMetadata,
 };
 use crate::store::encoding::{
-    self, BY_RESOURCE, CHANGE_DELETE, CHANGE_TOUCH, CHANGES, ChangeHeader, ChangeRecord,
-    FORMAT_VERSION, Index, LIVE, META_FORMAT, META_HEAD, META_HORIZON, META_ID, META_LOG_START,
-    META_PROBE, REV_TIME, SCHEMA, STAGED, VersionValue,
+    self, BY_RESOURCE, CHANGE_CLOSE, CHANGE_DELETE, CHANGE_TOUCH, CHANGES, ChangeHeader,
+    ChangeRecord, FORMAT_VERSION, Index, LIVE, META_FORMAT, META_HEAD, META_HORIZON, META_ID,
+    META_LOG_START, META_PENDING, META_PROBE, REV_TIME, SCHEMA, STAGED, VersionValue,
 };
 use crate::store::graph::{Graph, GraphChange};
 use crate::store::kv::{Batch, Kv};
@@ -50,6 +50,13 @@ const IMPORT_CHUNK: usize = 2_000;
 /// How many relationships a delete by filter closes per batch (and per hold of the graph's
 /// write lock).
 const DELETE_CHUNK: usize = 2_000;
+
+/// How many change-log records one step of a catch-up reads and replays.
+const REPLAY_CHUNK: usize = 2_000;
+
+/// How long a read waits, by default, for this node to catch up with a revision another node
+/// committed (shared datastores).
+pub(crate) const DEFAULT_REVISION_WAIT: Duration = Duration::from_secs(5);
 
 /// How many keys one GC commit deletes at most.
 const GC_BATCH: usize = 10_000;
@@ -78,8 +85,17 @@ pub(crate) struct Mvcc<K: Kv> {
     log_start: AtomicU64,
     /// tells Watch streams about each new head
     head_tx: tokio::sync::watch::Sender<Revision>,
-    /// serializes writers (single node): read head → check → commit → publish
+    /// serializes this process's writers: read head → check → commit → publish (on a shared
+    /// datastore, [`Kv::lock_writers`] then serializes them with the other nodes')
     write_lock: Mutex<()>,
+    /// serializes moving the head: a catch-up's replay, and a writer's commit and publish
+    catch_up_lock: Mutex<()>,
+    /// woken (with its mutex held) each time the head moves: readers waiting for a revision
+    head_moved: (Mutex<()>, Condvar),
+    /// asks the follower of a shared datastore to catch up now (see [`Mvcc::follow`])
+    follow_now: (Mutex<bool>, Condvar),
+    /// how long a read waits for this node to reach a revision another node committed
+    revision_wait: Duration,
     /// serializes GC passes
     gc_lock: Mutex<()>,
     /// every stored relationship version, in memory, for the engine's queries
@@ -109,6 +125,22 @@ impl<K: Kv> std::fmt::Debug for Mvcc<K> {
             .field("head", &self.head.load(Ordering::Relaxed))
             .field("horizon", &self.horizon.load(Ordering::Relaxed))
             .finish_non_exhaustive()
+    }
+}
+
+/// The right to write: this process's write lock and, on a shared datastore, the datastore's
+/// own ([`Kv::lock_writers`]), taken after catching up with what the other nodes wrote.
+/// Dropping it gives both up.
+struct WriteSection<'a, K: Kv> {
+    kv: &'a K,
+    _local: MutexGuard<'a, ()>,
+}
+
+impl<K: Kv> Drop for WriteSection<'_, K> {
+    fn drop(&mut self) {
+        if self.kv.shared() {
+            self.kv.unlock_writers();
+        }
     }
 }
 
@@ -269,10 +301,15 @@ impl<K: Kv> Mvcc<K> {
             log_start: AtomicU64::new(log_start),
             head_tx: tokio::sync::watch::Sender::new(Revision(head)),
             write_lock: Mutex::new(()),
+            catch_up_lock: Mutex::new(()),
+            head_moved: (Mutex::new(()), Condvar::new()),
+            follow_now: (Mutex::new(false), Condvar::new()),
+            revision_wait: DEFAULT_REVISION_WAIT,
             gc_lock: Mutex::new(()),
             graph: Graph::new(),
             latest_schema: RwLock::new(None),
-            next_import: AtomicU64::new(0),
+            // Random, so that nodes sharing a datastore stage their imports apart.
+            next_import: AtomicU64::new(rand::random::<u64>() >> 1),
             write_state: WriteStateCell::default(),
             live: AtomicI64::new(0),
         }
@@ -363,35 +400,24 @@ impl<K: Kv> Mvcc<K> {
             elapsed_ms = started.elapsed().as_millis(),
             "loaded the relationship graph"
         );
-        for chunk in repairs.chunks(GC_BATCH) {
-            let mut batch = Batch::default();
-            for (key, value) in chunk {
-                if value.created > head {
-                    batch.delete(encoding::version_key(Index::ByResource, key, value.created));
-                    batch.delete(encoding::version_key(Index::BySubject, key, value.created));
-                } else {
-                    let mut open = value.clone();
-                    open.deleted = LIVE;
-                    Self::put_version(&mut batch, key, &open)?;
-                }
+        if self.kv.shared() {
+            // What lies past the head may be another node's import or delete, still being
+            // written: the graph has left it out (as it leaves out what a dead writer left,
+            // which the next writer rolls back: see `repair_pending`). Nothing is repaired or
+            // cleared here, and the catch-up replays what committed during the load.
+            let _moving = lock(&self.catch_up_lock);
+            self.catch_up_locked()?;
+        } else {
+            if !repairs.is_empty() {
+                tracing::warn!(
+                    versions = repairs.len(),
+                    "rolling back the versions of an import or a delete interrupted before it \
+                     committed"
+                );
             }
-            self.kv.commit(batch)?;
+            self.roll_back_past(head, &repairs)?;
+            self.clear_staged(&[STAGED], Some(&[STAGED + 1]))?;
         }
-        if !repairs.is_empty() {
-            tracing::warn!(
-                versions = repairs.len(),
-                "rolled back the versions of an import or a delete interrupted before it committed"
-            );
-            let start = encoding::due_deleted_from(head.saturating_add(1));
-            self.clear_range(&start, Some(&encoding::due_deleted_from(LIVE)), true)?;
-        }
-        self.clear_staged(&[STAGED], Some(&[STAGED + 1]))?;
-        // The change-log entries of an import or delete interrupted before it committed.
-        self.clear_range(
-            &encoding::changes_from(head.saturating_add(1)),
-            Some(&[CHANGES + 1]),
-            true,
-        )?;
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis(),
             "store open: repairs done"
@@ -427,9 +453,347 @@ impl<K: Kv> Mvcc<K> {
         Ok(self)
     }
 
+    /// Deletes the versions in `repairs` created past `head` and opens again those closed past
+    /// it, then removes the `gc-due` and change-log entries of revisions past `head`: what an
+    /// import or a delete by filter that never committed left behind.
+    fn roll_back_past(
+        &self,
+        head: u64,
+        repairs: &[(RelationshipKey, VersionValue)],
+    ) -> StoreResult<()> {
+        for chunk in repairs.chunks(GC_BATCH) {
+            let mut batch = Batch::default();
+            for (key, value) in chunk {
+                if value.created > head {
+                    batch.delete(encoding::version_key(Index::ByResource, key, value.created));
+                    batch.delete(encoding::version_key(Index::BySubject, key, value.created));
+                } else {
+                    let mut open = value.clone();
+                    open.deleted = LIVE;
+                    Self::put_version(&mut batch, key, &open)?;
+                }
+            }
+            self.kv.commit(batch)?;
+        }
+        if !repairs.is_empty() {
+            let start = encoding::due_deleted_from(head.saturating_add(1));
+            self.clear_range(&start, Some(&encoding::due_deleted_from(LIVE)), true)?;
+        }
+        self.clear_range(
+            &encoding::changes_from(head.saturating_add(1)),
+            Some(&[CHANGES + 1]),
+            true,
+        )
+    }
+
+    /// Takes the right to write (see [`WriteSection`]), refusing while the store needs repair.
+    /// On a shared datastore it waits for the other nodes' writers, catches up with what they
+    /// committed, and rolls back what a writer that died mid-write left.
+    fn begin_write(&self) -> StoreResult<WriteSection<'_, K>> {
+        let local = lock(&self.write_lock);
+        self.writable()?;
+        if !self.kv.shared() {
+            return Ok(WriteSection {
+                kv: &self.kv,
+                _local: local,
+            });
+        }
+        self.kv.lock_writers()?;
+        let section = WriteSection {
+            kv: &self.kv,
+            _local: local,
+        };
+        {
+            let _moving = lock(&self.catch_up_lock);
+            self.catch_up_locked()?;
+        }
+        self.repair_pending()?;
+        Ok(section)
+    }
+
+    /// A meta value stored as a u64.
+    fn stored_u64(&self, name: &str) -> StoreResult<u64> {
+        let v = self
+            .kv
+            .get(&encoding::meta_key(name))?
+            .ok_or_else(|| StoreError::Corrupt(format!("missing meta key `{name}`")))?;
+        encoding::decode_u64(&v)
+    }
+
+    /// Replays on the graph, the schema and the head what other nodes committed to a shared
+    /// datastore after this node's head, up to the datastore's head, which it answers. The
+    /// caller holds `catch_up_lock`. A revision's changes are applied a chunk at a time above
+    /// the head, where no reader looks, and the head moves once the revision is whole, so
+    /// readers see each revision whole, as on the node that wrote it.
+    fn catch_up_locked(&self) -> StoreResult<u64> {
+        let stored_head = self.stored_u64(META_HEAD)?;
+        let stored_horizon = self.stored_u64(META_HORIZON)?;
+        self.horizon.fetch_max(stored_horizon, Ordering::AcqRel);
+        let head = self.head();
+        if stored_head < head {
+            return Err(StoreError::Corrupt(format!(
+                "the datastore's head revision {stored_head} is behind this node's {head} (was \
+                 the database restored from a backup?); restart the node"
+            )));
+        }
+        if stored_head == head {
+            return Ok(head);
+        }
+        if head < stored_horizon {
+            return Err(StoreError::Engine(format!(
+                "this node's revision {head} is behind the datastore's garbage-collection \
+                 horizon {stored_horizon}, so the changes it missed are gone; restart the node \
+                 to load the datastore afresh"
+            )));
+        }
+        let started = Instant::now();
+        let corrupt = |what: String| StoreError::Corrupt(format!("the change log {what}"));
+        let mut from = encoding::changes_from(head.saturating_add(1));
+        let end = encoding::changes_from(stored_head.saturating_add(1));
+        // The revision being replayed, and whether it wrote the schema.
+        let mut current: Option<(u64, bool)> = None;
+        let mut live = 0i64;
+        loop {
+            let mut records = Vec::with_capacity(REPLAY_CHUNK);
+            let mut last: Option<Vec<u8>> = None;
+            self.kv.scan(&from, Some(&end), &mut |k, v| {
+                records.push(encoding::decode_change(k, v)?);
+                last = Some(k.to_vec());
+                Ok(records.len() < REPLAY_CHUNK)
+            })?;
+            let whole = records.len() < REPLAY_CHUNK;
+            let mut changes = Vec::with_capacity(records.len());
+            for (rev, record) in records {
+                match record {
+                    ChangeRecord::Header(h) => {
+                        if let Some((done, schema)) = current.take() {
+                            self.graph.apply(&changes);
+                            changes.clear();
+                            self.finish_replayed(done, schema)?;
+                        }
+                        if rev != self.head().saturating_add(1) {
+                            return Err(corrupt(format!(
+                                "has no header for revision {}",
+                                self.head() + 1
+                            )));
+                        }
+                        current = Some((rev, h.schema));
+                    }
+                    ChangeRecord::Entry(op, key, value) => {
+                        if current.map(|c| c.0) != Some(rev) {
+                            return Err(corrupt(format!(
+                                "has an entry of revision {rev} without its header"
+                            )));
+                        }
+                        // Every change ends the live version; a touch starts a new one. (A
+                        // revision holds one entry per tuple, so the graph, without this
+                        // chunk's changes yet, has the tuple as it was before `rev`.)
+                        if let Some(old) = self
+                            .graph
+                            .newest_version(&key)
+                            .filter(|v| v.deleted == LIVE)
+                        {
+                            changes.push(GraphChange::Close {
+                                key: key.clone(),
+                                created: old.created,
+                                rev,
+                            });
+                            live -= 1;
+                        }
+                        if op == CHANGE_TOUCH {
+                            changes.push(GraphChange::Add {
+                                key,
+                                value: VersionValue {
+                                    created: rev,
+                                    deleted: LIVE,
+                                    caveat: value.caveat,
+                                    expires_at: value.expires_at,
+                                },
+                            });
+                            live += 1;
+                        }
+                    }
+                }
+            }
+            self.graph.apply(&changes);
+            if whole {
+                if let Some((done, schema)) = current.take() {
+                    self.finish_replayed(done, schema)?;
+                }
+                break;
+            }
+            let Some(mut next) = last else { break };
+            next.push(0);
+            from = next;
+        }
+        self.count_live(live);
+        if self.head() != stored_head {
+            return Err(corrupt(format!(
+                "ends at revision {}, before the head {stored_head}",
+                self.head()
+            )));
+        }
+        if let Some(m) = metrics::get() {
+            m.catch_up_seconds.observe(started.elapsed().as_secs_f64());
+            m.replayed_revisions.inc_by(stored_head - head);
+        }
+        tracing::debug!(
+            from = head,
+            to = stored_head,
+            elapsed_us = started.elapsed().as_micros(),
+            "caught up with the datastore"
+        );
+        Ok(stored_head)
+    }
+
+    /// Ends the replay of revision `rev`: its schema, if it wrote one, then the head.
+    fn finish_replayed(&self, rev: u64, schema: bool) -> StoreResult<()> {
+        if schema {
+            let stored = self.scan_schema(rev)?;
+            if stored.as_ref().map(|s| s.revision.0) != Some(rev) {
+                return Err(StoreError::Corrupt(format!(
+                    "revision {rev} wrote the schema, which the datastore does not hold"
+                )));
+            }
+            *self
+                .latest_schema
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = stored;
+        }
+        self.publish_head(rev);
+        Ok(())
+    }
+
+    /// On a shared datastore, in a write section after the catch-up: rolls back the versions a
+    /// writer that died between the chunks of an import or a delete left past the head (its
+    /// `META_PENDING` mark says so), before a write at the next revision would make them
+    /// visible. This node's graph never had them: the rollback is in the datastore only.
+    fn repair_pending(&self) -> StoreResult<()> {
+        let Some(mark) = self.kv.get(&encoding::meta_key(META_PENDING))? else {
+            return Ok(());
+        };
+        let pending = encoding::decode_u64(&mark)?;
+        let head = self.head();
+        if pending > head {
+            tracing::warn!(
+                revision = pending,
+                "rolling back the versions of an import or a delete another node left \
+                 unfinished"
+            );
+            let mut repairs = Vec::new();
+            self.kv
+                .scan(&[BY_RESOURCE], Some(&[BY_RESOURCE + 1]), &mut |k, v| {
+                    let deleted = encoding::peek_deleted(v)?;
+                    if encoding::created_of(k)? > head || (deleted != LIVE && deleted > head) {
+                        let (key, _) = encoding::decode_version_key(Index::ByResource, k)?;
+                        repairs.push((key, VersionValue::decode(v)?));
+                    }
+                    Ok(true)
+                })?;
+            self.roll_back_past(head, &repairs)?;
+        }
+        let mut done = Batch::default();
+        done.delete(encoding::meta_key(META_PENDING));
+        self.commit(done)
+    }
+
+    /// How long reads wait for this node to reach a revision another node committed.
+    pub(crate) fn set_revision_wait(&mut self, wait: Duration) {
+        self.revision_wait = wait;
+    }
+
+    /// See [`Datastore::refresh`](crate::store::Datastore::refresh): on a shared datastore,
+    /// waits until this node's head reaches `at_least` (`None`: the datastore's head, read
+    /// now), asking the follower to catch up at once.
+    pub(crate) fn refresh(&self, at_least: Option<Revision>) -> StoreResult<Revision> {
+        let head = self.head();
+        if !self.kv.shared() || at_least.is_some_and(|r| r.0 <= head) {
+            return Ok(Revision(head));
+        }
+        let stored = self.stored_u64(META_HEAD)?;
+        // A revision past the datastore's head is not waited for: the caller says so.
+        let target = at_least.map_or(stored, |r| r.0);
+        if target <= head || target > stored {
+            return Ok(Revision(head));
+        }
+        {
+            let (asked, cv) = &self.follow_now;
+            *asked.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            cv.notify_one();
+        }
+        let deadline = Instant::now() + self.revision_wait;
+        let (m, cv) = &self.head_moved;
+        let mut g = lock(m);
+        loop {
+            let head = self.head();
+            if head >= target {
+                return Ok(Revision(head));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Unavailable(format!(
+                    "this node has not caught up with revision {target} within {:?} (it is at \
+                     {head})",
+                    self.revision_wait
+                )));
+            }
+            g = cv
+                .wait_timeout(g, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// The follower of a shared datastore, run on a thread of its own until the store is
+    /// dropped: catches up every `interval`, or at once when a read asks ([`Mvcc::refresh`]).
+    pub(crate) fn follow(store: &std::sync::Weak<Self>, interval: Duration) {
+        let mut failing = false;
+        while let Some(mvcc) = store.upgrade() {
+            let caught_up = {
+                let _moving = lock(&mvcc.catch_up_lock);
+                mvcc.catch_up_locked()
+            };
+            match caught_up {
+                Ok(_) if failing => {
+                    tracing::info!("caught up with the datastore again");
+                    failing = false;
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "cannot catch up with the datastore; retrying");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+            let (asked, cv) = &mvcc.follow_now;
+            let mut now = asked.lock().unwrap_or_else(PoisonError::into_inner);
+            if !*now {
+                now = cv
+                    .wait_timeout(now, interval)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            *now = false;
+        }
+    }
+
     /// Opens a store on `kv`, initialising it if it is empty.
     pub(crate) fn open(kv: K) -> StoreResult<Mvcc<K>> {
         match kv.get(&encoding::meta_key(META_FORMAT))? {
+            None if kv.shared() => {
+                // Nodes starting together on a new database: the first to write initialises
+                // it, the others open what it wrote.
+                kv.lock_writers()?;
+                let initialised = kv.get(&encoding::meta_key(META_FORMAT)).and_then(|f| {
+                    if f.is_none() {
+                        kv.commit(init_batch(&new_unique_id()))?;
+                    }
+                    Ok(())
+                });
+                kv.unlock_writers();
+                initialised?;
+                Mvcc::open(kv)
+            }
             None => {
                 let mut any = false;
                 kv.scan(&[], None, &mut |_, _| {
@@ -765,8 +1129,23 @@ impl<K: Kv> Mvcc<K> {
         Ok(())
     }
 
+    /// Moves the head to `rev`: readers, Watch streams and reads waiting for a revision see
+    /// it. The caller holds `catch_up_lock`, after applying the revision's changes.
+    fn publish_head(&self, rev: u64) {
+        self.head.store(rev, Ordering::Release);
+        self.head_tx.send_replace(Revision(rev));
+        let (m, cv) = &self.head_moved;
+        // Taking the mutex orders this after a waiter's check of the head (see `refresh`).
+        drop(lock(m));
+        cv.notify_all();
+        if let Some(m) = metrics::get() {
+            m.head_revision.set(signed(rev));
+        }
+    }
+
     /// Adds the new head revision, its commit time and its change-log header, commits,
-    /// replays `changes` on the graph, then publishes the head.
+    /// replays `changes` on the graph (and `schema`, if the revision wrote one), then
+    /// publishes the head.
     fn commit_revision(
         &self,
         mut batch: Batch,
@@ -774,15 +1153,28 @@ impl<K: Kv> Mvcc<K> {
         now: Timestamp,
         changes: &[GraphChange],
         header: &ChangeHeader,
+        schema: Option<&str>,
     ) -> StoreResult<Revision> {
         let started = Instant::now();
         batch.put(encoding::rev_time_key(rev), encoding::encode_time(now));
         batch.put(encoding::meta_key(META_HEAD), rev.to_be_bytes().to_vec());
         batch.put(encoding::change_header_key(rev), header.encode()?);
+        batch.delete(encoding::meta_key(META_PENDING));
+        let _moving = lock(&self.catch_up_lock);
         self.commit(batch)?;
+        if let Some(text) = schema {
+            // Before the head: a reader of `rev` finds its schema here; a reader of an older
+            // revision sees a newer schema here and reads its own from the store.
+            *self
+                .latest_schema
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = Some(StoredSchema {
+                text: text.to_string(),
+                revision: Revision(rev),
+            });
+        }
         self.graph.apply(changes);
-        self.head.store(rev, Ordering::Release);
-        self.head_tx.send_replace(Revision(rev));
+        self.publish_head(rev);
         // Every `Close` ends a version live at the head, every `Add` starts one.
         let delta = changes.iter().fold(0i64, |n, c| match c {
             GraphChange::Close { .. } => n - 1,
@@ -792,7 +1184,6 @@ impl<K: Kv> Mvcc<K> {
         });
         self.count_live(delta);
         if let Some(m) = metrics::get() {
-            m.head_revision.set(signed(rev));
             m.commit_seconds.observe(started.elapsed().as_secs_f64());
         }
         Ok(Revision(rev))
@@ -822,8 +1213,7 @@ impl<K: Kv> Mvcc<K> {
         now: Timestamp,
         metadata: Option<&TransactionMetadata>,
     ) -> StoreResult<Revision> {
-        let _guard = lock(&self.write_lock);
-        self.writable()?;
+        let _section = self.begin_write()?;
         let head = self.head();
         self.check_preconditions(head, preconditions, now)?;
         let rev = Self::next_revision(head)?;
@@ -884,9 +1274,10 @@ impl<K: Kv> Mvcc<K> {
                 old.deleted = rev;
                 Self::put_version(&mut batch, &key, &old)?;
                 // The change log records a deletion of what readers saw: an expired
-                // relationship was already gone for them.
-                if p.result.is_none() && visible {
-                    put_change(&mut batch, rev, &key, CHANGE_DELETE, &old)?;
+                // relationship was already gone for them (its version just ends).
+                if p.result.is_none() {
+                    let op = if visible { CHANGE_DELETE } else { CHANGE_CLOSE };
+                    put_change(&mut batch, rev, &key, op, &old)?;
                 }
                 changes.push(GraphChange::Close {
                     key: key.clone(),
@@ -910,7 +1301,7 @@ impl<K: Kv> Mvcc<K> {
             schema: false,
             metadata: metadata.map(|m| m.0.clone()),
         };
-        self.commit_revision(batch, rev, now, &changes, &header)
+        self.commit_revision(batch, rev, now, &changes, &header, None)
     }
 
     /// Deletes the live relationships matching `filter`, all at one new revision, in chunks of
@@ -950,8 +1341,7 @@ impl<K: Kv> Mvcc<K> {
         now: Timestamp,
         metadata: Option<&TransactionMetadata>,
     ) -> StoreResult<DeleteOutcome> {
-        let _guard = lock(&self.write_lock);
-        self.writable()?;
+        let _section = self.begin_write()?;
         let head = self.head();
         self.check_preconditions(head, preconditions, now)?;
         let max = limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
@@ -1015,9 +1405,13 @@ impl<K: Kv> Mvcc<K> {
                         schema: false,
                         metadata: metadata.map(|m| m.0.clone()),
                     };
-                    let revision = self.commit_revision(batch, rev, now, &changes, &header)?;
+                    let revision =
+                        self.commit_revision(batch, rev, now, &changes, &header, None)?;
                     self.count_live(-signed(u64::try_from(earlier).unwrap_or(u64::MAX)));
                     return Ok(Some(revision));
+                }
+                if !wrote {
+                    batch.put(encoding::meta_key(META_PENDING), rev.to_be_bytes().to_vec());
                 }
                 wrote = true;
                 self.commit_unsynced(batch)?;
@@ -1088,7 +1482,9 @@ impl<K: Kv> Mvcc<K> {
         }
         self.clear_changes_at(rev)?;
         // Durable before any later write reuses `rev`.
-        self.commit(Batch::default())
+        let mut done = Batch::default();
+        done.delete(encoding::meta_key(META_PENDING));
+        self.commit(done)
     }
 
     /// Removes the change-log entries written at `rev` by an import or delete that failed
@@ -1216,8 +1612,7 @@ impl<K: Kv> Mvcc<K> {
         import: u64,
         now: Timestamp,
     ) -> StoreResult<(Revision, u64)> {
-        let _guard = lock(&self.write_lock);
-        self.writable()?;
+        let _section = self.begin_write()?;
         let head = self.head();
         let rev = Self::next_revision(head)?;
         self.for_each_staged(import, &mut |chunk| {
@@ -1236,6 +1631,9 @@ impl<K: Kv> Mvcc<K> {
         let written = self
             .for_each_staged(import, &mut |chunk| {
                 let mut batch = Batch::default();
+                if created == 0 {
+                    batch.put(encoding::meta_key(META_PENDING), rev.to_be_bytes().to_vec());
+                }
                 let mut changes = Vec::with_capacity(chunk.len());
                 for (key, mut value) in chunk {
                     // A live version here has expired (checked above): it ends at `rev`.
@@ -1262,7 +1660,14 @@ impl<K: Kv> Mvcc<K> {
                 Ok(())
             })
             .and_then(|()| {
-                self.commit_revision(Batch::default(), rev, now, &[], &ChangeHeader::default())
+                self.commit_revision(
+                    Batch::default(),
+                    rev,
+                    now,
+                    &[],
+                    &ChangeHeader::default(),
+                    None,
+                )
             });
         match written {
             Ok(revision) => {
@@ -1312,7 +1717,9 @@ impl<K: Kv> Mvcc<K> {
         })?;
         self.clear_changes_at(rev)?;
         // Durable before any later write reuses `rev`.
-        self.commit(Batch::default())
+        let mut done = Batch::default();
+        done.delete(encoding::meta_key(META_PENDING));
+        self.commit(done)
     }
 
     /// Refuses writes while versions of a failed import or delete may be left past the head
@@ -1331,8 +1738,7 @@ impl<K: Kv> Mvcc<K> {
         orphan_checks: &[OrphanCheck],
         now: Timestamp,
     ) -> StoreResult<Revision> {
-        let _guard = lock(&self.write_lock);
-        self.writable()?;
+        let _section = self.begin_write()?;
         let head = self.head();
         for check in orphan_checks {
             let mut hit = None;
@@ -1353,22 +1759,11 @@ impl<K: Kv> Mvcc<K> {
         let rev = Self::next_revision(head)?;
         let mut batch = Batch::default();
         batch.put(encoding::schema_key(rev), text.as_bytes().to_vec());
-        // Published with the head: the write lock is held, so no reader can see the new head
-        // before the new schema (readers of `rev` wait for `commit_revision` to return).
-        let mut latest = self
-            .latest_schema
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
         let header = ChangeHeader {
             schema: true,
             metadata: None,
         };
-        let revision = self.commit_revision(batch, rev, now, &[], &header)?;
-        *latest = Some(StoredSchema {
-            text: text.to_string(),
-            revision,
-        });
-        Ok(revision)
+        self.commit_revision(batch, rev, now, &[], &header, Some(text))
     }
 
     /// Scans `[start, end)` and lets `visit` queue deletions, committing every [`GC_BATCH`]
@@ -1466,6 +1861,14 @@ impl<K: Kv> Mvcc<K> {
 
     /// Garbage collection; the caller holds `gc_lock`.
     fn gc_pass(&self, now: Timestamp, window: Duration) -> StoreResult<GcStats> {
+        // On a shared datastore the horizon moves in a write section (after the catch-up,
+        // which takes the datastore's horizon if another node raised it), so that it only
+        // ever rises.
+        let section = if self.kv.shared() {
+            Some(self.begin_write()?)
+        } else {
+            None
+        };
         let head = self.head();
         let cutoff = time_minus(now, window);
 
@@ -1494,6 +1897,7 @@ impl<K: Kv> Mvcc<K> {
             self.commit(b)?;
             self.horizon.store(horizon, Ordering::Release);
         }
+        drop(section);
 
         // 2. Relationship versions deleted at or before the horizon, or expired at or before
         //    the cutoff (invisible to every reader from then on): found through their
@@ -1519,6 +1923,11 @@ impl<K: Kv> Mvcc<K> {
         // Expired versions still live at the head leave the stored count.
         self.count_live(-signed(expired_live));
         swept?;
+        if self.kv.shared() {
+            // What other nodes' passes removed from the datastore leaves this node's graph.
+            let (_, live) = self.graph.prune(horizon, cutoff);
+            self.count_live(-signed(live));
+        }
 
         // 3. Schema versions superseded at or before the horizon: keep the newest one there.
         let mut schemas = 0u64;
@@ -1641,6 +2050,10 @@ impl<K: Kv> Mvcc<K> {
                             "change-log entry of revision {rev} without its header"
                         )));
                     };
+                    if op == CHANGE_CLOSE {
+                        // No reader saw it go: not a change for Watch.
+                        return Ok(true);
+                    }
                     bytes = bytes.saturating_add(k.len() + v.len());
                     if bytes > max_revision_bytes {
                         return Err(StoreError::ChangesTooLarge {
@@ -1723,8 +2136,7 @@ impl<K: Kv> Mvcc<K> {
         name: &str,
         value: Option<&[u8]>,
     ) -> StoreResult<()> {
-        let _guard = lock(&self.write_lock);
-        self.writable()?;
+        let _section = self.begin_write()?;
         let key = encoding::meta_key(&format!("{COUNTER_PREFIX}{name}"));
         let mut batch = Batch::default();
         match value {
@@ -1753,6 +2165,13 @@ macro_rules! delegate_datastore {
                 dir: &std::path::Path,
             ) -> $crate::store::StoreResult<$crate::model::Revision> {
                 self.inner.checkpoint(dir)
+            }
+
+            fn refresh(
+                &self,
+                at_least: Option<$crate::model::Revision>,
+            ) -> $crate::store::StoreResult<$crate::model::Revision> {
+                self.inner.refresh(at_least)
             }
 
             fn check_revision(
@@ -1933,6 +2352,7 @@ mod tests {
     use crate::model::parse_relationship;
     use crate::store::encoding::{BY_SUBJECT, GC_DUE, META};
     use crate::store::{MemoryStore, RocksStore};
+    use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
 
     const NOW: Timestamp = Timestamp {
@@ -2545,6 +2965,318 @@ mod tests {
 
     /// A delete whose rollback fails too leaves the store needing repair: writes are refused
     /// and health says so, even once the disk works again, until a restart.
+    /// Nodes sharing one map, as PostgreSQL nodes share a database: one writer at a time
+    /// across them; a node's own commits fail (as on a lost connection) from its `fail_from`-th
+    /// commit on.
+    struct SharedKv {
+        map: Arc<crate::store::memory::MemoryKv>,
+        writers: Arc<(Mutex<bool>, Condvar)>,
+        fail_from: AtomicU64,
+        commits: AtomicU64,
+    }
+
+    impl SharedKv {
+        fn node(of: Option<&SharedKv>) -> SharedKv {
+            SharedKv {
+                map: of.map_or_else(Arc::default, |o| Arc::clone(&o.map)),
+                writers: of.map_or_else(Arc::default, |o| Arc::clone(&o.writers)),
+                fail_from: AtomicU64::new(u64::MAX),
+                commits: AtomicU64::new(0),
+            }
+        }
+
+        fn attempt(&self) -> StoreResult<()> {
+            let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+            if n >= self.fail_from.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("connection lost".into()));
+            }
+            Ok(())
+        }
+    }
+
+    impl Kv for SharedKv {
+        fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+            self.map.get(key)
+        }
+        fn scan(
+            &self,
+            start: &[u8],
+            end: Option<&[u8]>,
+            f: &mut crate::store::kv::ScanFn<'_>,
+        ) -> StoreResult<()> {
+            self.map.scan(start, end, f)
+        }
+        fn commit(&self, batch: Batch) -> StoreResult<()> {
+            self.attempt()?;
+            self.map.commit(batch)
+        }
+        fn shared(&self) -> bool {
+            true
+        }
+        fn lock_writers(&self) -> StoreResult<()> {
+            let (held, cv) = &*self.writers;
+            let mut held = held.lock().unwrap();
+            while *held {
+                held = cv.wait(held).unwrap();
+            }
+            *held = true;
+            Ok(())
+        }
+        fn unlock_writers(&self) {
+            let (held, cv) = &*self.writers;
+            *held.lock().unwrap() = false;
+            cv.notify_all();
+        }
+    }
+
+    /// A node on `kv`, with its follower thread (as `PostgresStore::open` starts one).
+    fn shared_node(kv: SharedKv) -> Arc<Mvcc<SharedKv>> {
+        let mut m = Mvcc::open(kv).unwrap();
+        m.set_revision_wait(Duration::from_secs(10));
+        let node = Arc::new(m);
+        let weak = Arc::downgrade(&node);
+        std::thread::spawn(move || Mvcc::follow(&weak, Duration::from_secs(3600)));
+        node
+    }
+
+    fn texts(m: &Mvcc<impl Kv>, rev: Revision, now: Timestamp) -> Vec<String> {
+        let mut out = Vec::new();
+        let all = RelationshipFilter {
+            resource_type: Some("document".into()),
+            ..RelationshipFilter::default()
+        };
+        m.scan_visible(rev.0, &all, None, now, &mut |f| {
+            out.push(f.rel.to_string());
+            Ok(true)
+        })
+        .unwrap();
+        // The graph (the engine's path) agrees with the stored indexes.
+        for r in &out {
+            let rel = parse_relationship(r).unwrap();
+            let mut found = Vec::new();
+            let one = RelationshipFilter {
+                resource_type: Some(rel.resource.object_type.clone()),
+                resource_id: Some(rel.resource.object_id.clone()),
+                relation: Some(rel.relation.clone()),
+                ..RelationshipFilter::default()
+            };
+            m.query_all(rev, &one, now, &mut found).unwrap();
+            assert!(
+                found.iter().any(|f| f.key() == rel.key()),
+                "{r} not in the graph"
+            );
+        }
+        let mut from_graph = 0;
+        for id in ["a", "b", "c", "d", "big"] {
+            let mut found = Vec::new();
+            let f = RelationshipFilter {
+                resource_type: Some("document".into()),
+                resource_id: Some(id.into()),
+                relation: Some("viewer".into()),
+                ..RelationshipFilter::default()
+            };
+            m.query_all(rev, &f, now, &mut found).unwrap();
+            from_graph += found.len();
+        }
+        assert_eq!(from_graph, out.len(), "graph and indexes differ at {rev:?}");
+        out.sort();
+        out
+    }
+
+    /// Two nodes on one shared map: each sees the other's writes once it has the revision
+    /// (relationships, deletions, a silent close of an expired relationship, imports, deletes
+    /// by filter, the schema); two creates of one tuple give one `AlreadyExists`; both serve
+    /// the same change log.
+    #[test]
+    fn nodes_sharing_a_datastore_see_each_others_writes() {
+        let first = SharedKv::node(None);
+        let second = SharedKv::node(Some(&first));
+        let a = shared_node(first);
+        let b = shared_node(second);
+        assert_eq!(a.unique_id(), b.unique_id());
+        let r1 = a
+            .write_relationships(
+                &[],
+                &[update(UpdateOp::Create, "document:a#viewer@user:ann")],
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(b.head_revision().unwrap(), Revision(0), "no catch-up yet");
+        assert_eq!(b.refresh(Some(r1)).unwrap(), r1);
+        assert_eq!(texts(&b, r1, NOW), ["document:a#viewer@user:ann"]);
+
+        // A write on b catches up first: it sees a's relationship.
+        let dup = b.write_relationships(
+            &[],
+            &[update(UpdateOp::Create, "document:a#viewer@user:ann")],
+            NOW,
+        );
+        assert!(matches!(dup, Err(StoreError::AlreadyExists(_))), "{dup:?}");
+        let s2 = b.write_schema("definition user {}", &[], NOW).unwrap();
+        assert_eq!(a.refresh(None).unwrap(), s2);
+        assert_eq!(
+            a.read_schema(s2).unwrap().unwrap().text,
+            "definition user {}"
+        );
+        assert_eq!(a.read_schema(r1).unwrap(), None);
+
+        // Both create one tuple at once: one wins, the other finds it.
+        let (ra, rb) = std::thread::scope(|s| {
+            let x = s.spawn(|| {
+                a.write_relationships(
+                    &[],
+                    &[update(UpdateOp::Create, "document:b#viewer@user:bob")],
+                    NOW,
+                )
+            });
+            let y = s.spawn(|| {
+                b.write_relationships(
+                    &[],
+                    &[update(UpdateOp::Create, "document:b#viewer@user:bob")],
+                    NOW,
+                )
+            });
+            (x.join().unwrap(), y.join().unwrap())
+        });
+        assert!(ra.is_ok() != rb.is_ok(), "{ra:?} {rb:?}");
+        assert!(matches!(
+            ra.as_ref().err().or(rb.as_ref().err()),
+            Some(StoreError::AlreadyExists(_))
+        ));
+
+        // An expired relationship deleted on a: its version ends on b too (read with a clock
+        // from before it expired, it is gone after the delete).
+        let earlier = Timestamp {
+            seconds: NOW.seconds - 7200,
+            nanos: 0,
+        };
+        let lapsed = "document:c#viewer@user:cid[expiration:2023-11-14T21:13:20Z]";
+        let before = a
+            .write_relationships(&[], &[update(UpdateOp::Touch, lapsed)], NOW)
+            .unwrap();
+        let gone = a
+            .write_relationships(
+                &[],
+                &[update(UpdateOp::Delete, "document:c#viewer@user:cid")],
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(b.refresh(Some(gone)).unwrap(), gone);
+        for node in [&a, &b] {
+            assert!(
+                texts(node, before, earlier)
+                    .iter()
+                    .any(|t| t.starts_with("document:c#viewer@user:cid"))
+            );
+            assert!(
+                !texts(node, gone, earlier)
+                    .iter()
+                    .any(|t| t.starts_with("document:c"))
+            );
+        }
+
+        // An import on b, a delete by filter on a (more than one chunk each).
+        let import = b.begin_import().unwrap();
+        let rels: Vec<Relationship> = (0..DELETE_CHUNK + 10)
+            .map(|i| parse_relationship(&format!("document:big#viewer@user:u{i}")).unwrap())
+            .collect();
+        b.stage_import(import, &rels).unwrap();
+        let (imported, n) = b.commit_import(import, NOW).unwrap();
+        assert_eq!(n, rels.len() as u64);
+        assert_eq!(a.refresh(Some(imported)).unwrap(), imported);
+        assert_eq!(visible_big(&a, imported), rels.len());
+        let deleted = a
+            .delete_relationships(&big(), &[], None, false, NOW)
+            .unwrap();
+        assert_eq!(deleted.deleted, rels.len() as u64);
+        assert_eq!(b.refresh(Some(deleted.revision)).unwrap(), deleted.revision);
+        assert_eq!(visible_big(&b, deleted.revision), 0);
+        assert_eq!(visible_big(&b, imported), rels.len());
+
+        // The same answers and the same change log on both, at every revision.
+        let head = deleted.revision;
+        for r in 1..=head.0 {
+            assert_eq!(
+                texts(&a, Revision(r), NOW),
+                texts(&b, Revision(r), NOW),
+                "at {r}"
+            );
+        }
+        let log = |m: &Mvcc<SharedKv>| m.read_changes(Revision(0), usize::MAX, usize::MAX).unwrap();
+        assert_eq!(log(&a), log(&b));
+        // The silent close is not a change Watch shows.
+        let at_gone = log(&b).into_iter().find(|c| c.revision == gone).unwrap();
+        assert!(at_gone.changes.is_empty(), "{at_gone:?}");
+        assert_eq!(
+            a.live.load(Ordering::Relaxed),
+            b.live.load(Ordering::Relaxed)
+        );
+
+        // A token past the datastore's head is not waited for.
+        assert_eq!(b.refresh(Some(Revision(head.0 + 5))).unwrap(), head);
+        // GC on a removes versions from the map; b's own pass drops them from its graph.
+        a.gc(NOW, Duration::ZERO).unwrap();
+        b.gc(NOW, Duration::ZERO).unwrap();
+        let key = parse_relationship("document:big#viewer@user:u0")
+            .unwrap()
+            .key();
+        assert_eq!(a.graph.newest_version(&key), None);
+        assert_eq!(b.graph.newest_version(&key), None);
+        assert_eq!(
+            b.horizon.load(Ordering::Relaxed),
+            a.horizon.load(Ordering::Relaxed)
+        );
+    }
+
+    /// A node that dies between the chunks of a delete (its connection lost) leaves versions
+    /// closed past the head: the next writer, on another node, opens them again before its
+    /// own revision could show them deleted.
+    #[test]
+    fn the_next_writer_rolls_back_what_a_dead_writer_left() {
+        let first = SharedKv::node(None);
+        let second = SharedKv::node(Some(&first));
+        let a = shared_node(first);
+        let n = DELETE_CHUNK + 10;
+        let before = write_wide(&*a, n);
+        // The first chunk commits; every commit after it fails, the rollback's too.
+        let commits = a.kv.commits.load(Ordering::SeqCst);
+        a.kv.fail_from.store(commits + 2, Ordering::SeqCst);
+        assert!(
+            a.delete_relationships(&big(), &[], None, false, NOW)
+                .is_err()
+        );
+        assert_eq!(a.write_state.get(), WriteState::NeedsRepair);
+        assert!(
+            a.kv.get(&encoding::meta_key(META_PENDING))
+                .unwrap()
+                .is_some()
+        );
+
+        let b = shared_node(second);
+        assert_eq!(visible_big(&*b, before), n);
+        let next = b
+            .write_relationships(
+                &[],
+                &[update(UpdateOp::Create, "document:a#viewer@user:ann")],
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(
+            visible_big(&*b, next),
+            n,
+            "the dead writer's delete is rolled back"
+        );
+        assert!(
+            b.kv.get(&encoding::meta_key(META_PENDING))
+                .unwrap()
+                .is_none()
+        );
+        // A node opened now agrees.
+        let c = shared_node(SharedKv::node(Some(&b.kv)));
+        assert_eq!(visible_big(&*c, next), n);
+        assert_eq!(texts(&c, next, NOW), texts(&b, next, NOW));
+    }
+
     #[test]
     fn a_store_needing_repair_refuses_writes_and_fails_health_until_restart() {
         let m = Mvcc::fresh(|b| {

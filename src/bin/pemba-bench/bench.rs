@@ -123,6 +123,10 @@ pub struct BenchArgs {
     /// received per second and its largest lag behind the writes' acknowledgements
     #[arg(long)]
     pub watch: bool,
+    /// with `--watch`: watch this server instead of `--endpoint` (another node on the same
+    /// database: the lag is then how far that node follows behind the writes)
+    #[arg(long)]
+    pub watch_endpoint: Option<String>,
     /// name of the target in the report (e.g. `pemba-rocksdb`, `spicedb-memdb`)
     #[arg(long, default_value = "")]
     pub label: String,
@@ -381,9 +385,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             Phase::Load if args.skip_load => continue,
             Phase::Load => {
                 let acks: Acks = Arc::default();
+                let watched = match &args.watch_endpoint {
+                    Some(e) => connect_to(&args, e, 1).await?,
+                    None => target.clone(),
+                };
                 let watcher = match args.watch {
                     true => Some(
-                        start_watcher(&target, Arc::clone(&acks), rels.len() as u64, None).await?,
+                        start_watcher(&watched, Arc::clone(&acks), rels.len() as u64, None).await?,
                     ),
                     false => None,
                 };
@@ -394,7 +402,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     // The same changes again, read back from the log as fast as they come.
                     if let Some(from) = schema_written {
                         let replay =
-                            start_watcher(&target, Arc::default(), rels.len() as u64, Some(from))
+                            start_watcher(&watched, Arc::default(), rels.len() as u64, Some(from))
                                 .await?
                                 .await
                                 .context("the replaying watcher failed")??;
@@ -497,10 +505,18 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 /// Connects `--connections` channels to the endpoint, refusing anything but loopback addresses
 /// and unix sockets.
 async fn connect(args: &BenchArgs) -> anyhow::Result<Target> {
+    connect_to(args, &args.endpoint, args.connections).await
+}
+
+async fn connect_to(
+    args: &BenchArgs,
+    endpoint: &str,
+    connections: usize,
+) -> anyhow::Result<Target> {
     let timeout = Duration::from_secs(args.request_timeout_secs.max(1));
-    let mut channels = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        let channel = if let Some(path) = args.endpoint.strip_prefix("unix:") {
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let channel = if let Some(path) = endpoint.strip_prefix("unix:") {
             let path = PathBuf::from(path);
             // the URI is not used to connect: the connector below opens the socket
             Endpoint::from_static("http://[::1]:50051")
@@ -514,21 +530,19 @@ async fn connect(args: &BenchArgs) -> anyhow::Result<Target> {
                 }))
                 .await
         } else {
-            let endpoint = Endpoint::from_shared(args.endpoint.clone())
-                .with_context(|| format!("bad endpoint `{}`", args.endpoint))?;
+            let url = endpoint;
+            let endpoint = Endpoint::from_shared(url.to_string())
+                .with_context(|| format!("bad endpoint `{url}`"))?;
             let host = endpoint.uri().host().unwrap_or_default();
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let loopback =
                 host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
             if !loopback {
-                bail!(
-                    "refusing to load-test `{}`: only loopback addresses and unix sockets",
-                    args.endpoint
-                );
+                bail!("refusing to load-test `{url}`: only loopback addresses and unix sockets");
             }
             endpoint.timeout(timeout).connect().await
         }
-        .with_context(|| format!("cannot connect to {}", args.endpoint))?;
+        .with_context(|| format!("cannot connect to {endpoint}"))?;
         channels.push(channel);
     }
     let auth = match args.preshared_key.as_deref().filter(|k| !k.is_empty()) {
