@@ -1156,10 +1156,7 @@ impl<K: Kv> Mvcc<K> {
         schema: Option<&str>,
     ) -> StoreResult<Revision> {
         let started = Instant::now();
-        batch.put(encoding::rev_time_key(rev), encoding::encode_time(now));
-        batch.put(encoding::meta_key(META_HEAD), rev.to_be_bytes().to_vec());
-        batch.put(encoding::change_header_key(rev), header.encode()?);
-        batch.delete(encoding::meta_key(META_PENDING));
+        Self::seal(&mut batch, rev, now, header)?;
         let _moving = lock(&self.catch_up_lock);
         self.commit(batch)?;
         if let Some(text) = schema {
@@ -1187,6 +1184,76 @@ impl<K: Kv> Mvcc<K> {
             m.commit_seconds.observe(started.elapsed().as_secs_f64());
         }
         Ok(Revision(rev))
+    }
+
+    /// Adds to the last batch of revision `rev` what makes it committed: its commit time, the
+    /// head, its change-log header, and the end of its `pending` mark.
+    fn seal(batch: &mut Batch, rev: u64, now: Timestamp, header: &ChangeHeader) -> StoreResult<()> {
+        batch.put(encoding::rev_time_key(rev), encoding::encode_time(now));
+        batch.put(encoding::meta_key(META_HEAD), rev.to_be_bytes().to_vec());
+        batch.put(encoding::change_header_key(rev), header.encode()?);
+        batch.delete(encoding::meta_key(META_PENDING));
+        Ok(())
+    }
+
+    /// Commits the last batch of a revision written in chunks (an import, a large delete) on
+    /// a shared datastore, then replays the revision from the change log, as the other nodes
+    /// do. Such a write keeps its chunks out of this node's graph: should it fail midway, or
+    /// the node lose its session, the graph holds nothing of it (the next writer rolls the
+    /// chunks back in the datastore), and a final commit whose acknowledgement was lost is
+    /// replayed by the next catch-up.
+    fn commit_replayed(
+        &self,
+        mut batch: Batch,
+        rev: u64,
+        now: Timestamp,
+        header: &ChangeHeader,
+    ) -> StoreResult<Revision> {
+        let started = Instant::now();
+        Self::seal(&mut batch, rev, now, header)?;
+        let _moving = lock(&self.catch_up_lock);
+        self.commit(batch)?;
+        let head = self.catch_up_locked()?;
+        if head != rev {
+            tracing::error!(
+                revision = rev,
+                head,
+                "the datastore's head after this node's commit is not its revision"
+            );
+            return Err(StoreError::Engine(format!(
+                "the datastore's head after committing revision {rev} is {head}"
+            )));
+        }
+        if let Some(m) = metrics::get() {
+            m.commit_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        Ok(Revision(rev))
+    }
+
+    /// What a chunk of a write committed in chunks does to this node's graph: applied at once
+    /// on a datastore of its own, replayed at the end on a shared one (see
+    /// [`Mvcc::commit_replayed`]).
+    fn apply_chunk(&self, changes: &[GraphChange]) {
+        if !self.kv.shared() {
+            self.graph.apply(changes);
+        }
+    }
+
+    /// A chunked write failed and `undo` rolls its chunks back. If the rollback fails too, a
+    /// store of its own refuses writes until a restart repairs it; a shared one goes on (its
+    /// graph never had the chunks, and the next writer on any node rolls them back, told by
+    /// the `pending` mark).
+    fn roll_back_chunks(&self, what: &str, undo: StoreResult<()>) {
+        let Err(e) = undo else { return };
+        if self.kv.shared() {
+            tracing::warn!(error = %e, "cannot roll back a failed {what}; the next write will");
+        } else {
+            self.write_state.set_needs_repair();
+            tracing::error!(
+                error = %e,
+                "cannot roll back a failed {what}; writes are refused until a restart"
+            );
+        }
     }
 
     fn next_revision(head: u64) -> StoreResult<u64> {
@@ -1405,6 +1472,9 @@ impl<K: Kv> Mvcc<K> {
                         schema: false,
                         metadata: metadata.map(|m| m.0.clone()),
                     };
+                    if wrote && self.kv.shared() {
+                        return self.commit_replayed(batch, rev, now, &header).map(Some);
+                    }
                     let revision =
                         self.commit_revision(batch, rev, now, &changes, &header, None)?;
                     self.count_live(-signed(u64::try_from(earlier).unwrap_or(u64::MAX)));
@@ -1415,7 +1485,7 @@ impl<K: Kv> Mvcc<K> {
                 }
                 wrote = true;
                 self.commit_unsynced(batch)?;
-                self.graph.apply(&changes);
+                self.apply_chunk(&changes);
             }
         })();
         match result {
@@ -1425,15 +1495,8 @@ impl<K: Kv> Mvcc<K> {
                 partial,
             }),
             Err(e) => {
-                if wrote
-                    && let Ok(rev) = Self::next_revision(head)
-                    && let Err(undo) = self.undo_delete(rev)
-                {
-                    self.write_state.set_needs_repair();
-                    tracing::error!(
-                            error = %undo,
-                        "cannot roll back a failed delete; writes are refused until a restart"
-                    );
+                if wrote && let Ok(rev) = Self::next_revision(head) {
+                    self.roll_back_chunks("delete", self.undo_delete(rev));
                 }
                 Err(e)
             }
@@ -1478,7 +1541,7 @@ impl<K: Kv> Mvcc<K> {
                 batch.delete(entry);
             }
             self.commit_unsynced(batch)?;
-            self.graph.apply(&changes);
+            self.apply_chunk(&changes);
         }
         self.clear_changes_at(rev)?;
         // Durable before any later write reuses `rev`.
@@ -1656,32 +1719,33 @@ impl<K: Kv> Mvcc<K> {
                     created += 1;
                 }
                 self.commit_unsynced(batch)?;
-                self.graph.apply(&changes);
+                self.apply_chunk(&changes);
                 Ok(())
             })
             .and_then(|()| {
-                self.commit_revision(
+                if self.kv.shared() {
+                    return self.commit_replayed(
+                        Batch::default(),
+                        rev,
+                        now,
+                        &ChangeHeader::default(),
+                    );
+                }
+                let revision = self.commit_revision(
                     Batch::default(),
                     rev,
                     now,
                     &[],
                     &ChangeHeader::default(),
                     None,
-                )
+                )?;
+                self.count_live(signed(created) - signed(closed));
+                Ok(revision)
             });
         match written {
-            Ok(revision) => {
-                self.count_live(signed(created) - signed(closed));
-                Ok((revision, created))
-            }
+            Ok(revision) => Ok((revision, created)),
             Err(e) => {
-                if let Err(undo) = self.undo_import(import, rev) {
-                    self.write_state.set_needs_repair();
-                    tracing::error!(
-                        error = %undo,
-                        "cannot roll back a failed import; writes are refused until a restart"
-                    );
-                }
+                self.roll_back_chunks("import", self.undo_import(import, rev));
                 Err(e)
             }
         }
@@ -1712,7 +1776,7 @@ impl<K: Kv> Mvcc<K> {
                 }
             }
             self.commit_unsynced(batch)?;
-            self.graph.apply(&changes);
+            self.apply_chunk(&changes);
             Ok(())
         })?;
         self.clear_changes_at(rev)?;
@@ -3245,12 +3309,14 @@ mod tests {
             a.delete_relationships(&big(), &[], None, false, NOW)
                 .is_err()
         );
-        assert_eq!(a.write_state.get(), WriteState::NeedsRepair);
         assert!(
             a.kv.get(&encoding::meta_key(META_PENDING))
                 .unwrap()
                 .is_some()
         );
+        // Its graph holds nothing of the chunk, so it need not wait for a restart.
+        assert_ne!(a.write_state.get(), WriteState::NeedsRepair);
+        assert_eq!(visible_big(&*a, before), n);
 
         let b = shared_node(second);
         assert_eq!(visible_big(&*b, before), n);
@@ -3271,10 +3337,31 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // The node whose write failed replays the next revision and still sees every one.
+        assert_eq!(a.refresh(Some(next)).unwrap(), next);
+        assert_eq!(visible_big(&*a, next), n);
+        // Its connection back, it writes again (a chunked delete, replayed from the log).
+        a.kv.fail_from.store(u64::MAX, Ordering::SeqCst);
+        let emptied = a
+            .delete_relationships(&big(), &[], None, false, NOW)
+            .unwrap();
+        assert_eq!(emptied.deleted, n as u64);
+        assert_eq!(visible_big(&*a, emptied.revision), 0);
+        assert_eq!(visible_big(&*a, next), n);
+        assert_eq!(b.refresh(Some(emptied.revision)).unwrap(), emptied.revision);
+        assert_eq!(visible_big(&*b, emptied.revision), 0);
+        assert_eq!(
+            a.live.load(Ordering::Relaxed),
+            b.live.load(Ordering::Relaxed)
+        );
         // A node opened now agrees.
         let c = shared_node(SharedKv::node(Some(&b.kv)));
         assert_eq!(visible_big(&*c, next), n);
         assert_eq!(texts(&c, next, NOW), texts(&b, next, NOW));
+        assert_eq!(
+            texts(&c, emptied.revision, NOW),
+            texts(&a, emptied.revision, NOW)
+        );
     }
 
     #[test]

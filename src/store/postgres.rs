@@ -63,6 +63,12 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a writer waits for another node's write to let go of the write lock.
 const WRITE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long the session holding the write lock may sit idle before the database ends it
+/// (letting the lock go): a node that froze in the middle of a write (a stopped process, a
+/// machine that hangs) must not stop every node's writes. A live writer is never idle that
+/// long: it only builds its next batch between commits.
+const WRITER_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How a node follows a database other nodes write to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PostgresOptions {
@@ -405,8 +411,12 @@ impl Kv for PgKv {
         let pool = self.pool.clone();
         let client = self.run(async move {
             let client = pool.get().await.map_err(pool_error)?;
-            let wait = format!("SET lock_timeout = {}", WRITE_LOCK_WAIT.as_millis());
-            client.batch_execute(&wait).await.map_err(db_error)?;
+            let limits = format!(
+                "SET lock_timeout = {}; SET idle_session_timeout = {}",
+                WRITE_LOCK_WAIT.as_millis(),
+                WRITER_IDLE_LIMIT.as_millis()
+            );
+            client.batch_execute(&limits).await.map_err(db_error)?;
             let locked = client
                 .execute(
                     "SELECT pg_advisory_lock($1, hashtext(current_schema()))",
@@ -442,11 +452,12 @@ impl Kv for PgKv {
             return;
         };
         let unlocked = self.run(async move {
+            // One round trip: the unlock, and the session back to no idle limit for the pool.
             let unlocked = client
-                .execute(
-                    "SELECT pg_advisory_unlock($1, hashtext(current_schema()))",
-                    &[&WRITE_LOCK_CLASS],
-                )
+                .batch_execute(&format!(
+                    "SELECT pg_advisory_unlock({WRITE_LOCK_CLASS}, hashtext(current_schema())); \
+                     SET idle_session_timeout = 0"
+                ))
                 .await;
             if unlocked.is_err() {
                 // Closing the session is what lets the lock go, whatever state it is in.
@@ -714,6 +725,46 @@ mod tests {
         assert_eq!(store.head_revision().unwrap(), rev);
     }
 
+    /// The write lock is held by one session, which the database ends if it idles (a frozen
+    /// writer), and let go by `unlock_writers`.
+    #[test]
+    fn the_write_lock_is_one_session_with_an_idle_limit() {
+        let Some(uri) = test_schema_uri() else { return };
+        migrate(&uri).unwrap();
+        let kv = PgKv::open(&uri).unwrap();
+        kv.lock_writers().unwrap();
+        assert_eq!(write_lock_holders(&uri), 1);
+        let writer = kv.writer.lock().unwrap().take().unwrap();
+        let (writer, idle) = kv
+            .run(async move {
+                let row = writer
+                    .query_one("SHOW idle_session_timeout", &[])
+                    .await
+                    .map_err(db_error)?;
+                let idle: String = row.get(0);
+                Ok((writer, idle))
+            })
+            .unwrap();
+        assert_eq!(idle, "1min");
+        *kv.writer.lock().unwrap() = Some(writer);
+        kv.unlock_writers();
+        assert_eq!(write_lock_holders(&uri), 0);
+    }
+
+    /// How many sessions hold the write lock of the store's schema.
+    fn write_lock_holders(uri: &str) -> i64 {
+        sql(uri, async |c| {
+            c.query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND classid = $1::int::oid AND objid = hashtext(current_schema())::oid",
+                &[&WRITE_LOCK_CLASS],
+            )
+            .await
+            .unwrap()
+            .get(0)
+        })
+    }
+
     /// Two nodes on one database: a write on either is seen on the other once it asks for
     /// the revision; two creates of one tuple at once give one `AlreadyExists`; the write
     /// lock is let go after each write.
@@ -765,16 +816,10 @@ mod tests {
             ra.as_ref().err().or(rb.as_ref().err()),
             Some(StoreError::AlreadyExists(_))
         ));
-        let held: i64 = sql(&uri, async |c| {
-            c.query_one(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
-                 AND classid = $1::int::oid AND objid = hashtext(current_schema())::oid",
-                &[&WRITE_LOCK_CLASS],
-            )
-            .await
-            .unwrap()
-            .get(0)
-        });
-        assert_eq!(held, 0, "the write lock is let go after each write");
+        assert_eq!(
+            write_lock_holders(&uri),
+            0,
+            "the write lock is let go after each write"
+        );
     }
 }
