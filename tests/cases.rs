@@ -279,7 +279,8 @@ fn run_case(path: &Path) -> Vec<String> {
 
     // And on PostgreSQL, when the run has one (`.ci/run` starts it).
     if let Some(uri) = pemba::store::postgres_test_schema_uri() {
-        pemba::store::migrate_postgres(&uri).expect("migrate");
+        pemba::store::migrate_postgres(&uri, &pemba::store::PostgresTls::default())
+            .expect("migrate");
         let pg = PostgresStore::open(&uri).expect("open postgres");
         let prev = load(&pg, &rels, now);
         let psnap = Snapshot::new(&pg, &schema, prev, now);

@@ -318,6 +318,19 @@ definition document {
 }
 ";
 
+/// Servers killed when dropped, so that a failing test leaves none running (holding the test
+/// harness's output open).
+struct Reaper(Vec<std::process::Child>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A client of one node.
 struct Node {
     permissions: PermissionsServiceClient<tonic::transport::Channel>,
@@ -438,7 +451,8 @@ fn update_text(u: &pb::RelationshipUpdate) -> String {
 /// two other nodes with its token: both see it at once. Afterwards the three nodes give the
 /// same answers to every Check and lookup; a Watch on one node sees every node's writes, in
 /// commit order; three creates of one relationship at once, one per node, give one success
-/// and two ALREADY_EXISTS; a node started afterwards loads the same state.
+/// and two ALREADY_EXISTS; a node started afterwards loads the same state. The second node
+/// reaches the database over TLS (verified against the run's CA), when `.ci/run` offers it.
 #[test]
 fn three_nodes_share_one_database() {
     let _turn = DATABASE
@@ -462,9 +476,14 @@ fn three_nodes_share_one_database() {
 
 async fn three_nodes(uri: String) {
     // A long follow interval: a read with a token must not depend on the poller.
-    let spawn = |uri: String| {
+    let ca = std::env::var("PEMBA_TEST_POSTGRES_CA").ok();
+    let spawn = |uri: String, tls: bool| {
         let port = free_port();
-        let mut child = serve_command(port)
+        let mut command = serve_command(port);
+        if let (true, Some(ca)) = (tls, &ca) {
+            command.args(["--datastore-tls-ca-cert", ca]);
+        }
+        let mut child = command
             .args(["--datastore", "postgres", "--datastore-conn-uri", &uri])
             .args([
                 "--metrics-enabled=false",
@@ -476,12 +495,25 @@ async fn three_nodes(uri: String) {
         wait_listening(&mut child, port, Duration::from_secs(30));
         (child, port)
     };
-    let mut children = Vec::new();
+    let mut children = Reaper(Vec::new());
     let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let (child, port) = spawn(uri.clone());
-        children.push(child);
+    for i in 0..3 {
+        let (child, port) = spawn(uri.clone(), i == 1);
+        children.0.push(child);
         nodes.push(node(port).await);
+    }
+    if ca.is_some() {
+        // The second node's connections are TLS (the others' are not).
+        let (client, conn) = tokio_postgres::connect(&uri, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let tls: i64 = client
+            .query_one("SELECT count(*) FROM pg_stat_ssl WHERE ssl", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(tls >= 1, "no TLS connection to the database");
     }
     let written = nodes[0]
         .schema
@@ -659,20 +691,16 @@ async fn three_nodes(uri: String) {
     );
 
     // A node killed and started again, and a new node, load the same state.
-    children[0].kill().unwrap();
-    children[0].wait().unwrap();
-    let (again, port) = spawn(uri.clone());
-    children[0] = again;
+    children.0[0].kill().unwrap();
+    children.0[0].wait().unwrap();
+    let (again, port) = spawn(uri.clone(), false);
+    children.0[0] = again;
     nodes[0] = node(port).await;
-    let (fourth, port) = spawn(uri.clone());
-    children.push(fourth);
+    let (fourth, port) = spawn(uri.clone(), true);
+    children.0.push(fourth);
     nodes.push(node(port).await);
     let reference = nodes[1].answers(&users).await;
     for i in [0, 3] {
         assert_eq!(nodes[i].answers(&users).await, reference, "node {i}");
-    }
-    for mut c in children {
-        c.kill().unwrap();
-        c.wait().unwrap();
     }
 }

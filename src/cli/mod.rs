@@ -28,7 +28,9 @@ use crate::api::{Api, Limits};
 use crate::consistency::MismatchedTokens;
 use crate::engine::EngineConfig;
 use crate::server::{self, ServerOptions};
-use crate::store::{Datastore, MemoryStore, PostgresOptions, PostgresStore, RocksStore};
+use crate::store::{
+    Datastore, MemoryStore, PostgresOptions, PostgresStore, PostgresTls, RocksStore,
+};
 
 /// Pemba: a Zanzibar-style permissions database speaking SpiceDB's API.
 #[derive(Debug, Parser)]
@@ -235,6 +237,10 @@ pub enum DatastoreCommand {
         /// the database: `postgres://user:password@host:port/dbname`
         #[arg(long, env = "PEMBA_DATASTORE_CONN_URI", hide_env_values = true)]
         datastore_conn_uri: String,
+        /// connect over TLS, verifying the database's certificate (and host) against the CA
+        /// certificates in this PEM file
+        #[arg(long, env = "PEMBA_DATASTORE_TLS_CA_CERT")]
+        datastore_tls_ca_cert: Option<PathBuf>,
     },
 }
 
@@ -254,6 +260,10 @@ pub struct ServeArgs {
     /// `postgres://user:password@host:port/dbname`
     #[arg(long, env = "PEMBA_DATASTORE_CONN_URI", hide_env_values = true)]
     pub datastore_conn_uri: Option<String>,
+    /// with `--datastore postgres`: connect over TLS, verifying the database's certificate
+    /// (and host) against the CA certificates in this PEM file
+    #[arg(long, env = "PEMBA_DATASTORE_TLS_CA_CERT")]
+    pub datastore_tls_ca_cert: Option<PathBuf>,
     /// with `--datastore postgres`: how often, in milliseconds, this node looks for the
     /// revisions other nodes on the same database committed (a read that needs one asks at
     /// once)
@@ -461,8 +471,14 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             ExitCode::from(verbs::EXIT_NO)
         }),
         Command::Context(command) => done(context::run(&command)),
-        Command::Datastore(DatastoreCommand::Migrate { datastore_conn_uri }) => {
-            let (before, after) = crate::store::migrate_postgres(&datastore_conn_uri)
+        Command::Datastore(DatastoreCommand::Migrate {
+            datastore_conn_uri,
+            datastore_tls_ca_cert,
+        }) => {
+            let tls = PostgresTls {
+                ca_cert: datastore_tls_ca_cert,
+            };
+            let (before, after) = crate::store::migrate_postgres(&datastore_conn_uri, &tls)
                 .context("cannot migrate the PostgreSQL datastore")?;
             if before == after {
                 println!("the datastore is at schema version {after}: nothing to do");
@@ -577,6 +593,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let options = PostgresOptions {
                 follow_interval: Duration::from_millis(args.datastore_follow_interval_ms),
                 revision_wait: Duration::from_millis(args.datastore_revision_wait_ms),
+                tls: PostgresTls {
+                    ca_cert: args.datastore_tls_ca_cert.clone(),
+                },
             };
             Arc::new(
                 PostgresStore::open_with(uri, options)

@@ -219,7 +219,7 @@ macro_rules! conformance {
 /// test fails.
 pub(crate) fn postgres_store() -> Option<crate::store::PostgresStore> {
     let uri = crate::store::postgres_test_schema_uri()?;
-    crate::store::migrate_postgres(&uri).unwrap();
+    crate::store::migrate_postgres(&uri, &crate::store::PostgresTls::default()).unwrap();
     Some(crate::store::PostgresStore::open(&uri).unwrap())
 }
 

@@ -13,6 +13,7 @@ mod memory;
 mod metrics;
 mod mvcc;
 mod postgres;
+mod postgres_tls;
 mod rocks;
 
 pub use error::{StoreError, StoreResult, WriteFailure};
@@ -20,7 +21,7 @@ pub use graph::{EMPTY, Edge, GraphView, Sym};
 pub use memory::MemoryStore;
 pub use metrics::init_metrics;
 pub use postgres::{
-    PostgresOptions, PostgresStore, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION,
+    PostgresOptions, PostgresStore, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION, Tls as PostgresTls,
     migrate as migrate_postgres, test_schema_uri as postgres_test_schema_uri,
 };
 pub use rocks::RocksStore;

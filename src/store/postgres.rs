@@ -70,13 +70,25 @@ const WRITE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 const WRITER_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How a node follows a database other nodes write to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresOptions {
     /// how often the node looks for revisions other nodes committed
     pub follow_interval: std::time::Duration,
     /// how long a read waits for the node to catch up with a revision another node
     /// committed (an `at_least_as_fresh` token, a cursor, `fully_consistent`)
     pub revision_wait: std::time::Duration,
+    /// connect over TLS, verifying the database's certificate against the CA certificates
+    /// in this PEM file (see [`Tls`])
+    pub tls: Tls,
+}
+
+/// How a node connects to its database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// the CA certificates (PEM) the database's certificate must chain to: with them, every
+    /// connection is TLS, verified (libpq's `verify-full`); without them, as the URI's
+    /// `sslmode` says, which may only be `disable` or `prefer` (no TLS is tried then)
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Default for PostgresOptions {
@@ -84,21 +96,38 @@ impl Default for PostgresOptions {
         PostgresOptions {
             follow_interval: std::time::Duration::from_millis(100),
             revision_wait: crate::store::mvcc::DEFAULT_REVISION_WAIT,
+            tls: Tls::default(),
         }
     }
+}
+
+/// An error with its causes, `outer: inner: ...` (the driver's own message often leaves out
+/// what went wrong, as "error performing TLS handshake" leaves out which certificate check).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 fn db_error(e: tokio_postgres::Error) -> StoreError {
     // A closed or refused connection is the database being away: UNAVAILABLE, retry later.
     if e.is_closed() || e.code().is_none() {
-        StoreError::Unavailable(format!("PostgreSQL: {e}"))
+        StoreError::Unavailable(format!("PostgreSQL: {}", with_causes(&e)))
     } else {
-        StoreError::Engine(format!("PostgreSQL: {e}"))
+        StoreError::Engine(format!("PostgreSQL: {}", with_causes(&e)))
     }
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(format!("PostgreSQL connection pool: {e}"))
+    StoreError::Unavailable(format!("PostgreSQL connection pool: {}", with_causes(&e)))
 }
 
 /// The PostgreSQL key-value map.
@@ -140,20 +169,32 @@ fn runtime() -> StoreResult<tokio::runtime::Runtime> {
         .map_err(|e| StoreError::Engine(format!("cannot start the PostgreSQL runtime: {e}")))
 }
 
-fn make_pool(uri: &str, rt: &tokio::runtime::Runtime) -> StoreResult<Pool> {
+fn make_pool(uri: &str, tls: &Tls, rt: &tokio::runtime::Runtime) -> StoreResult<Pool> {
     let mut config: tokio_postgres::Config = uri
         .parse()
         .map_err(|e| StoreError::Engine(format!("bad --datastore-conn-uri: {e}")))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match &tls.ca_cert {
+        Some(ca) => {
+            // Never a silent fall back to plaintext once a CA is given.
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let connector = crate::store::postgres_tls::RustlsConnector::from_ca_file(ca)?;
+            Manager::from_config(config, connector, manager_config)
+        }
+        None if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require => {
+            return Err(StoreError::Engine(
+                "sslmode=require needs --datastore-tls-ca-cert: Pemba verifies the database's \
+                 certificate"
+                    .into(),
+            ));
+        }
+        None => Manager::from_config(config, NoTls, manager_config),
+    };
     let _guard = rt.enter();
     Pool::builder(manager)
         .max_size(POOL_SIZE)
@@ -201,9 +242,9 @@ async fn version(client: &deadpool_postgres::Object) -> StoreResult<i32> {
 
 /// Applies the migrations the database at `uri` lacks; returns the versions before and after.
 /// Safe to run again, and from several processes at once (they take turns).
-pub fn migrate(uri: &str) -> StoreResult<(i32, i32)> {
+pub fn migrate(uri: &str, tls: &Tls) -> StoreResult<(i32, i32)> {
     let rt = runtime()?;
-    let pool = make_pool(uri, &rt)?;
+    let pool = make_pool(uri, tls, &rt)?;
     let out = run_on(&rt, async move {
         let mut client = pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await.map_err(db_error)?;
@@ -252,9 +293,9 @@ pub fn migrate(uri: &str) -> StoreResult<(i32, i32)> {
 
 impl PgKv {
     /// Connects and checks the schema version.
-    pub(crate) fn open(uri: &str) -> StoreResult<PgKv> {
+    pub(crate) fn open(uri: &str, tls: &Tls) -> StoreResult<PgKv> {
         let rt = runtime()?;
-        let pool = make_pool(uri, &rt)?;
+        let pool = make_pool(uri, tls, &rt)?;
         let p = pool.clone();
         run_on(&rt, async move {
             let client = p.get().await.map_err(pool_error)?;
@@ -614,7 +655,7 @@ impl PostgresStore {
 
     /// [`PostgresStore::open`] with `options`.
     pub fn open_with(uri: &str, options: PostgresOptions) -> StoreResult<PostgresStore> {
-        let kv = PgKv::open(uri)?;
+        let kv = PgKv::open(uri, &options.tls)?;
         let mut mvcc = Mvcc::open(kv)?;
         mvcc.set_revision_wait(options.revision_wait);
         let inner = std::sync::Arc::new(mvcc);
@@ -704,7 +745,7 @@ mod tests {
     #[test]
     fn a_head_moved_under_the_node_stops_its_writes() {
         let Some(uri) = test_schema_uri() else { return };
-        migrate(&uri).unwrap();
+        migrate(&uri, &Tls::default()).unwrap();
         let store = PostgresStore::open(&uri).unwrap();
         let rev = touch(&store, "document:a#viewer@user:ann").unwrap();
         let key = crate::store::encoding::meta_key(crate::store::encoding::META_HEAD);
@@ -725,13 +766,74 @@ mod tests {
         assert_eq!(store.head_revision().unwrap(), rev);
     }
 
+    /// With a CA, every connection is TLS and verified: the database `.ci/postgres` starts
+    /// (its certificate signed by `PEMBA_TEST_POSTGRES_CA`) is reached, one with a
+    /// certificate from another CA is refused, and `sslmode=require` without a CA is refused
+    /// with what to do.
+    #[test]
+    fn tls_to_the_database_is_verified() {
+        let Some(uri) = test_schema_uri() else { return };
+        let Some(ca) = std::env::var_os("PEMBA_TEST_POSTGRES_CA") else {
+            assert!(std::env::var_os("PEMBA_REQUIRE_POSTGRES").is_none());
+            eprintln!("skipped: no PEMBA_TEST_POSTGRES_CA (as .ci/run sets it)");
+            return;
+        };
+        let tls = Tls {
+            ca_cert: Some(ca.into()),
+        };
+        migrate(&uri, &tls).unwrap();
+        let kv = PgKv::open(&uri, &tls).unwrap();
+        let pool = kv.pool.clone();
+        let (ssl, version) = kv
+            .run(async move {
+                let c = pool.get().await.map_err(pool_error)?;
+                let row = c
+                    .query_one(
+                        "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                        &[],
+                    )
+                    .await
+                    .map_err(db_error)?;
+                Ok((row.get::<_, bool>(0), row.get::<_, Option<String>>(1)))
+            })
+            .unwrap();
+        assert!(ssl, "the connection is not TLS");
+        assert!(version.is_some_and(|v| v.starts_with("TLSv1.")));
+
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other-ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        std::fs::write(&other, params.self_signed(&key).unwrap().pem()).unwrap();
+        let refused = PostgresStore::open_with(
+            &uri,
+            PostgresOptions {
+                tls: Tls {
+                    ca_cert: Some(other),
+                },
+                ..PostgresOptions::default()
+            },
+        )
+        .unwrap_err();
+        assert!(refused.to_string().contains("certificate"), "{refused}");
+
+        let sep = if uri.contains('?') { '&' } else { '?' };
+        let required = format!("{uri}{sep}sslmode=require");
+        let refused = PostgresStore::open(&required).unwrap_err();
+        assert!(
+            refused.to_string().contains("--datastore-tls-ca-cert"),
+            "{refused}"
+        );
+    }
+
     /// The write lock is held by one session, which the database ends if it idles (a frozen
     /// writer), and let go by `unlock_writers`.
     #[test]
     fn the_write_lock_is_one_session_with_an_idle_limit() {
         let Some(uri) = test_schema_uri() else { return };
-        migrate(&uri).unwrap();
-        let kv = PgKv::open(&uri).unwrap();
+        migrate(&uri, &Tls::default()).unwrap();
+        let kv = PgKv::open(&uri, &Tls::default()).unwrap();
         kv.lock_writers().unwrap();
         assert_eq!(write_lock_holders(&uri), 1);
         let writer = kv.writer.lock().unwrap().take().unwrap();
@@ -771,7 +873,7 @@ mod tests {
     #[test]
     fn two_nodes_share_one_database() {
         let Some(uri) = test_schema_uri() else { return };
-        migrate(&uri).unwrap();
+        migrate(&uri, &Tls::default()).unwrap();
         let a = PostgresStore::open(&uri).unwrap();
         let b = PostgresStore::open(&uri).unwrap();
         assert_eq!(a.unique_id(), b.unique_id());
