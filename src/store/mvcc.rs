@@ -2781,22 +2781,35 @@ mod tests {
     /// A map whose commits fail (as on a full disk) while `fail` is set, or from the
     /// `fail_from`-th commit on, or at the `fail_at`-th commit only (counted from 1).
     struct FlakyKv<K: Kv = crate::store::memory::MemoryKv> {
-        inner: K,
+        inner: Arc<K>,
         fail: AtomicBool,
         fail_from: AtomicU64,
         fail_at: AtomicU64,
         commits: AtomicU64,
+        /// for maps shared by several nodes (as PostgreSQL nodes share a database): the one
+        /// writer at a time across them
+        writers: Option<Arc<(Mutex<bool>, Condvar)>>,
     }
 
     impl<K: Kv> FlakyKv<K> {
         fn new(inner: K) -> FlakyKv<K> {
+            FlakyKv::with(Arc::new(inner), None)
+        }
+
+        fn with(inner: Arc<K>, writers: Option<Arc<(Mutex<bool>, Condvar)>>) -> FlakyKv<K> {
             FlakyKv {
                 inner,
                 fail: AtomicBool::new(false),
                 fail_from: AtomicU64::new(u64::MAX),
                 fail_at: AtomicU64::new(u64::MAX),
                 commits: AtomicU64::new(0),
+                writers,
             }
+        }
+
+        /// Another node on the map `other` shares, with commits failing on their own.
+        fn node_of(other: &FlakyKv<K>) -> FlakyKv<K> {
+            FlakyKv::with(Arc::clone(&other.inner), other.writers.clone())
         }
 
         fn attempt(&self) -> StoreResult<()> {
@@ -2814,6 +2827,13 @@ mod tests {
     impl Default for FlakyKv {
         fn default() -> Self {
             FlakyKv::new(crate::store::memory::MemoryKv::default())
+        }
+    }
+
+    impl FlakyKv {
+        /// The first node on a new map that several nodes share.
+        fn shared() -> FlakyKv {
+            FlakyKv::with(Arc::default(), Some(Arc::default()))
         }
     }
 
@@ -2839,6 +2859,30 @@ mod tests {
         fn commit_unsynced(&self, batch: Batch) -> StoreResult<()> {
             self.attempt()?;
             self.inner.commit_unsynced(batch)
+        }
+
+        fn shared(&self) -> bool {
+            self.writers.is_some()
+        }
+
+        fn lock_writers(&self) -> StoreResult<()> {
+            if let Some(w) = &self.writers {
+                let (held, cv) = &**w;
+                let mut held = held.lock().unwrap();
+                while *held {
+                    held = cv.wait(held).unwrap();
+                }
+                *held = true;
+            }
+            Ok(())
+        }
+
+        fn unlock_writers(&self) {
+            if let Some(w) = &self.writers {
+                let (held, cv) = &**w;
+                *held.lock().unwrap() = false;
+                cv.notify_all();
+            }
         }
     }
 
@@ -3027,74 +3071,8 @@ mod tests {
         assert_eq!(visible_big(m, next), n);
     }
 
-    /// A delete whose rollback fails too leaves the store needing repair: writes are refused
-    /// and health says so, even once the disk works again, until a restart.
-    /// Nodes sharing one map, as PostgreSQL nodes share a database: one writer at a time
-    /// across them; a node's own commits fail (as on a lost connection) from its `fail_from`-th
-    /// commit on.
-    struct SharedKv {
-        map: Arc<crate::store::memory::MemoryKv>,
-        writers: Arc<(Mutex<bool>, Condvar)>,
-        fail_from: AtomicU64,
-        commits: AtomicU64,
-    }
-
-    impl SharedKv {
-        fn node(of: Option<&SharedKv>) -> SharedKv {
-            SharedKv {
-                map: of.map_or_else(Arc::default, |o| Arc::clone(&o.map)),
-                writers: of.map_or_else(Arc::default, |o| Arc::clone(&o.writers)),
-                fail_from: AtomicU64::new(u64::MAX),
-                commits: AtomicU64::new(0),
-            }
-        }
-
-        fn attempt(&self) -> StoreResult<()> {
-            let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
-            if n >= self.fail_from.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("connection lost".into()));
-            }
-            Ok(())
-        }
-    }
-
-    impl Kv for SharedKv {
-        fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-            self.map.get(key)
-        }
-        fn scan(
-            &self,
-            start: &[u8],
-            end: Option<&[u8]>,
-            f: &mut crate::store::kv::ScanFn<'_>,
-        ) -> StoreResult<()> {
-            self.map.scan(start, end, f)
-        }
-        fn commit(&self, batch: Batch) -> StoreResult<()> {
-            self.attempt()?;
-            self.map.commit(batch)
-        }
-        fn shared(&self) -> bool {
-            true
-        }
-        fn lock_writers(&self) -> StoreResult<()> {
-            let (held, cv) = &*self.writers;
-            let mut held = held.lock().unwrap();
-            while *held {
-                held = cv.wait(held).unwrap();
-            }
-            *held = true;
-            Ok(())
-        }
-        fn unlock_writers(&self) {
-            let (held, cv) = &*self.writers;
-            *held.lock().unwrap() = false;
-            cv.notify_all();
-        }
-    }
-
     /// A node on `kv`, with its follower thread (as `PostgresStore::open` starts one).
-    fn shared_node(kv: SharedKv) -> Arc<Mvcc<SharedKv>> {
+    fn shared_node(kv: FlakyKv) -> Arc<Mvcc<FlakyKv>> {
         let mut m = Mvcc::open(kv).unwrap();
         m.set_revision_wait(Duration::from_secs(10));
         let node = Arc::new(m);
@@ -3153,8 +3131,8 @@ mod tests {
     /// the same change log.
     #[test]
     fn nodes_sharing_a_datastore_see_each_others_writes() {
-        let first = SharedKv::node(None);
-        let second = SharedKv::node(Some(&first));
+        let first = FlakyKv::shared();
+        let second = FlakyKv::node_of(&first);
         let a = shared_node(first);
         let b = shared_node(second);
         assert_eq!(a.unique_id(), b.unique_id());
@@ -3266,7 +3244,7 @@ mod tests {
                 "at {r}"
             );
         }
-        let log = |m: &Mvcc<SharedKv>| m.read_changes(Revision(0), usize::MAX, usize::MAX).unwrap();
+        let log = |m: &Mvcc<FlakyKv>| m.read_changes(Revision(0), usize::MAX, usize::MAX).unwrap();
         assert_eq!(log(&a), log(&b));
         // The silent close is not a change Watch shows.
         let at_gone = log(&b).into_iter().find(|c| c.revision == gone).unwrap();
@@ -3297,8 +3275,8 @@ mod tests {
     /// own revision could show them deleted.
     #[test]
     fn the_next_writer_rolls_back_what_a_dead_writer_left() {
-        let first = SharedKv::node(None);
-        let second = SharedKv::node(Some(&first));
+        let first = FlakyKv::shared();
+        let second = FlakyKv::node_of(&first);
         let a = shared_node(first);
         let n = DELETE_CHUNK + 10;
         let before = write_wide(&*a, n);
@@ -3355,7 +3333,7 @@ mod tests {
             b.live.load(Ordering::Relaxed)
         );
         // A node opened now agrees.
-        let c = shared_node(SharedKv::node(Some(&b.kv)));
+        let c = shared_node(FlakyKv::node_of(&b.kv));
         assert_eq!(visible_big(&*c, next), n);
         assert_eq!(texts(&c, next, NOW), texts(&b, next, NOW));
         assert_eq!(
@@ -3364,6 +3342,8 @@ mod tests {
         );
     }
 
+    /// A delete whose rollback fails too leaves the store needing repair: writes are refused
+    /// and health says so, even once the disk works again, until a restart.
     #[test]
     fn a_store_needing_repair_refuses_writes_and_fails_health_until_restart() {
         let m = Mvcc::fresh(|b| {
