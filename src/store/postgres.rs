@@ -119,7 +119,15 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 
 fn db_error(e: tokio_postgres::Error) -> StoreError {
     // A closed or refused connection is the database being away: UNAVAILABLE, retry later.
-    if e.is_closed() || e.code().is_none() {
+    // So are the errors of a database shutting down or starting (SQLSTATE class 57, operator
+    // intervention: `57P01 admin_shutdown` ends the sessions of a restart), of a lost
+    // connection (class 08), and of one out of resources (class 53: too many connections).
+    let away = e.code().is_some_and(|c| {
+        ["08", "53", "57"]
+            .iter()
+            .any(|class| c.code().starts_with(class))
+    });
+    if e.is_closed() || e.code().is_none() || away {
         StoreError::Unavailable(format!("PostgreSQL: {}", with_causes(&e)))
     } else {
         StoreError::Engine(format!("PostgreSQL: {}", with_causes(&e)))
