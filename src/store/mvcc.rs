@@ -96,6 +96,8 @@ pub(crate) struct Mvcc<K: Kv> {
     follow_now: (Mutex<bool>, Condvar),
     /// how long a read waits for this node to reach a revision another node committed
     revision_wait: Duration,
+    /// when this node last caught up with a shared datastore (or opened it)
+    caught_up_at: Mutex<Instant>,
     /// serializes GC passes
     gc_lock: Mutex<()>,
     /// every stored relationship version, in memory, for the engine's queries
@@ -305,6 +307,7 @@ impl<K: Kv> Mvcc<K> {
             head_moved: (Mutex::new(()), Condvar::new()),
             follow_now: (Mutex::new(false), Condvar::new()),
             revision_wait: DEFAULT_REVISION_WAIT,
+            caught_up_at: Mutex::new(Instant::now()),
             gc_lock: Mutex::new(()),
             graph: Graph::new(),
             latest_schema: RwLock::new(None),
@@ -338,6 +341,20 @@ impl<K: Kv> Mvcc<K> {
     /// synced like any write) decides, and a success makes it writable again; in
     /// [`WriteState::NeedsRepair`] never `Ok` (only a restart repairs).
     pub(crate) fn check_writable(&self) -> StoreResult<()> {
+        if self.kv.shared() {
+            // A node that cannot follow the others serves ever staler answers: not serving.
+            let behind = self
+                .caught_up_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .elapsed();
+            if behind > self.revision_wait {
+                return Err(StoreError::Unavailable(format!(
+                    "this node has not caught up with the datastore for {} s",
+                    behind.as_secs()
+                )));
+            }
+        }
         match self.write_state.get() {
             WriteState::Writable => Ok(()),
             WriteState::NeedsRepair => Err(needs_repair()),
@@ -537,6 +554,7 @@ impl<K: Kv> Mvcc<K> {
             )));
         }
         if stored_head == head {
+            self.caught_up();
             return Ok(head);
         }
         if head < stored_horizon {
@@ -643,7 +661,16 @@ impl<K: Kv> Mvcc<K> {
             elapsed_us = started.elapsed().as_micros(),
             "caught up with the datastore"
         );
+        self.caught_up();
         Ok(stored_head)
+    }
+
+    /// Remembers that this node has just caught up (see [`Mvcc::check_writable`]).
+    fn caught_up(&self) {
+        *self
+            .caught_up_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
     }
 
     /// Ends the replay of revision `rev`: its schema, if it wrote one, then the head.
@@ -2786,6 +2813,8 @@ mod tests {
         fail_from: AtomicU64,
         fail_at: AtomicU64,
         commits: AtomicU64,
+        /// reads fail too (as with the database away)
+        fail_reads: AtomicBool,
         /// for maps shared by several nodes (as PostgreSQL nodes share a database): the one
         /// writer at a time across them
         writers: Option<Arc<(Mutex<bool>, Condvar)>>,
@@ -2803,6 +2832,7 @@ mod tests {
                 fail_from: AtomicU64::new(u64::MAX),
                 fail_at: AtomicU64::new(u64::MAX),
                 commits: AtomicU64::new(0),
+                fail_reads: AtomicBool::new(false),
                 writers,
             }
         }
@@ -2839,6 +2869,9 @@ mod tests {
 
     impl<K: Kv> Kv for FlakyKv<K> {
         fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+            if self.fail_reads.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("connection refused".into()));
+            }
             self.inner.get(key)
         }
 
@@ -3268,6 +3301,32 @@ mod tests {
             b.horizon.load(Ordering::Relaxed),
             a.horizon.load(Ordering::Relaxed)
         );
+    }
+
+    /// A node that cannot follow the datastore for longer than a read would wait says so to
+    /// health checks, and serves again once it follows.
+    #[test]
+    fn a_node_that_cannot_follow_is_not_serving() {
+        let mut m = Mvcc::open(FlakyKv::shared()).unwrap();
+        m.set_revision_wait(Duration::from_millis(50));
+        let node = Arc::new(m);
+        let weak = Arc::downgrade(&node);
+        std::thread::spawn(move || Mvcc::follow(&weak, Duration::from_millis(10)));
+        std::thread::sleep(Duration::from_millis(100));
+        node.check_writable().unwrap();
+        node.kv.fail_reads.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+        let refused = node.check_writable();
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        node.kv.fail_reads.store(false, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.check_writable().is_err() {
+            assert!(Instant::now() < deadline, "never serving again");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// A node that dies between the chunks of a delete (its connection lost) leaves versions
