@@ -356,16 +356,7 @@ impl Node {
         &mut self,
         updates: Vec<pb::RelationshipUpdate>,
     ) -> Result<pb::ZedToken, tonic::Status> {
-        Ok(self
-            .permissions
-            .write_relationships(pb::WriteRelationshipsRequest {
-                updates,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .written_at
-            .unwrap())
+        common::write_with(&mut self.permissions, updates).await
     }
 
     async fn check(&mut self, doc: &str, user: &str, consistency: Option<pb::Consistency>) -> i32 {

@@ -627,6 +627,16 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         &self,
         request: Request<pb::CheckPermissionRequest>,
     ) -> Result<Response<pb::CheckPermissionResponse>, Status> {
+        // A check whose revision must first come from another node (a shared datastore)
+        // may wait for it: that waits on the blocking pool, not on an executor thread.
+        let waits = self.0.store.shared()
+            && convert::consistency(request.get_ref().consistency.as_ref())
+                .is_ok_and(|r| consistency::may_wait(self.0.store.as_ref(), &r));
+        if waits {
+            return Ok(Response::new(
+                run_query(&self.0, request, query::check).await?,
+            ));
+        }
         Ok(Response::new(run_inline(&self.0, request, query::check)?))
     }
 

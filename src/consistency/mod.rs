@@ -109,6 +109,29 @@ pub fn choose_revision(
     }
 }
 
+/// Could choosing the revision for `requirement` wait for the datastore? Only on a datastore
+/// several nodes share ([`Datastore::shared`]): a full-consistency read (which reads its
+/// head), or a token past this node's head (which it waits for). A caller on an async
+/// executor runs such a read on the blocking pool.
+pub fn may_wait(store: &dyn Datastore, requirement: &Requirement) -> bool {
+    if !store.shared() {
+        return false;
+    }
+    let past_head = |token: &str| match decode_token(token, store.unique_id()) {
+        Ok(Some(rev)) => store.head_revision().is_ok_and(|head| rev > head),
+        // another datastore's token may be read at the head (full consistency)
+        Ok(None) => true,
+        Err(_) => false,
+    };
+    match requirement {
+        Requirement::MinimizeLatency => false,
+        Requirement::FullyConsistent => true,
+        Requirement::AtLeastAsFresh(token) | Requirement::AtExactSnapshot(token) => {
+            past_head(token)
+        }
+    }
+}
+
 /// Makes sure `rev` (an exact snapshot's, or a cursor's) can be read here: on a shared
 /// datastore, waits for this node to reach it first (see [`Datastore::refresh`]); then fails
 /// if it is past the head or below the garbage-collection horizon.
@@ -232,5 +255,56 @@ mod tests {
             ),
             Err(ConsistencyError::MalformedToken(_))
         ));
+    }
+
+    /// Only a shared datastore's reads may wait: a full-consistency read, or a token past
+    /// the node's head until the node has it.
+    #[test]
+    fn only_a_shared_datastore_may_wait() {
+        let memory = MemoryStore::new();
+        let t = encode_token(write_one(&memory, "a"), memory.unique_id());
+        for r in [
+            Requirement::FullyConsistent,
+            Requirement::AtLeastAsFresh(t.clone()),
+            Requirement::AtExactSnapshot(t),
+        ] {
+            assert!(!may_wait(&memory, &r));
+        }
+
+        let Some(uri) = crate::store::postgres_test_schema_uri() else {
+            return;
+        };
+        crate::store::migrate_postgres(&uri, &crate::store::PostgresTls::default()).unwrap();
+        let slow = crate::store::PostgresOptions {
+            follow_interval: std::time::Duration::from_secs(3600),
+            ..crate::store::PostgresOptions::default()
+        };
+        let a = crate::store::PostgresStore::open_with(&uri, slow.clone()).unwrap();
+        let b = crate::store::PostgresStore::open_with(&uri, slow).unwrap();
+        let written = a
+            .write_relationships(
+                &[],
+                &[RelationshipUpdate {
+                    op: UpdateOp::Create,
+                    relationship: Relationship::new(
+                        ObjectRef::new("document", "a"),
+                        "viewer",
+                        SubjectRef::object("user", "ann"),
+                    ),
+                }],
+                Timestamp::now(),
+            )
+            .unwrap();
+        let token = encode_token(written, a.unique_id());
+        let fresh = Requirement::AtLeastAsFresh(token);
+        assert!(may_wait(&b, &fresh), "b is behind the token");
+        assert!(!may_wait(&a, &fresh), "a wrote it");
+        assert!(may_wait(&a, &Requirement::FullyConsistent));
+        assert!(!may_wait(&b, &Requirement::MinimizeLatency));
+        assert_eq!(
+            choose_revision(&b, &fresh, MismatchedTokens::default()).unwrap(),
+            written
+        );
+        assert!(!may_wait(&b, &fresh), "b has caught up");
     }
 }

@@ -158,6 +158,12 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// [`StoreError::RevisionInFuture`] above the head.
     fn check_revision(&self, rev: Revision) -> StoreResult<()>;
 
+    /// Is the datastore shared with other nodes, whose writes reach this one a moment later
+    /// (see [`Datastore::refresh`])? The default: no.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Brings this node up to revision `at_least` (`None`: the datastore's head, read now)
     /// and answers its head. For a datastore several nodes share, where a revision another
     /// node committed reaches this one a moment later: waits at most the configured revision

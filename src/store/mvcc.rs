@@ -724,6 +724,11 @@ impl<K: Kv> Mvcc<K> {
         self.commit(done)
     }
 
+    /// Is the datastore shared with other nodes?
+    pub(crate) fn shared(&self) -> bool {
+        self.kv.shared()
+    }
+
     /// How long reads wait for this node to reach a revision another node committed.
     pub(crate) fn set_revision_wait(&mut self, wait: Duration) {
         self.revision_wait = wait;
@@ -2256,6 +2261,10 @@ macro_rules! delegate_datastore {
                 dir: &std::path::Path,
             ) -> $crate::store::StoreResult<$crate::model::Revision> {
                 self.inner.checkpoint(dir)
+            }
+
+            fn shared(&self) -> bool {
+                self.inner.shared()
             }
 
             fn refresh(

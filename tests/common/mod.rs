@@ -222,6 +222,22 @@ pub fn reason(status: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
+/// WriteRelationships through `client`: the token of the write.
+pub async fn write_with(
+    client: &mut PermissionsServiceClient<Channel>,
+    updates: Vec<pb::RelationshipUpdate>,
+) -> Result<pb::ZedToken, tonic::Status> {
+    Ok(client
+        .write_relationships(pb::WriteRelationshipsRequest {
+            updates,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .written_at
+        .unwrap())
+}
+
 impl TestServer {
     pub async fn write_schema(&mut self, text: &str) -> Result<pb::ZedToken, tonic::Status> {
         Ok(self
@@ -239,16 +255,7 @@ impl TestServer {
         &mut self,
         updates: Vec<pb::RelationshipUpdate>,
     ) -> Result<pb::ZedToken, tonic::Status> {
-        Ok(self
-            .permissions
-            .write_relationships(pb::WriteRelationshipsRequest {
-                updates,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .written_at
-            .unwrap())
+        write_with(&mut self.permissions, updates).await
     }
 
     pub async fn read(
