@@ -81,6 +81,27 @@ fn at(port: u16, args: &[&str]) -> Output {
 /// The tests of this file take turns: one of them stops the database.
 static DATABASE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// This test's turn on the database, and a new schema in it, migrated. `None` (the test
+/// skips) without PostgreSQL, or, for a test that `restarts` it, without the commands to stop
+/// and start it (`.ci/run` gives both).
+fn migrated(restarts: bool) -> Option<(std::sync::MutexGuard<'static, ()>, String)> {
+    let turn = DATABASE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let uri = pemba::store::postgres_test_schema_uri()?;
+    if restarts && std::env::var_os("PEMBA_TEST_POSTGRES_STOP").is_none() {
+        assert!(std::env::var_os("PEMBA_REQUIRE_POSTGRES").is_none());
+        eprintln!("skipped: no PEMBA_TEST_POSTGRES_STOP / _START (as .ci/run sets them)");
+        return None;
+    }
+    assert!(
+        pemba(&["datastore", "migrate", "--datastore-conn-uri", &uri])
+            .status
+            .success()
+    );
+    Some((turn, uri))
+}
+
 /// Migrations are required and repeatable; the data survives kill -9.
 #[test]
 fn a_postgres_datastore_is_migrated_and_durable() {
@@ -207,22 +228,9 @@ fn database(var: &str) {
 /// and nothing acknowledged is lost.
 #[test]
 fn a_database_restart_gives_unavailable_then_service_resumes() {
-    let _turn = DATABASE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Some(uri) = pemba::store::postgres_test_schema_uri() else {
+    let Some((_turn, uri)) = migrated(true) else {
         return;
     };
-    if std::env::var_os("PEMBA_TEST_POSTGRES_STOP").is_none() {
-        assert!(std::env::var_os("PEMBA_REQUIRE_POSTGRES").is_none());
-        eprintln!("skipped: no PEMBA_TEST_POSTGRES_STOP / _START (as .ci/run sets them)");
-        return;
-    }
-    assert!(
-        pemba(&["datastore", "migrate", "--datastore-conn-uri", &uri])
-            .status
-            .success()
-    );
     let (mut server, port) = serve(&uri);
     assert!(
         at(port, &["schema", "write", "schema/document_sharing.zed"])
@@ -446,17 +454,9 @@ fn update_text(u: &pb::RelationshipUpdate) -> String {
 /// reaches the database over TLS (verified against the run's CA), when `.ci/run` offers it.
 #[test]
 fn three_nodes_share_one_database() {
-    let _turn = DATABASE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Some(uri) = pemba::store::postgres_test_schema_uri() else {
+    let Some((_turn, uri)) = migrated(false) else {
         return;
     };
-    assert!(
-        pemba(&["datastore", "migrate", "--datastore-conn-uri", &uri])
-            .status
-            .success()
-    );
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -702,22 +702,9 @@ async fn three_nodes(uri: String) {
 /// again by themselves, and every acknowledged write is on both nodes.
 #[test]
 fn a_database_restart_under_load_loses_no_acknowledged_write() {
-    let _turn = DATABASE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Some(uri) = pemba::store::postgres_test_schema_uri() else {
+    let Some((_turn, uri)) = migrated(true) else {
         return;
     };
-    if std::env::var_os("PEMBA_TEST_POSTGRES_STOP").is_none() {
-        assert!(std::env::var_os("PEMBA_REQUIRE_POSTGRES").is_none());
-        eprintln!("skipped: no PEMBA_TEST_POSTGRES_STOP / _START (as .ci/run sets them)");
-        return;
-    }
-    assert!(
-        pemba(&["datastore", "migrate", "--datastore-conn-uri", &uri])
-            .status
-            .success()
-    );
     let mut servers = Reaper(Vec::new());
     let mut ports = Vec::new();
     for _ in 0..2 {
