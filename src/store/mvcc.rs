@@ -587,7 +587,7 @@ impl<K: Kv> Mvcc<K> {
                         if let Some((done, schema)) = current.take() {
                             self.graph.apply(&changes);
                             changes.clear();
-                            self.finish_replayed(done, schema)?;
+                            self.finish_replayed(done, schema, &mut live)?;
                         }
                         if rev != self.head().saturating_add(1) {
                             return Err(corrupt(format!(
@@ -636,7 +636,7 @@ impl<K: Kv> Mvcc<K> {
             self.graph.apply(&changes);
             if whole {
                 if let Some((done, schema)) = current.take() {
-                    self.finish_replayed(done, schema)?;
+                    self.finish_replayed(done, schema, &mut live)?;
                 }
                 break;
             }
@@ -644,7 +644,6 @@ impl<K: Kv> Mvcc<K> {
             next.push(0);
             from = next;
         }
-        self.count_live(live);
         if self.head() != stored_head {
             return Err(corrupt(format!(
                 "ends at revision {}, before the head {stored_head}",
@@ -673,8 +672,10 @@ impl<K: Kv> Mvcc<K> {
             .unwrap_or_else(PoisonError::into_inner) = Instant::now();
     }
 
-    /// Ends the replay of revision `rev`: its schema, if it wrote one, then the head.
-    fn finish_replayed(&self, rev: u64, schema: bool) -> StoreResult<()> {
+    /// Ends the replay of revision `rev`: its schema, if it wrote one, and the change it made
+    /// to the relationships stored (`live`, taken), then the head.
+    fn finish_replayed(&self, rev: u64, schema: bool, live: &mut i64) -> StoreResult<()> {
+        self.count_live(std::mem::take(live));
         if schema {
             let stored = self.scan_schema(rev)?;
             if stored.as_ref().map(|s| s.revision.0) != Some(rev) {
@@ -3321,8 +3322,14 @@ mod tests {
         let node = Arc::new(m);
         let weak = Arc::downgrade(&node);
         std::thread::spawn(move || Mvcc::follow(&weak, Duration::from_millis(10)));
-        std::thread::sleep(Duration::from_millis(100));
-        node.check_writable().unwrap();
+        let serving = |node: &Mvcc<FlakyKv>| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while node.check_writable().is_err() {
+                assert!(Instant::now() < deadline, "never serving");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        serving(&node);
         node.kv.fail_reads.store(true, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(200));
         let refused = node.check_writable();
@@ -3331,11 +3338,7 @@ mod tests {
             "{refused:?}"
         );
         node.kv.fail_reads.store(false, Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while node.check_writable().is_err() {
-            assert!(Instant::now() < deadline, "never serving again");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        serving(&node);
     }
 
     /// A node that dies between the chunks of a delete (its connection lost) leaves versions
