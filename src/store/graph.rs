@@ -360,6 +360,35 @@ impl Graph {
     /// database: another node's collection removes them from the database, this from the graph.
     pub(crate) fn prune(&self, horizon: u64, cutoff: Timestamp) -> (u64, u64) {
         let (mut removed, mut live) = (0u64, 0u64);
+        self.retain_versions(&mut |v| {
+            let gone = v.deleted <= horizon || v.expires_at.is_some_and(|e| e <= cutoff);
+            if gone {
+                removed += 1;
+                if v.deleted == LIVE {
+                    live += 1;
+                }
+            }
+            !gone
+        });
+        (removed, live)
+    }
+
+    /// Undoes what a replay left above revision `head` when it stopped midway (the
+    /// datastore failed between two chunks of one revision): versions created after `head`
+    /// go, versions closed after it are live again. No reader looks above the head, so they
+    /// never saw it. Walks [`PRUNE_CHUNK`] slots per hold of the write lock.
+    pub(crate) fn roll_back_past(&self, head: u64) {
+        self.retain_versions(&mut |v| {
+            if v.deleted != LIVE && v.deleted > head {
+                v.deleted = LIVE;
+            }
+            v.created <= head
+        });
+    }
+
+    /// Keeps the versions for which `keep` (which may change them) answers true, dropping
+    /// tuples left with none; [`PRUNE_CHUNK`] slots per hold of the write lock.
+    fn retain_versions(&self, keep: &mut dyn FnMut(&mut Version) -> bool) {
         let mut next = 0usize;
         loop {
             let mut g = self.write();
@@ -368,22 +397,14 @@ impl Graph {
                 let Some(Some(slot)) = g.slots.get_mut(idx) else {
                     continue;
                 };
-                let before = slot.versions.len();
-                slot.versions.retain(|v| {
-                    let gone = v.deleted <= horizon || v.expires_at.is_some_and(|e| e <= cutoff);
-                    if gone && v.deleted == LIVE {
-                        live += 1;
-                    }
-                    !gone
-                });
-                removed += (before - slot.versions.len()) as u64;
+                slot.versions.retain(|v| keep(v));
                 if slot.versions.is_empty() {
                     let key = slot.key;
                     g.remove_slot(u32::try_from(idx).unwrap_or(u32::MAX), key);
                 }
             }
             if end >= g.slots.len() {
-                return (removed, live);
+                return;
             }
             next = end;
         }

@@ -565,6 +565,29 @@ impl<K: Kv> Mvcc<K> {
             )));
         }
         let started = Instant::now();
+        if let Err(e) = self.replay(head, stored_head) {
+            // A revision replayed in part (the datastore failed between its chunks) must not
+            // stay in the graph: the next catch-up replays it whole.
+            self.graph.roll_back_past(self.head());
+            return Err(e);
+        }
+        if let Some(m) = metrics::get() {
+            m.catch_up_seconds.observe(started.elapsed().as_secs_f64());
+            m.replayed_revisions.inc_by(stored_head - head);
+        }
+        tracing::debug!(
+            from = head,
+            to = stored_head,
+            elapsed_us = started.elapsed().as_micros(),
+            "caught up with the datastore"
+        );
+        self.caught_up();
+        Ok(stored_head)
+    }
+
+    /// The replay of [`Mvcc::catch_up_locked`]: the change log `(head, stored_head]`, onto
+    /// the graph, the schema and the head.
+    fn replay(&self, head: u64, stored_head: u64) -> StoreResult<()> {
         let corrupt = |what: String| StoreError::Corrupt(format!("the change log {what}"));
         let mut from = encoding::changes_from(head.saturating_add(1));
         let end = encoding::changes_from(stored_head.saturating_add(1));
@@ -650,18 +673,7 @@ impl<K: Kv> Mvcc<K> {
                 self.head()
             )));
         }
-        if let Some(m) = metrics::get() {
-            m.catch_up_seconds.observe(started.elapsed().as_secs_f64());
-            m.replayed_revisions.inc_by(stored_head - head);
-        }
-        tracing::debug!(
-            from = head,
-            to = stored_head,
-            elapsed_us = started.elapsed().as_micros(),
-            "caught up with the datastore"
-        );
-        self.caught_up();
-        Ok(stored_head)
+        Ok(())
     }
 
     /// Remembers that this node has just caught up (see [`Mvcc::check_writable`]).
@@ -2825,6 +2837,9 @@ mod tests {
         commits: AtomicU64,
         /// reads fail too (as with the database away)
         fail_reads: AtomicBool,
+        /// scans fail from the `fail_scans_from`-th on (counted in `scans`, from 1)
+        fail_scans_from: AtomicU64,
+        scans: AtomicU64,
         /// for maps shared by several nodes (as PostgreSQL nodes share a database): the one
         /// writer at a time across them
         writers: Option<Arc<(Mutex<bool>, Condvar)>>,
@@ -2843,6 +2858,8 @@ mod tests {
                 fail_at: AtomicU64::new(u64::MAX),
                 commits: AtomicU64::new(0),
                 fail_reads: AtomicBool::new(false),
+                fail_scans_from: AtomicU64::new(u64::MAX),
+                scans: AtomicU64::new(0),
                 writers,
             }
         }
@@ -2891,6 +2908,10 @@ mod tests {
             end: Option<&[u8]>,
             f: &mut crate::store::kv::ScanFn<'_>,
         ) -> StoreResult<()> {
+            let n = self.scans.fetch_add(1, Ordering::SeqCst) + 1;
+            if n >= self.fail_scans_from.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("connection refused".into()));
+            }
             self.inner.scan(start, end, f)
         }
 
@@ -3311,6 +3332,46 @@ mod tests {
             b.horizon.load(Ordering::Relaxed),
             a.horizon.load(Ordering::Relaxed)
         );
+    }
+
+    /// A catch-up cut off between two chunks of one revision (the datastore failed) leaves
+    /// nothing of it in the graph: the next one replays it whole, and counts it once.
+    #[test]
+    fn a_replay_cut_off_midway_is_replayed_whole() {
+        let first = FlakyKv::shared();
+        let second = FlakyKv::node_of(&first);
+        let a = shared_node(first);
+        let mut m = Mvcc::open(second).unwrap();
+        m.set_revision_wait(Duration::from_millis(200));
+        let b = Arc::new(m);
+        let weak = Arc::downgrade(&b);
+        std::thread::spawn(move || Mvcc::follow(&weak, Duration::from_secs(3600)));
+        // One revision of more than one replay chunk.
+        let n = REPLAY_CHUNK + 500;
+        let import = a.begin_import().unwrap();
+        let rels: Vec<Relationship> = (0..n)
+            .map(|i| parse_relationship(&format!("document:big#viewer@user:u{i}")).unwrap())
+            .collect();
+        a.stage_import(import, &rels).unwrap();
+        let (rev, _) = a.commit_import(import, NOW).unwrap();
+        // b's first scan of the log succeeds, its second fails.
+        let scans = b.kv.scans.load(Ordering::SeqCst);
+        b.kv.fail_scans_from.store(scans + 2, Ordering::SeqCst);
+        assert!(b.refresh(Some(rev)).is_err());
+        assert_eq!(b.head_revision().unwrap(), Revision(0));
+        b.kv.fail_scans_from.store(u64::MAX, Ordering::SeqCst);
+        assert_eq!(b.refresh(Some(rev)).unwrap(), rev);
+        assert_eq!(visible_big(&*b, rev), n);
+        assert_eq!(texts(&b, rev, NOW), texts(&a, rev, NOW));
+        assert_eq!(
+            a.live.load(Ordering::Relaxed),
+            b.live.load(Ordering::Relaxed)
+        );
+        let key = parse_relationship("document:big#viewer@user:u0")
+            .unwrap()
+            .key();
+        let newest = b.graph.newest_version(&key).unwrap();
+        assert_eq!(b.graph.newest_version_before(&key, newest.created), None);
     }
 
     /// A node that cannot follow the datastore for longer than a read would wait says so to
